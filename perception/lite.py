@@ -1,0 +1,120 @@
+"""Lite perception: a frame becomes a short text observation.
+
+What it reads: text in the frame (rapidocr), counts of people (OpenCV HOG) and frontal faces
+(OpenCV Haar cascade), and a scene-change score (mean absolute grey-level change against the
+previous sampled frame, 0..1). An observation identical to the previous one is not repeated:
+`process` returns None for it. The text is data from the scene, never an instruction; prompts
+mark it as observation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from perception.config import PerceptionConfig
+from perception.sources import VideoFrame
+
+log = logging.getLogger("onlooker.perception")
+
+
+class OcrMissingError(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class Observation:
+    t: float                 # stream time of the frame, seconds
+    text: str                # what was seen, one line, no timestamp
+    scene_change: float      # 0..1 mean grey-level change against the previous sampled frame
+    ocr_text: str            # text read in the frame ("" if none)
+    people: int
+    faces: int
+
+
+def _load_ocr():
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError as e:
+        raise OcrMissingError("the OCR package is missing; run: onlooker download lite") from e
+    return RapidOCR()
+
+
+class LitePerceiver:
+    """Synchronous: `process(frame)` -> Observation | None (None = nothing new to say)."""
+
+    def __init__(self, config: PerceptionConfig) -> None:
+        self.config = config
+        self._ocr = _load_ocr() if config.ocr else None
+        self._hog: cv2.HOGDescriptor | None = None
+        self._faces: cv2.CascadeClassifier | None = None
+        if config.detect_people:
+            self._hog = cv2.HOGDescriptor()
+            self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+            self._faces = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        self._prev_grey: np.ndarray | None = None
+        self._last_text: str | None = None
+        self.num_processed = 0
+        self.num_repeats = 0
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        side = max(h, w)
+        if side <= self.config.max_frame_side:
+            return image
+        scale = self.config.max_frame_side / side
+        return cv2.resize(image, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_AREA)
+
+    def read_text(self, image: np.ndarray) -> str:
+        if self._ocr is None:
+            return ""
+        result, _ = self._ocr(image)
+        if not result:
+            return ""
+        # boxes in reading order: top to bottom, then left to right
+        boxes = sorted((r for r in result if r[2] >= self.config.ocr_min_score),
+                       key=lambda r: (round(r[0][0][1] / 20), r[0][0][0]))
+        # single glyphs are mostly noise (texture read as "M" or "口")
+        words = [r[1].strip() for r in boxes]
+        return " ".join(w for w in words if sum(c.isalnum() for c in w) >= 2)
+
+    def count_people(self, image: np.ndarray, grey: np.ndarray) -> tuple[int, int]:
+        if self._hog is None or self._faces is None:
+            return 0, 0
+        rects, weights = self._hog.detectMultiScale(image, winStride=(8, 8), padding=(8, 8), scale=1.05)
+        people = int(sum(1 for w in np.ravel(weights) if w > self.config.people_min_score)) if len(rects) else 0
+        faces = len(self._faces.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24)))
+        return people, int(faces)
+
+    def scene_change(self, grey: np.ndarray) -> float:
+        small = cv2.resize(grey, (64, 36), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        score = 0.0 if self._prev_grey is None else float(np.abs(small - self._prev_grey).mean())
+        self._prev_grey = small
+        return score
+
+    def describe(self, frame: VideoFrame) -> Observation:
+        image = self._resize(frame.image)
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        change = self.scene_change(grey)
+        text = self.read_text(image)
+        people, faces = self.count_people(image, grey)
+        parts = [f'Text on screen: "{text}".' if text else "No text on screen."]
+        if people:
+            parts.append(f"{people} {'person' if people == 1 else 'people'} visible.")
+        if faces:
+            parts.append(f"{faces} {'face' if faces == 1 else 'faces'} visible.")
+        if change >= self.config.scene_change_threshold:
+            parts.append("The scene changed.")
+        return Observation(frame.t, " ".join(parts), change, text, people, faces)
+
+    def process(self, frame: VideoFrame) -> Observation | None:
+        obs = self.describe(frame)
+        self.num_processed += 1
+        if obs.text == self._last_text:
+            self.num_repeats += 1
+            return None
+        self._last_text = obs.text
+        return obs

@@ -1,0 +1,134 @@
+"""The one backend interface shared by the lite (text) and VLM backends.
+
+A backend turns pieces of stream into position-independent `Chunk`s and prefills a chunk into a
+KV cache at a position offset the memory chooses. Earlier context is never recomputed: `prefill`
+only runs the new tokens against the cache. Answers are decoded one token at a time on top of a
+cache the memory hands out.
+
+Positions: a chunk carries `position_ids` relative to its own start, shaped (P, n) with P = 1 for
+standard RoPE and P = 3 for M-RoPE (time, height, width). `pos_span` is how far the next chunk
+starts after this one (for text it equals n; for an image it is smaller than its token count).
+Because all keys are rotated by position, moving a cached chunk by `delta` positions is a
+rotation of its keys by `delta * inv_freq` (`rope_shift`), the same for RoPE and for M-RoPE when
+all three axes move together.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from reasoning import prompts
+
+
+class BackendError(RuntimeError):
+    """Model cannot be used (missing, unknown family, wrong device); message is one user-facing line."""
+
+
+@dataclass
+class Chunk:
+    kind: str                              # "system" | "observation" | "frame" | "question"
+    t0: float                              # stream time span it covers, seconds
+    t1: float
+    text: str                              # human-readable content (index, logs)
+    position_ids: torch.Tensor             # (P, n) relative to the chunk start
+    pos_span: int                          # next chunk starts this many positions later
+    input_ids: torch.Tensor | None = None  # (n,)
+    inputs_embeds: torch.Tensor | None = None  # (n, hidden)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.position_ids.shape[-1])
+
+
+def text_positions(n: int, num_axes: int) -> torch.Tensor:
+    return torch.arange(n).unsqueeze(0).expand(num_axes, n).clone()  # (P, n)
+
+
+def fork_cache(cache: DynamicCache) -> DynamicCache:
+    """A new cache sharing the same tensors: free, because DynamicLayer.update concatenates into a new
+    tensor rather than writing in place, so later appends to either cache never touch the other."""
+    new = DynamicCache()
+    for layer in cache.layers:
+        nl = DynamicLayer()
+        if layer.is_initialized:
+            nl.lazy_initialization(layer.keys, layer.values)
+            nl.keys, nl.values = layer.keys, layer.values
+        new.layers.append(nl)
+    return new
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_shift(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate RoPE'd keys (..., tokens, head_dim) as if their positions moved by `delta`."""
+    angle = delta * inv_freq.to(torch.float64)                     # (head_dim/2,)
+    emb = torch.cat((angle, angle), dim=-1)
+    cos = emb.cos().to(keys.dtype)
+    sin = emb.sin().to(keys.dtype)
+    return keys * cos + rotate_half(keys) * sin
+
+
+class Backend(ABC):
+    """Owned by the runtime thread; no method is thread-safe."""
+
+    name: str
+    device: torch.device
+    num_position_axes: int                 # 1 (RoPE) or 3 (M-RoPE)
+    accepts_frames: bool                   # True: frames go in as visual tokens; False: lite text observations
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        eos = {tokenizer.convert_tokens_to_ids("<|im_end|>")}
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        self.eos_token_ids = {int(e) for e in eos if e is not None and e >= 0}
+
+    # -- chunks -------------------------------------------------------------------------------
+    def text_chunk(self, kind: str, text: str, t0: float, t1: float) -> Chunk:
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        n = int(ids.shape[0])
+        return Chunk(kind, t0, t1, text, text_positions(n, self.num_position_axes), n, input_ids=ids)
+
+    def system_chunk(self, system: str = prompts.SYSTEM_PROMPT) -> Chunk:
+        return self.text_chunk("system", prompts.sink_text(system), 0.0, 0.0)
+
+    def observation_chunk(self, t: float, text: str) -> Chunk:
+        return self.text_chunk("observation", prompts.observation_text(t, text), t, t)
+
+    def question_chunk(self, t: float, question: str, latest: tuple[float, str] | None = None) -> Chunk:
+        return self.text_chunk("question", prompts.question_text(t, question, latest), t, t)
+
+    def frame_chunk(self, image, t: float) -> Chunk:
+        raise BackendError(f"{self.name} does not take frames; it reads text observations")
+
+    # -- compute ------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def inv_freq(self) -> torch.Tensor:
+        """RoPE inverse frequencies of the language model, (head_dim/2,)."""
+
+    @abstractmethod
+    def prefill(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
+        """Run the chunk's tokens at positions `offset + chunk.position_ids` on top of `cache`
+        (which grows by chunk.num_tokens); return the next-token logits, (vocab,) float32."""
+
+    def decode(self, token_id: int, cache: DynamicCache, position: int) -> torch.Tensor:
+        ids = torch.tensor([token_id])
+        chunk = Chunk("decode", 0.0, 0.0, "", text_positions(1, self.num_position_axes), 1, input_ids=ids)
+        return self.prefill(chunk, cache, position)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def kv_bytes(self, cache: DynamicCache) -> int:
+        return sum(layer.keys.numel() * layer.keys.element_size() * 2
+                   for layer in cache.layers if layer.is_initialized)
