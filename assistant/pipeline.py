@@ -1,0 +1,128 @@
+"""Wiring: capture thread -> frame queue -> perception thread -> runtime thread.
+
+    capture  : source.frames() -> sample -> pace -> FrameQueue (drops oldest when live; blocks with --fast)
+    perceive : FrameQueue -> LitePerceiver -> runtime.submit(ObservationEvent)   (lite backend)
+               FrameQueue -> runtime.submit(FrameEvent)                           (VLM backend)
+    runtime  : Runtime.run(), the only thread that touches torch
+
+Capture and perception never touch torch. Every thread is named, tracked, and joined with a
+bounded wait on shutdown. A source failure ends the stream with its one-line error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from assistant.events import FrameEvent, ObservationEvent, Shutdown, StreamEnded
+from assistant.queues import CLOSED, FrameQueue
+from assistant.runtime import Runtime
+from perception.config import PerceptionConfig
+from perception.lite import LitePerceiver
+from perception.sources import Clock, RealClock, Source, SourceError, pace, sample
+
+log = logging.getLogger("onlooker.pipeline")
+
+
+@dataclass
+class PipelineResult:
+    error: str | None
+    frames_read: int
+    frames_sampled: int
+    frames_dropped: int
+    wall_s: float
+    threads_alive: list[str] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, source: Source, runtime: Runtime, config: PerceptionConfig,
+                 perceiver: LitePerceiver | None, clock: Clock | None = None) -> None:
+        self.source = source
+        self.runtime = runtime
+        self.config = config
+        self.perceiver = perceiver
+        self.clock = clock or RealClock()
+        # live sources drop the oldest frame under load; files/synthetic with --fast never drop
+        drop = source.live or config.realtime
+        self.frames = FrameQueue(config.frame_queue, drop_oldest=drop)
+        self._stop = threading.Event()
+        self._error: str | None = None
+        self._frames_sampled = 0
+        self._threads: list[threading.Thread] = []
+
+    def _capture(self) -> None:
+        try:
+            for frame in pace(sample(self.source.frames(), self.config.sample_fps), self.clock,
+                              self.config.realtime and not self.source.live):
+                if self._stop.is_set():
+                    break
+                self._frames_sampled += 1
+                self.frames.put(frame)
+        except SourceError as e:
+            self._error = str(e)
+        except Exception as e:  # a capture bug must still end the stream, with its reason
+            log.exception("capture failed")
+            self._error = f"capture failed: {e}"
+        finally:
+            self.source.close()
+            self.frames.close()
+
+    def _perceive(self) -> None:
+        try:
+            while True:
+                frame = self.frames.get(timeout=0.5)
+                if frame is CLOSED or self._stop.is_set():
+                    break
+                if frame is None:
+                    continue
+                if self.perceiver is None:
+                    self.runtime.submit(FrameEvent(frame))
+                else:
+                    obs = self.perceiver.process(frame)
+                    self.runtime.submit(ObservationEvent(frame.t, obs.text if obs else None,
+                                                         obs.scene_change if obs else 0.0))
+        except Exception as e:
+            log.exception("perception failed")
+            self._error = self._error or f"perception failed: {e}"
+        finally:
+            self.runtime.submit(StreamEnded(self._error))
+
+    def _run_runtime(self) -> None:
+        try:
+            self.runtime.run()
+        except Exception as e:
+            log.exception("runtime failed")
+            self._error = self._error or f"runtime failed: {e}"
+            self._stop.set()
+            self.frames.close()
+
+    def run(self) -> PipelineResult:
+        start = time.monotonic()
+        self._threads = [threading.Thread(target=self._capture, name="onlooker-capture", daemon=True),
+                         threading.Thread(target=self._perceive, name="onlooker-perceive", daemon=True),
+                         threading.Thread(target=self._run_runtime, name="onlooker-runtime", daemon=True)]
+        for th in self._threads:
+            th.start()
+        try:
+            while self._threads[2].is_alive():
+                self._threads[2].join(0.2)
+        except KeyboardInterrupt:
+            log.warning("interrupted; stopping")
+            self.stop()
+        return self._finish(start)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.frames.close()
+        self.runtime.submit(Shutdown("stop"))
+
+    def _finish(self, start: float) -> PipelineResult:
+        self._stop.set()
+        self.frames.close()
+        for th in self._threads:
+            th.join(timeout=5.0)
+        return PipelineResult(self._error, self.source.stats.frames_read, self._frames_sampled,
+                              self.frames.num_dropped, round(time.monotonic() - start, 3),
+                              [th.name for th in self._threads if th.is_alive()])

@@ -1,0 +1,220 @@
+"""The runtime: the one thread that owns the model and the KV cache.
+
+`step()` is the whole loop body, callable directly from tests:
+
+    drain inbox -> ingest at most one stream event -> start the next question if idle
+                -> decode a few answer tokens -> emit
+
+Ingest and decode alternate, so a long answer never holds up the stream: each answer decodes on a
+fork of the memory taken when the question was asked, while new chunks keep landing in memory.
+Scheduled questions (`--ask T:question`) fire once the stream passes T, before the first frame
+later than T is ingested, so they see exactly the stream up to T.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from assistant.events import (Answer, AnswerToken, FrameEvent, ObservationEvent, Question, SegmentSealed,
+                              Shutdown, StreamEnded)
+from assistant.sessions import SessionStore
+from memory.window import SinkWindowMemory
+from reasoning.answerer import AnswerJob
+from reasoning.backends.base import Backend
+from reasoning.config import ReasoningConfig
+
+log = logging.getLogger("onlooker.runtime")
+
+
+@dataclass
+class RuntimeStats:
+    frames_sampled: int = 0        # stream events seen (one per sampled frame)
+    observations: int = 0          # chunks ingested into memory
+    repeats: int = 0               # sampled frames whose observation repeated the previous one
+    segments_evicted: int = 0
+    questions: int = 0
+    ingest_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
+    answer_ms: list[float] = field(default_factory=list)
+    max_ingest_wait_ms: float = 0.0   # longest a stream event waited in the inbox behind other work
+
+
+class Runtime:
+    def __init__(self, backend: Backend, memory: SinkWindowMemory, config: ReasoningConfig,
+                 emit: Callable[[Any], None], store: SessionStore | None = None, session_id: str | None = None,
+                 asks: list[tuple[float, str]] | None = None) -> None:
+        self.backend = backend
+        self.memory = memory
+        self.config = config
+        self.emit = emit
+        self.store = store
+        self.session_id = session_id
+        self.inbox: queue.Queue = queue.Queue()
+        self.stats = RuntimeStats()
+        self.stream_t = 0.0
+        self.stream_ended = False
+        self.error: str | None = None
+        self.shutdown = False
+        self._stream_events: deque = deque()
+        self._questions: deque[Question] = deque()
+        self._scheduled = sorted(asks or [], key=lambda a: a[0])
+        self._next_question_id = 1
+        self._job: AnswerJob | None = None
+        self._job_question: Question | None = None
+        self._latest_obs: tuple[float, str] | None = None
+        self._open_segment: tuple[float, str, int] | None = None   # (t0, text, tokens) awaiting its t1
+        self.memory.set_sink(backend.system_chunk())
+
+    # -- called from other threads ------------------------------------------------------------
+    def submit(self, event: Any) -> None:
+        self.inbox.put(event)
+
+    # -- the loop body ------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        if self.shutdown:
+            return True
+        return (self.stream_ended and not self._stream_events and not self._scheduled and not self._questions
+                and self._job is None and self.inbox.empty())
+
+    def step(self, timeout: float = 0.0) -> bool:
+        """One turn; returns True if it did any work. Waits up to `timeout` for an event when idle."""
+        busy = bool(self._stream_events or self._questions or self._job)
+        self._drain(0.0 if busy else timeout)
+        did = False
+        if self._stream_events:
+            self._ingest(self._stream_events.popleft())
+            did = True
+        elif self.stream_ended and self._scheduled:
+            self._fire_scheduled(float("inf"))
+        if self._job is None and self._questions:
+            self._start_answer(self._questions.popleft())
+        if self._job is not None:
+            self._decode()
+            did = True
+        return did
+
+    def run(self) -> None:
+        while not self.finished:
+            self.step(timeout=0.05)
+        self._close_segment(self.stream_t)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _drain(self, timeout: float) -> None:
+        try:
+            event = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._accept(event)
+            try:
+                event = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _accept(self, event: Any) -> None:
+        if isinstance(event, (FrameEvent, ObservationEvent)):
+            self._stream_events.append(event)
+        elif isinstance(event, Question):
+            self.ask(event.text, event.t)
+        elif isinstance(event, StreamEnded):
+            self.stream_ended = True
+            self.error = event.error
+        elif isinstance(event, Shutdown):
+            self.shutdown = True
+        else:
+            raise TypeError(f"runtime cannot take {type(event).__name__}")
+
+    def ask(self, text: str, t: float | None = None) -> Question:
+        q = Question(self.stream_t if t is None else t, text, self._next_question_id)
+        self._next_question_id += 1
+        self._questions.append(q)
+        self.stats.questions += 1
+        return q
+
+    def _fire_scheduled(self, before_t: float) -> None:
+        while self._scheduled and self._scheduled[0][0] < before_t:
+            t, text = self._scheduled.pop(0)
+            self.ask(text, t)
+
+    def _ingest(self, event: FrameEvent | ObservationEvent) -> None:
+        t = event.frame.t if isinstance(event, FrameEvent) else event.t
+        self._fire_scheduled(t)   # questions for times before this frame see the stream up to them
+        self.stats.max_ingest_wait_ms = max(self.stats.max_ingest_wait_ms, (time.monotonic() - event.ts) * 1000)
+        self.stats.frames_sampled += 1
+        self.stream_t = t
+        if isinstance(event, ObservationEvent):
+            if event.text is None:
+                self.stats.repeats += 1
+                return
+            chunk = self.backend.observation_chunk(t, event.text)
+            self._latest_obs = (t, event.text)
+            self.emit(event)
+        else:
+            chunk = self.backend.frame_chunk(event.frame.image, t)
+        start = time.monotonic()
+        result = self.memory.append(chunk)
+        self.stats.ingest_ms.append((time.monotonic() - start) * 1000)
+        self.stats.observations += 1
+        self._close_segment(t)
+        self._open_segment = (t, chunk.text.strip(), chunk.num_tokens)
+        for rec in result.evicted:
+            self.stats.segments_evicted += 1
+            self.emit(SegmentSealed(rec.t0, rec.t1, rec.text.strip(), rec.num_tokens))
+
+    def _close_segment(self, t1: float) -> None:
+        if self._open_segment is None:
+            return
+        t0, text, n = self._open_segment
+        self._open_segment = None
+        if self.store is not None and self.session_id is not None:
+            self.store.add_segment(self.session_id, t0, max(t0, t1), text, n)
+
+    def _start_answer(self, q: Question) -> None:
+        latest = self._latest_obs if self._latest_obs and self._latest_obs[0] <= q.t else None
+        chunk = self.backend.question_chunk(q.t, q.text, latest)
+        self._job = AnswerJob(self.backend, self.memory.context(), chunk, self.config.max_new_tokens,
+                              asked_at=time.monotonic())
+        self._job_question = q
+
+    def _decode(self) -> None:
+        assert self._job is not None and self._job_question is not None
+        job, q = self._job, self._job_question
+        piece = job.step(self.config.decode_tokens_per_step)
+        if piece:
+            self.emit(AnswerToken(q.question_id, piece))
+        if job.done:
+            text = job.text.strip()
+            ttft, total = job.ttft_ms or 0.0, job.total_ms or 0.0
+            self.stats.ttft_ms.append(ttft)
+            self.stats.answer_ms.append(total)
+            self.emit(Answer(q.question_id, q.t, q.text, text, round(ttft, 1), round(total, 1)))
+            if self.store is not None and self.session_id is not None:
+                self.store.add_answer(self.session_id, q.t, q.text, text, ttft, total)
+            self._job = self._job_question = None
+
+    def summary(self) -> dict:
+        s = self.stats
+        med = (lambda xs: round(statistics.median(xs), 1) if xs else None)
+        return {
+            "frames_sampled": s.frames_sampled,
+            "observations": s.observations,
+            "repeats_skipped": s.repeats,
+            "segments_evicted": s.segments_evicted,
+            "tokens_in_memory": self.memory.num_tokens,
+            "device_kv_bytes": self.memory.device_bytes(),
+            "questions": s.questions,
+            "ttft_ms_median": med(s.ttft_ms),
+            "ttft_ms_max": round(max(s.ttft_ms), 1) if s.ttft_ms else None,
+            "answer_ms_median": med(s.answer_ms),
+            "ingest_ms_median": med(s.ingest_ms),
+            "max_ingest_wait_ms": round(s.max_ingest_wait_ms, 1),
+            "stream_t": round(self.stream_t, 3),
+        }

@@ -1,0 +1,146 @@
+"""Stored sessions: one SQLite database (through sqlite-utils) under the user data dir.
+
+    <data_dir>/onlooker.db          tables: sessions, segments, questions     (mode 0600)
+    <data_dir>/sessions/<id>/       per-session files (spilled KV, later)     (mode 0700)
+
+Owner-only permissions: a camera assistant records people. Writes happen on the runtime thread
+only; the store is not shared between threads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from reasoning.prompts import format_time
+
+
+class SessionNotFound(KeyError):
+    pass
+
+
+def default_data_dir() -> Path:
+    from platformdirs import user_data_dir
+    return Path(os.environ.get("ONLOOKER_DATA_DIR") or user_data_dir("onlooker"))
+
+
+def default_cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+    return Path(os.environ.get("ONLOOKER_CACHE_DIR") or user_cache_dir("onlooker"))
+
+
+@dataclass
+class SessionInfo:
+    session_id: str
+    started: float
+    ended: float | None
+    source: str
+    model: str
+    num_segments: int
+    num_questions: int
+
+
+class SessionStore:
+    def __init__(self, data_dir: Path | str) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        path = self.data_dir / "onlooker.db"
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+        # created on the main thread, written by the runtime thread, never by two at once
+        self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        self.db["sessions"].create(
+            {"id": str, "started": float, "ended": float, "source": str, "model": str, "summary": str},
+            pk="id", if_not_exists=True)
+        self.db["segments"].create(
+            {"id": int, "session_id": str, "t0": float, "t1": float, "text": str, "num_tokens": int},
+            pk="id", foreign_keys=[("session_id", "sessions", "id")], if_not_exists=True)
+        self.db["questions"].create(
+            {"id": int, "session_id": str, "t": float, "question": str, "answer": str, "ttft_ms": float,
+             "total_ms": float, "asked_wall": float},
+            pk="id", foreign_keys=[("session_id", "sessions", "id")], if_not_exists=True)
+        self.db["segments"].create_index(["session_id", "t0"], if_not_exists=True)
+        self.db["questions"].create_index(["session_id"], if_not_exists=True)
+
+    # -- writing ------------------------------------------------------------------------------
+    def start(self, source: str, model: str) -> str:
+        session_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.db["sessions"].insert({"id": session_id, "started": time.time(), "ended": None,
+                                    "source": source, "model": model, "summary": None})
+        d = self.session_dir(session_id)
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        return session_id
+
+    def add_segment(self, session_id: str, t0: float, t1: float, text: str, num_tokens: int) -> int:
+        return int(self.db["segments"].insert({"session_id": session_id, "t0": t0, "t1": t1, "text": text,
+                                               "num_tokens": num_tokens}).last_pk)
+
+    def add_answer(self, session_id: str, t: float, question: str, answer: str, ttft_ms: float,
+                   total_ms: float) -> None:
+        self.db["questions"].insert({"session_id": session_id, "t": t, "question": question, "answer": answer,
+                                     "ttft_ms": ttft_ms, "total_ms": total_ms, "asked_wall": time.time()})
+
+    def finish(self, session_id: str, summary: str) -> None:
+        self.db["sessions"].update(session_id, {"ended": time.time(), "summary": summary})
+
+    # -- reading ------------------------------------------------------------------------------
+    def session_dir(self, session_id: str) -> Path:
+        return self.data_dir / "sessions" / session_id
+
+    def list(self) -> list[SessionInfo]:
+        rows = self.db.query("""
+            select s.id, s.started, s.ended, s.source, s.model,
+                   (select count(*) from segments g where g.session_id = s.id) as nseg,
+                   (select count(*) from questions q where q.session_id = s.id) as nq
+            from sessions s order by s.started""")
+        return [SessionInfo(r["id"], r["started"], r["ended"], r["source"], r["model"], r["nseg"], r["nq"])
+                for r in rows]
+
+    def resolve(self, session_id: str) -> str:
+        if session_id == "latest":
+            infos = self.list()
+            if not infos:
+                raise SessionNotFound(session_id)
+            return infos[-1].session_id
+        if not list(self.db["sessions"].rows_where("id = ?", [session_id])):
+            raise SessionNotFound(session_id)
+        return session_id
+
+    def segments(self, session_id: str) -> list[dict]:
+        return list(self.db["segments"].rows_where("session_id = ?", [session_id], order_by="t0"))
+
+    def questions(self, session_id: str) -> list[dict]:
+        return list(self.db["questions"].rows_where("session_id = ?", [session_id], order_by="id"))
+
+    def remove(self, session_id: str) -> None:
+        session_id = self.resolve(session_id)
+        with self.db.conn:
+            self.db["segments"].delete_where("session_id = ?", [session_id])
+            self.db["questions"].delete_where("session_id = ?", [session_id])
+            self.db["sessions"].delete(session_id)
+        shutil.rmtree(self.session_dir(session_id), ignore_errors=True)
+
+
+def format_session_list(infos: list[SessionInfo]) -> str:
+    if not infos:
+        return "no stored sessions"
+    lines = [f"{'ID':<24} {'STARTED':<19} {'LENGTH':>8} {'SEGS':>5} {'QS':>4}  SOURCE"]
+    for s in infos:
+        length = format_time(s.ended - s.started) if s.ended else "running"
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started))
+        lines.append(f"{s.session_id:<24} {started:<19} {length:>8} {s.num_segments:>5} {s.num_questions:>4}  "
+                     f"{s.source}")
+    return "\n".join(lines)
