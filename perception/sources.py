@@ -19,17 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-# OpenCV and its FFmpeg backend print their own errors ("moov atom not found", "Camera index out of
-# range"); we report one line of our own instead. Must be set before cv2 is imported.
-os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
+import cv2  # perception/__init__.py silences OpenCV's own logging first
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from perception.config import PerceptionConfig  # noqa: E402
-from perception.synthetic import SCENES, SyntheticScene  # noqa: E402
+from perception.config import PerceptionConfig
+from perception.synthetic import SCENES, SyntheticScene
 
 log = logging.getLogger("onlooker.source")
 

@@ -1,0 +1,145 @@
+"""The VLM backend: Qwen2.5-VL. A frame goes through the vision tower once; its merged visual tokens
+are prefilled into the language model's KV cache with M-RoPE positions (time, height, width).
+
+A frame chunk, positions relative to its start (s = number of marker tokens + 1):
+
+    "[0:12] "  <|vision_start|>  img img ... img  <|vision_end|>  "\\n"
+    0 .. k-1   k                 t = s, h = s + row, w = s + col   s+M  s+M+1      (M = max(grid_h, grid_w))
+
+which is what `Qwen2_5_VLModel.get_rope_index` gives the same tokens in a full prompt, so chunked
+ingest equals one full prefill. Pre-processing (smart resize to multiples of 28, CLIP
+normalisation, patch flattening) mirrors Qwen2VLImageProcessor without needing torchvision.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from transformers import AutoTokenizer, DynamicCache
+
+from reasoning import prompts
+from reasoning.backends.base import Backend, Chunk, text_positions
+
+IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+
+def smart_size(height: int, width: int, factor: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:
+    """Nearest size with both sides multiples of `factor` and area within [min_pixels, max_pixels]."""
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def patchify(image_bgr: np.ndarray, patch_size: int, merge_size: int, temporal_patch_size: int,
+             max_pixels: int, min_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame -> (flattened patches (grid_h*grid_w, C*T*P*P), grid_thw (3,)), Qwen2-VL layout."""
+    h, w = smart_size(image_bgr.shape[0], image_bgr.shape[1], patch_size * merge_size, max_pixels, min_pixels)
+    rgb = cv2.cvtColor(cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_CUBIC), cv2.COLOR_BGR2RGB)
+    x = (rgb.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD             # (H, W, C)
+    x = np.repeat(x.transpose(2, 0, 1)[None], temporal_patch_size, axis=0)   # (T, C, H, W): a still frame
+    gh, gw = h // patch_size, w // patch_size
+    c = x.shape[1]
+    x = x.reshape(1, temporal_patch_size, c, gh // merge_size, merge_size, patch_size,
+                  gw // merge_size, merge_size, patch_size)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    flat = x.reshape(gh * gw, c * temporal_patch_size * patch_size * patch_size)
+    return torch.from_numpy(np.ascontiguousarray(flat)), torch.tensor([1, gh, gw])
+
+
+def vision_positions(start: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """M-RoPE positions of one frame's merged tokens starting at `start`, (3, grid_h*grid_w)."""
+    hh, ww = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    t = torch.full((grid_h * grid_w,), start)
+    return torch.stack([t, hh.reshape(-1) + start, ww.reshape(-1) + start])
+
+
+class QwenVLBackend(Backend):
+    num_position_axes = 3
+    accepts_frames = True
+
+    def __init__(self, model, tokenizer, name: str = "Qwen2.5-VL", max_pixels: int = 448 * 448,
+                 min_pixels: int = 56 * 56) -> None:
+        super().__init__(model, tokenizer)
+        self.name = name
+        self.model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        cfg = model.config
+        vc = cfg.vision_config
+        self.patch_size, self.merge_size = vc.patch_size, vc.spatial_merge_size
+        self.temporal_patch_size = vc.temporal_patch_size
+        self.max_pixels, self.min_pixels = max_pixels, min_pixels
+        self.image_token_id = cfg.image_token_id
+        self.vision_start_id = cfg.vision_start_token_id
+        self.vision_end_id = cfg.vision_end_token_id
+
+    @classmethod
+    def from_dir(cls, path: Path | str, device: str = "cpu") -> QwenVLBackend:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                                   attn_implementation="sdpa").to(device)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return cls(model, tokenizer, Path(path).name)
+
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        return self.model.model.language_model.rotary_emb.inv_freq
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    @torch.inference_mode()
+    def encode_frame(self, image_bgr: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Vision tower on one frame -> merged visual embeddings (n, hidden) and the merged grid (h, w)."""
+        patches, grid = patchify(image_bgr, self.patch_size, self.merge_size, self.temporal_patch_size,
+                                 self.max_pixels, self.min_pixels)
+        out = self.model.model.visual(patches.to(self.device, self.visual_dtype), grid_thw=grid[None].to(self.device))
+        embeds = out.pooler_output                                             # (gh*gw/merge^2, hidden)
+        return embeds, (int(grid[1]) // self.merge_size, int(grid[2]) // self.merge_size)
+
+    @property
+    def visual_dtype(self) -> torch.dtype:
+        return self.model.model.visual.dtype
+
+    @torch.inference_mode()
+    def frame_chunk(self, image, t: float) -> Chunk:
+        embeds, (gh, gw) = self.encode_frame(image)
+        prefix = self.tokenizer(prompts.frame_prefix(t), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        suffix = self.tokenizer("\n", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        k = int(prefix.shape[0]) + 1                                           # marker + <|vision_start|>
+        head = torch.cat([prefix, torch.tensor([self.vision_start_id])])
+        tail = torch.cat([torch.tensor([self.vision_end_id]), suffix])
+        m = max(gh, gw)
+        pos = torch.cat([text_positions(k, 3), vision_positions(k, gh, gw),
+                         text_positions(int(tail.shape[0]), 3) + k + m], dim=1)  # (3, n)
+        inputs_embeds = torch.cat([self._embed(head), embeds.to(self.dtype), self._embed(tail)])
+        n_img = gh * gw
+        ids = torch.cat([head, torch.full((n_img,), self.image_token_id), tail])
+        return Chunk("frame", t, t, f"[{prompts.format_time(t)}] <frame {n_img} tokens>", pos,
+                     k + m + int(tail.shape[0]), input_ids=ids, inputs_embeds=inputs_embeds)
+
+    @torch.inference_mode()
+    def prefill(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
+        if chunk.inputs_embeds is not None:
+            embeds = chunk.inputs_embeds.to(self.device, self.dtype)
+        else:
+            assert chunk.input_ids is not None
+            embeds = self._embed(chunk.input_ids)
+        pos = (chunk.position_ids.to(self.device) + offset).unsqueeze(1)        # (3, 1, n)
+        out = self.model.model.language_model(inputs_embeds=embeds.unsqueeze(0), position_ids=pos,
+                                              past_key_values=cache, use_cache=True)
+        return self.model.lm_head(out.last_hidden_state[:, -1]).float()[0]
