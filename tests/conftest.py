@@ -1,0 +1,51 @@
+"""Shared fixtures: the real SmolLM2 lite backend and a tiny random Qwen2.5-VL."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# a copy of ../shared/media/bottle-detection.mp4 (CC-BY 4.0, Intel; notice in tests/data/README.md)
+BOTTLE = os.path.abspath(os.path.join(os.path.dirname(__file__), "data", "bottle-detection.mp4"))
+
+
+@pytest.fixture(scope="session")
+def lite_backend():
+    from assistant.sessions import default_cache_dir
+    from reasoning.backends.lite import load_lite_backend
+    return load_lite_backend(default_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def lite_tokenizer(lite_backend):
+    return lite_backend.tokenizer
+
+
+def tiny_qwen_config(vocab: int):
+    from transformers import Qwen2_5_VLConfig
+    return Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=vocab + 8, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=None, eos_token_id=None,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        image_token_id=vocab + 1, vision_start_token_id=vocab + 2, vision_end_token_id=vocab + 3,
+        video_token_id=vocab + 4, bos_token_id=None, eos_token_id=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(lite_tokenizer):
+    """A tiny random Qwen2.5-VL (2 layers, width 64) with SmolLM2's tokenizer (ChatML tokens)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from reasoning.backends.qwen_vl import QwenVLBackend
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config(len(lite_tokenizer))).eval()
+    return QwenVLBackend(model, lite_tokenizer, "tiny-qwen2.5-vl", max_pixels=112 * 112)
