@@ -25,7 +25,7 @@ from typing import Any
 from assistant.events import (Answer, AnswerToken, FrameEvent, ObservationEvent, Question, SegmentSealed,
                               Shutdown, StreamEnded)
 from assistant.sessions import SessionStore
-from memory.window import SinkWindowMemory
+from memory.window import ContextView, SinkWindowMemory
 from reasoning.answerer import AnswerJob
 from reasoning.backends.base import Backend
 from reasoning.config import ReasoningConfig
@@ -63,7 +63,9 @@ class Runtime:
         self.error: str | None = None
         self.shutdown = False
         self._stream_events: deque = deque()
-        self._questions: deque[Question] = deque()
+        # each waiting question holds the memory as it was when asked (a free fork), so frames ingested
+        # while it waits behind another answer do not leak into it
+        self._questions: deque[tuple[Question, ContextView, tuple[float, str] | None]] = deque()
         self._scheduled = sorted(asks or [], key=lambda a: a[0])
         self._next_question_id = 1
         self._job: AnswerJob | None = None
@@ -95,7 +97,7 @@ class Runtime:
         elif self.stream_ended and self._scheduled:
             self._fire_scheduled(float("inf"))
         if self._job is None and self._questions:
-            self._start_answer(self._questions.popleft())
+            self._start_answer(*self._questions.popleft())
         if self._job is not None:
             self._decode()
             did = True
@@ -135,7 +137,8 @@ class Runtime:
     def ask(self, text: str, t: float | None = None) -> Question:
         q = Question(self.stream_t if t is None else t, text, self._next_question_id)
         self._next_question_id += 1
-        self._questions.append(q)
+        latest = self._latest_obs if self._latest_obs and self._latest_obs[0] <= q.t else None
+        self._questions.append((q, self.memory.context(), latest))
         self.stats.questions += 1
         return q
 
@@ -177,12 +180,12 @@ class Runtime:
         if self.store is not None and self.session_id is not None:
             self.store.add_segment(self.session_id, t0, max(t0, t1), text, n)
 
-    def _start_answer(self, q: Question) -> None:
-        latest = self._latest_obs if self._latest_obs and self._latest_obs[0] <= q.t else None
+    def _start_answer(self, q: Question, context: ContextView, latest: tuple[float, str] | None) -> None:
         chunk = self.backend.question_chunk(q.t, q.text, latest)
-        self._job = AnswerJob(self.backend, self.memory.context(), chunk, self.config.max_new_tokens,
-                              asked_at=time.monotonic())
+        self._job = AnswerJob(self.backend, context, chunk, self.config.max_new_tokens, asked_at=q.ts)
         self._job_question = q
+        self.emit({"type": "question", "t": round(q.t, 3), "question": q.text, "context_tokens": context.num_tokens,
+                   "latest_observation_t": latest[0] if latest else None})
 
     def _decode(self) -> None:
         assert self._job is not None and self._job_question is not None

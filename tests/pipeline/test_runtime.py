@@ -1,0 +1,113 @@
+"""The runtime loop, driven step by step with events (no threads), and end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+from assistant.cli import DEMO_QUESTION, main
+from assistant.events import Answer, AnswerToken, ObservationEvent, Question, StreamEnded
+from assistant.runtime import Runtime
+from memory.config import MemoryConfig
+from memory.window import SinkWindowMemory
+from perception.synthetic import SyntheticScene
+from reasoning.config import ReasoningConfig
+from tests.conftest import BOTTLE
+
+
+def _runtime(backend, asks=None, tokens_per_step=2):
+    out: list = []
+    rt = Runtime(backend, SinkWindowMemory(backend, MemoryConfig()),
+                 ReasoningConfig(max_new_tokens=16, decode_tokens_per_step=tokens_per_step), out.append, asks=asks)
+    return rt, out
+
+
+def test_scheduled_question_sees_the_stream_up_to_its_time(lite_backend):
+    rt, out = _runtime(lite_backend, asks=[(9.0, DEMO_QUESTION)])
+    for t, w in [(0.0, "APPLE"), (8.0, "RIVER"), (16.0, "TIGER")]:
+        rt.submit(ObservationEvent(t, f'Text on screen: "{w}".'))
+    rt.submit(StreamEnded())
+    while not rt.finished:
+        rt.step()
+    answers = [e for e in out if isinstance(e, Answer)]
+    assert len(answers) == 1 and answers[0].t == 9.0 and answers[0].text
+    started = next(e for e in out if isinstance(e, dict) and e.get("type") == "question")
+    # asked at 9 s: the context holds the sink and the observations at 0 s and 8 s, not the one at 16 s
+    sink = lite_backend.system_chunk().num_tokens
+    obs = [lite_backend.observation_chunk(t, f'Text on screen: "{w}".').num_tokens
+           for t, w in [(0.0, "APPLE"), (8.0, "RIVER")]]
+    assert started["context_tokens"] == sink + sum(obs) and started["latest_observation_t"] == 8.0
+    assert rt.summary()["questions"] == 1 and rt.summary()["observations"] == 3
+
+
+def test_ingest_interleaves_with_decoding(lite_backend):
+    """An answer in flight never holds up the stream: frames are ingested between its decode steps."""
+    rt, out = _runtime(lite_backend, tokens_per_step=1)
+    rt.submit(ObservationEvent(0.0, 'Text on screen: "APPLE".'))
+    rt.step()
+    rt.submit(Question(1.0, "Describe the scene in detail."))
+    for i in range(1, 6):
+        rt.submit(ObservationEvent(1.0 + i, f'Text on screen: "WORD{i}".'))
+    rt.submit(StreamEnded())
+    while not rt.finished:
+        rt.step()
+    kinds = [type(e).__name__ for e in out]
+    first_tok, done = kinds.index("AnswerToken"), kinds.index("Answer")
+    assert "ObservationEvent" in kinds[first_tok:done], kinds
+    answer = next(e for e in out if isinstance(e, Answer))
+    assert answer.text == "".join(e.text for e in out if isinstance(e, AnswerToken)).strip()
+    assert rt.memory.num_tokens > 0 and rt.summary()["observations"] == 6
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_demo_end_to_end_reads_the_sign(capsys, monkeypatch, tmp_path):
+    """The real SmolLM2 on the synthetic scene: most answers name the word on the sign at the time asked."""
+    monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path))
+    assert main(["demo", "--headless"]) == 0
+    records = _json_lines(capsys.readouterr().out)
+    scene = SyntheticScene("signs")
+    answers = [r for r in records if r["type"] == "answer" and r["question"] == DEMO_QUESTION]
+    assert len(answers) == len(scene.script())
+    hits = sum(scene.word_at(a["t"]).lower() in a["text"].lower() for a in answers)
+    assert hits >= 0.75 * len(answers), answers
+    summary = next(r for r in records if r["type"] == "summary")
+    assert summary["frames_sampled"] == 60 and summary["frames_dropped"] == 0 and summary["error"] is None
+    assert records[-1] == {"type": "demo_check", "questions": len(answers), "answers_naming_the_sign": hits}
+    # the session is stored: segments and answers
+    assert main(["sessions", "show", "latest"]) == 0
+    shown = _json_lines(capsys.readouterr().out)
+    assert sum(r["type"] == "segment" for r in shown) == summary["observations"]
+    assert sum(r["type"] == "answer" for r in shown) == summary["questions"]
+
+
+def test_run_on_a_video_file_answers_and_summarises(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path))
+    assert main(["run", "--source", BOTTLE, "--headless", "--fast", "--ask", "5:What do you see?"]) == 0
+    records = _json_lines(capsys.readouterr().out)
+    answers = [r for r in records if r["type"] == "answer"]
+    assert len(answers) == 1 and answers[0]["t"] == 5.0 and answers[0]["text"] and answers[0]["ttft_ms"] > 0
+    assert records[-1]["type"] == "summary"
+    s = records[-1]
+    assert s["frames_read"] == 1189 and s["frames_sampled"] == 40 and s["frames_dropped"] == 0
+    assert s["tokens_in_memory"] > 0 and s["error"] is None
+    assert main(["sessions"]) == 0 and s["session_id"] in capsys.readouterr().out
+    assert main(["sessions", "rm", s["session_id"]]) == 0
+    capsys.readouterr()
+    assert main(["sessions", "rm", s["session_id"]]) == 2
+    assert "onlooker sessions" in capsys.readouterr().err
+
+
+def test_cli_bad_input_exits_2_with_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path))
+    cases = [["run", "--source", str(tmp_path / "missing.mp4"), "--headless"],
+             ["run", "--source", "camera:61", "--headless"],
+             ["run", "--source", "synthetic:short", "--ask", "soon:what?", "--headless"],
+             ["run", "--source", "synthetic:short", "--model", "nobody/no-such-model", "--headless"],
+             ["run", "--source", "synthetic:short", "--model", str(tmp_path), "--headless"],
+             ["run", "--source", "synthetic:short", "--device", "cuda", "--model", "nobody/x", "--headless"]]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("onlooker: error: "), (argv, err)

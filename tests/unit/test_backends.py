@@ -1,0 +1,139 @@
+"""The backend interface: chunk-by-chunk ingest equals one full prefill; RoPE shift is exact;
+questions are answered through the same interface on both backends."""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from memory.config import MemoryConfig
+from memory.window import SinkWindowMemory
+from perception.synthetic import SyntheticScene
+from reasoning.answerer import AnswerJob
+from reasoning.backends.base import Chunk, fork_cache, rope_shift
+from reasoning.backends.qwen_vl import patchify
+
+
+def _ingest(backend, chunks):
+    cache, offset, logits = DynamicCache(), 0, None
+    for c in chunks:
+        logits = backend.prefill(c, cache, offset)
+        offset += c.pos_span
+    return logits, cache
+
+
+def _concat(chunks: list[Chunk], backend) -> Chunk:
+    """The same chunks as one input: positions shifted by the running span."""
+    pos, off = [], 0
+    for c in chunks:
+        pos.append(c.position_ids + off)
+        off += c.pos_span
+    embeds = None
+    if any(c.inputs_embeds is not None for c in chunks):
+        embeds = torch.cat([c.inputs_embeds if c.inputs_embeds is not None else backend._embed(c.input_ids)
+                            for c in chunks])
+    return Chunk("all", 0, 0, "", torch.cat(pos, dim=1), off,
+                 input_ids=torch.cat([c.input_ids for c in chunks]), inputs_embeds=embeds)
+
+
+def _qwen_chunks(backend):
+    scene = SyntheticScene("short")
+    return [backend.system_chunk(), backend.frame_chunk(scene.render(0), 0.0),
+            backend.observation_chunk(0.5, 'Text on screen: "TIGER".'), backend.frame_chunk(scene.render(10), 2.0),
+            backend.frame_chunk(scene.render(20), 4.0), backend.question_chunk(4.0, "What is on the sign?")]
+
+
+def test_qwen_chunked_ingest_equals_full_prefill(tiny_qwen):
+    chunks = _qwen_chunks(tiny_qwen)
+    chunked, cache = _ingest(tiny_qwen, chunks)
+    full, _ = _ingest(tiny_qwen, [_concat(chunks, tiny_qwen)])
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+    assert cache.get_seq_length() == sum(c.num_tokens for c in chunks)
+
+
+def test_qwen_positions_match_transformers_full_forward(tiny_qwen):
+    """Our chunked M-RoPE positions against Qwen2_5_VLModel.get_rope_index on the same token sequence."""
+    chunks = _qwen_chunks(tiny_qwen)
+    chunked, _ = _ingest(tiny_qwen, chunks)
+    scene = SyntheticScene("short")
+    m = tiny_qwen.model
+    ids = torch.cat([c.input_ids for c in chunks])[None]
+    pv, grids = zip(*(patchify(scene.render(i), 14, 2, 2, tiny_qwen.max_pixels, tiny_qwen.min_pixels)
+                      for i in (0, 10, 20)))
+    with torch.no_grad():
+        out = m(input_ids=ids, pixel_values=torch.cat(pv), image_grid_thw=torch.stack(grids),
+                mm_token_type_ids=(ids == m.config.image_token_id).int())
+    torch.testing.assert_close(chunked, out.logits[0, -1].float(), rtol=1e-5, atol=1e-5)
+
+
+def test_lite_chunked_ingest_equals_full_prefill(lite_backend):
+    b = lite_backend
+    chunks = [b.system_chunk()] + [b.observation_chunk(t, f'Text on screen: "{w}".')
+                                   for t, w in [(0, "APPLE"), (8, "RIVER"), (16, "TIGER")]]
+    chunks.append(b.question_chunk(17.0, "What word is on the sign?"))
+    chunked, _ = _ingest(b, chunks)
+    full, _ = _ingest(b, [_concat(chunks, b)])
+    torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-4)
+
+
+def test_rope_shift_moves_keys_exactly(lite_backend, tiny_qwen):
+    for b in (lite_backend, tiny_qwen):
+        chunk = b.observation_chunk(3.0, 'Text on screen: "LEMON".')
+        at_0, at_40 = DynamicCache(), DynamicCache()
+        b.prefill(chunk, at_0, 0)
+        b.prefill(chunk, at_40, 40)
+        for l0, l40 in zip(at_0.layers, at_40.layers):
+            torch.testing.assert_close(rope_shift(l40.keys, -40, b.inv_freq), l0.keys, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(l40.values, l0.values, rtol=1e-4, atol=1e-4)
+
+
+def test_window_evicts_oldest_and_repositions(lite_backend):
+    b = lite_backend
+    mem = SinkWindowMemory(b, MemoryConfig(window_tokens=40, reposition=True))
+    mem.set_sink(b.system_chunk())
+    sink_keys = [layer.keys.clone() for layer in mem.cache.layers]
+    evicted = []
+    words = ["APPLE", "RIVER", "TIGER", "PIANO", "LEMON", "CASTLE"]
+    for i, w in enumerate(words):
+        evicted += mem.append(b.observation_chunk(i * 4.0, f'Text on screen: "{w}".')).evicted
+    assert [r.text.split('"')[1] for r in evicted] == words[: len(evicted)] and len(evicted) >= 2
+    assert mem.window_tokens <= 40 and mem.num_evicted_chunks == len(evicted)
+    assert mem.num_tokens == mem.sink_tokens + mem.window_tokens
+    assert mem.next_pos == mem.num_tokens           # contiguous after re-positioning
+    for before, layer in zip(sink_keys, mem.cache.layers):
+        torch.testing.assert_close(layer.keys[:, :, : before.shape[2]], before)   # the sink is untouched
+    # the re-positioned window is the same cache one gets by prefilling the kept chunks right after the sink
+    fresh = SinkWindowMemory(b, MemoryConfig(window_tokens=10_000))
+    fresh.set_sink(b.system_chunk())
+    for r in mem.window:
+        fresh.append(b.text_chunk(r.kind, r.text, r.t0, r.t1))
+    # layer 0's keys depend only on the tokens and their positions
+    torch.testing.assert_close(mem.cache.layers[0].keys, fresh.cache.layers[0].keys, rtol=1e-4, atol=1e-4)
+
+
+def test_fork_is_isolated(lite_backend):
+    b = lite_backend
+    mem = SinkWindowMemory(b, MemoryConfig())
+    mem.set_sink(b.system_chunk())
+    view = mem.context()
+    n = view.num_tokens
+    b.prefill(b.question_chunk(0.0, "hi"), view.cache, view.next_pos)
+    assert mem.num_tokens == n and view.cache.get_seq_length() > n
+    mem.append(b.observation_chunk(1.0, "No text on screen."))
+    assert fork_cache(mem.cache).get_seq_length() == mem.num_tokens
+
+
+def test_answer_through_common_interface(lite_backend, tiny_qwen):
+    scene = SyntheticScene("short")
+    for b, chunk in ((lite_backend, lite_backend.observation_chunk(1.0, 'Text on screen: "PIANO".')),
+                     (tiny_qwen, tiny_qwen.frame_chunk(scene.render(0), 0.0))):
+        mem = SinkWindowMemory(b, MemoryConfig())
+        mem.set_sink(b.system_chunk())
+        mem.append(chunk)
+        job = AnswerJob(b, mem.context(), b.question_chunk(1.0, "What word is on the sign?",
+                                                           (1.0, 'Text on screen: "PIANO".')), 8)
+        pieces = []
+        while not job.done:
+            pieces.append(job.step(3))
+        assert job.ttft_ms is not None and 1 <= len(job.token_ids) <= 8
+        assert "".join(pieces) == job.text
