@@ -32,7 +32,7 @@ def parse_ask(spec: str) -> tuple[float, str]:
     return tf, question.strip()
 
 
-def _config(args) -> "AssistantConfig":  # noqa: F821
+def _config(args) -> AssistantConfig:  # noqa: F821
     from assistant.config import AssistantConfig
     cfg = AssistantConfig.from_toml(args.config) if getattr(args, "config", None) else AssistantConfig()
     if getattr(args, "source", None):
@@ -77,7 +77,8 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) ->
     result = pipeline.run()
     summary = {"type": "summary", "session_id": session_id, "source": cfg.source, "model": backend.name,
                "frames_read": result.frames_read, "frames_sampled": result.frames_sampled,
-               "frames_dropped": result.frames_dropped, **runtime.summary(), "wall_s": result.wall_s,
+               "frames_dropped": result.frames_dropped, "stalls": source.stats.stalls,
+               "reconnects": source.stats.reconnects, **runtime.summary(), "wall_s": result.wall_s,
                "error": result.error}
     store.finish(session_id, json.dumps(summary))
     printer(summary) if cfg.headless else None

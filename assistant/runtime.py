@@ -22,8 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from assistant.events import (Answer, AnswerToken, FrameEvent, ObservationEvent, Question, SegmentSealed,
-                              Shutdown, StreamEnded)
+from assistant.events import (
+    Answer,
+    AnswerToken,
+    FrameEvent,
+    ObservationEvent,
+    Question,
+    SegmentSealed,
+    Shutdown,
+    StreamEnded,
+)
 from assistant.sessions import SessionStore
 from memory.window import ContextView, SinkWindowMemory
 from reasoning.answerer import AnswerJob
@@ -204,8 +212,10 @@ class Runtime:
             self._job = self._job_question = None
 
     def summary(self) -> dict:
+        def med(xs: list[float]) -> float | None:
+            return round(statistics.median(xs), 1) if xs else None
+
         s = self.stats
-        med = (lambda xs: round(statistics.median(xs), 1) if xs else None)
         return {
             "frames_sampled": s.frames_sampled,
             "observations": s.observations,

