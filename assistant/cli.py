@@ -81,7 +81,14 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) ->
                "reconnects": source.stats.reconnects, **runtime.summary(), "wall_s": result.wall_s,
                "error": result.error}
     store.finish(session_id, json.dumps(summary))
-    printer(summary) if cfg.headless else None
+    if cfg.headless:
+        printer(summary)
+    else:
+        print(f"\nsession {session_id}: {summary['frames_sampled']} frames sampled, {summary['observations']} "
+              f"observations, {summary['questions']} questions, median time to first token "
+              f"{summary['ttft_ms_median']} ms")
+    if result.threads_alive:
+        log.warning("threads still running at exit: %s", ", ".join(result.threads_alive))
     if result.error:
         print(f"onlooker: error: {result.error}", file=sys.stderr)
         return 2, summary

@@ -7,7 +7,7 @@ events (StreamEnded, Shutdown) are never dropped.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -75,9 +75,3 @@ class Shutdown:                   # control: stop now
     reason: str = ""
     ts: float = field(default_factory=_now)
 
-
-def to_json_dict(event: Any) -> dict:
-    """Headless output shape: {"type": ..., fields without ts}."""
-    d = asdict(event)
-    d.pop("ts", None)
-    return d
