@@ -72,7 +72,7 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) ->
                       session_id, asks)
     pipeline = Pipeline(source, runtime, cfg.perception, perceiver)
     if not cfg.headless and sys.stdin.isatty():
-        _start_stdin_questions(runtime, printer)
+        _start_stdin_questions(runtime)
     log.info("session %s: %s with %s", session_id, cfg.source, backend.name)
     result = pipeline.run()
     summary = {"type": "summary", "session_id": session_id, "source": cfg.source, "model": backend.name,
@@ -95,7 +95,7 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) ->
     return 0, summary
 
 
-def _start_stdin_questions(runtime, printer) -> None:
+def _start_stdin_questions(runtime) -> None:
     import threading
 
     from assistant.events import Question

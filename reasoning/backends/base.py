@@ -85,8 +85,9 @@ class Backend(ABC):
     accepts_frames: bool                   # True: frames go in as visual tokens; False: lite text observations
 
     def __init__(self, model, tokenizer) -> None:
-        self.model = model
+        self.model = model.eval()
         self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
         eos = {tokenizer.convert_tokens_to_ids("<|im_end|>")}
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)

@@ -82,8 +82,6 @@ class CausalLMBackend(Backend):
     def __init__(self, model, tokenizer, name: str) -> None:
         super().__init__(model, tokenizer)
         self.name = name
-        self.device = next(model.parameters()).device
-        self.model.eval()
 
     @classmethod
     def from_dir(cls, path: Path | str, name: str, device: str = "cpu") -> CausalLMBackend:

@@ -74,8 +74,6 @@ class QwenVLBackend(Backend):
                  min_pixels: int = 56 * 56) -> None:
         super().__init__(model, tokenizer)
         self.name = name
-        self.model.eval()
-        self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         cfg = model.config
         vc = cfg.vision_config
@@ -85,6 +83,8 @@ class QwenVLBackend(Backend):
         self.image_token_id = cfg.image_token_id
         self.vision_start_id = cfg.vision_start_token_id
         self.vision_end_id = cfg.vision_end_token_id
+        newline = self.tokenizer("\n", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        self._frame_tail = torch.cat([torch.tensor([self.vision_end_id]), newline])   # same after every frame
 
     @classmethod
     def from_dir(cls, path: Path | str, device: str = "cpu") -> QwenVLBackend:
@@ -119,10 +119,9 @@ class QwenVLBackend(Backend):
     def frame_chunk(self, image, t: float) -> Chunk:
         embeds, (gh, gw) = self.encode_frame(image)
         prefix = self.tokenizer(prompts.frame_prefix(t), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        suffix = self.tokenizer("\n", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         k = int(prefix.shape[0]) + 1                                           # marker + <|vision_start|>
         head = torch.cat([prefix, torch.tensor([self.vision_start_id])])
-        tail = torch.cat([torch.tensor([self.vision_end_id]), suffix])
+        tail = self._frame_tail
         m = max(gh, gw)
         pos = torch.cat([text_positions(k, 3), vision_positions(k, gh, gw),
                          text_positions(int(tail.shape[0]), 3) + k + m], dim=1)  # (3, n)
