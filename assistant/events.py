@@ -56,11 +56,13 @@ class Answer:
 
 
 @dataclass(slots=True)
-class SegmentSealed:              # a chunk left the recent window (v0: evicted; later: sealed to host)
+class SegmentSealed:              # a segment left the recent window: its KV went to host RAM (or disk)
     t0: float
     t1: float
     text: str
     num_tokens: int
+    kept_tokens: int
+    tier: str                     # where its KV is now: host | disk | dropped
     ts: float = field(default_factory=_now)
 
 

@@ -21,8 +21,8 @@ def event_record(event: Any) -> dict | None:
         return {"type": "answer", "t": round(event.t, 3), "question": event.question, "text": event.text,
                 "ttft_ms": event.ttft_ms, "total_ms": event.total_ms}
     if isinstance(event, SegmentSealed):
-        return {"type": "segment_evicted", "t0": round(event.t0, 3), "t1": round(event.t1, 3),
-                "tokens": event.num_tokens}
+        return {"type": "segment_sealed", "t0": round(event.t0, 3), "t1": round(event.t1, 3),
+                "tokens": event.num_tokens, "kept_tokens": event.kept_tokens, "tier": event.tier}
     if isinstance(event, dict):
         return event
     return None

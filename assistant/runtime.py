@@ -33,7 +33,7 @@ from assistant.events import (
     StreamEnded,
 )
 from assistant.sessions import SessionStore
-from memory.window import ContextView, SinkWindowMemory
+from memory.hierarchy import ContextView, HierarchicalMemory
 from reasoning.answerer import AnswerJob
 from reasoning.backends.base import Backend
 from reasoning.config import ReasoningConfig
@@ -46,7 +46,7 @@ class RuntimeStats:
     frames_sampled: int = 0        # stream events seen (one per sampled frame)
     observations: int = 0          # chunks ingested into memory
     repeats: int = 0               # sampled frames whose observation repeated the previous one
-    segments_evicted: int = 0
+    segments_sealed: int = 0
     questions: int = 0
     ingest_ms: list[float] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)
@@ -54,8 +54,27 @@ class RuntimeStats:
     max_ingest_wait_ms: float = 0.0   # longest a stream event waited in the inbox behind other work
 
 
+def question_record(q: Question, context: ContextView, latest: tuple[float, str] | None,
+                    recalled: list[tuple[float, str]]) -> dict:
+    r = context.retrieval
+    return {"type": "question", "t": round(q.t, 3), "question": q.text, "context_tokens": context.num_tokens,
+            "time_ref": None if r is None or r.time_ref is None else r.time_ref.kind,
+            "retrieved": [[round(s.t0, 3), round(s.t1, 3)] for s in context.placed],
+            "recalled_t": [round(t, 3) for t, _ in recalled],
+            "latest_observation_t": latest[0] if latest and not recalled else None}
+
+
+def memory_summary(memory: HierarchicalMemory) -> dict:
+    st = memory.stats
+    return {"tokens_in_memory": memory.num_tokens, "device_kv_bytes": memory.device_bytes(),
+            "device_peak_kv_bytes": st.device_peak_bytes, "host_kv_bytes": st.host_bytes,
+            "disk_kv_bytes": st.disk_bytes, "segments_spilled": st.segments_spilled,
+            "segments_dropped": st.segments_dropped, "segment_read_errors": st.segment_read_errors,
+            "tokens_pruned": st.tokens_pruned}
+
+
 class Runtime:
-    def __init__(self, backend: Backend, memory: SinkWindowMemory, config: ReasoningConfig,
+    def __init__(self, backend: Backend, memory: HierarchicalMemory, config: ReasoningConfig,
                  emit: Callable[[Any], None], store: SessionStore | None = None, session_id: str | None = None,
                  asks: list[tuple[float, str]] | None = None) -> None:
         self.backend = backend
@@ -79,7 +98,6 @@ class Runtime:
         self._job: AnswerJob | None = None
         self._job_question: Question | None = None
         self._latest_obs: tuple[float, str] | None = None
-        self._open_segment: tuple[float, str, int] | None = None   # (t0, text, tokens) awaiting its t1
         self.memory.set_sink(backend.system_chunk())
 
     # -- called from other threads ------------------------------------------------------------
@@ -114,7 +132,12 @@ class Runtime:
     def run(self) -> None:
         while not self.finished:
             self.step(timeout=0.05)
-        self._close_segment(self.stream_t)
+        self.close()
+
+    def close(self) -> None:
+        """Seal what is left in the window and write every segment to disk (stored sessions)."""
+        for seg in self.memory.flush(self.stream_t):
+            self._sealed(seg)
 
     # -- internals ----------------------------------------------------------------------------
     def _drain(self, timeout: float) -> None:
@@ -146,7 +169,7 @@ class Runtime:
         q = Question(self.stream_t if t is None else t, text, self._next_question_id)
         self._next_question_id += 1
         latest = self._latest_obs if self._latest_obs and self._latest_obs[0] <= q.t else None
-        self._questions.append((q, self.memory.context(), latest))
+        self._questions.append((q, self.memory.context(q.text, q.t), latest))
         self.stats.questions += 1
         return q
 
@@ -174,26 +197,20 @@ class Runtime:
         result = self.memory.append(chunk)
         self.stats.ingest_ms.append((time.monotonic() - start) * 1000)
         self.stats.observations += 1
-        self._close_segment(t)
-        self._open_segment = (t, chunk.text.strip(), chunk.num_tokens)
-        for rec in result.evicted:
-            self.stats.segments_evicted += 1
-            self.emit(SegmentSealed(rec.t0, rec.t1, rec.text.strip(), rec.num_tokens))
+        for seg in result.sealed:
+            self._sealed(seg)
 
-    def _close_segment(self, t1: float) -> None:
-        if self._open_segment is None:
-            return
-        t0, text, n = self._open_segment
-        self._open_segment = None
-        if self.store is not None and self.session_id is not None:
-            self.store.add_segment(self.session_id, t0, max(t0, t1), text, n)
+    def _sealed(self, seg) -> None:
+        self.stats.segments_sealed += 1
+        self.emit(SegmentSealed(seg.t0, seg.t1, seg.text, seg.num_tokens, seg.kept_tokens, seg.tier))
 
     def _start_answer(self, q: Question, context: ContextView, latest: tuple[float, str] | None) -> None:
-        chunk = self.backend.question_chunk(q.t, q.text, latest)
+        r = context.retrieval
+        recalled = [(c.t0, c.text) for c in r.recalled] if r is not None and self.memory.config.restate else []
+        chunk = self.backend.question_chunk(q.t, q.text, latest, recalled)
         self._job = AnswerJob(self.backend, context, chunk, self.config.max_new_tokens, asked_at=q.ts)
         self._job_question = q
-        self.emit({"type": "question", "t": round(q.t, 3), "question": q.text, "context_tokens": context.num_tokens,
-                   "latest_observation_t": latest[0] if latest else None})
+        self.emit(question_record(q, context, latest, recalled))
 
     def _decode(self) -> None:
         assert self._job is not None and self._job_question is not None
@@ -220,9 +237,8 @@ class Runtime:
             "frames_sampled": s.frames_sampled,
             "observations": s.observations,
             "repeats_skipped": s.repeats,
-            "segments_evicted": s.segments_evicted,
-            "tokens_in_memory": self.memory.num_tokens,
-            "device_kv_bytes": self.memory.device_bytes(),
+            "segments_sealed": s.segments_sealed,
+            **memory_summary(self.memory),
             "questions": s.questions,
             "ttft_ms_median": med(s.ttft_ms),
             "ttft_ms_max": round(max(s.ttft_ms), 1) if s.ttft_ms else None,

@@ -1,7 +1,7 @@
 """Stored sessions: one SQLite database (through sqlite-utils) under the user data dir.
 
     <data_dir>/onlooker.db          tables: sessions, segments, questions     (mode 0600)
-    <data_dir>/sessions/<id>/       per-session files (spilled KV, later)     (mode 0700)
+    <data_dir>/sessions/<id>/kv/    spilled segment KV, one safetensors file each (mode 0700 dir, 0600 files)
 
 Owner-only permissions: a camera assistant records people. Writes happen on the runtime thread
 only; the store is not shared between threads.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from memory.index import SegmentIndex, create_segment_table
 from reasoning.prompts import format_time
 
 
@@ -61,32 +62,32 @@ class SessionStore:
         self._create_tables()
 
     def _create_tables(self) -> None:
-        self.db["sessions"].create(
-            {"id": str, "started": float, "ended": float, "source": str, "model": str, "summary": str},
-            pk="id", if_not_exists=True)
-        self.db["segments"].create(
-            {"id": int, "session_id": str, "t0": float, "t1": float, "text": str, "num_tokens": int},
-            pk="id", foreign_keys=[("session_id", "sessions", "id")], if_not_exists=True)
+        columns = {"id": str, "started": float, "ended": float, "source": str, "model": str, "model_spec": str,
+                   "summary": str}
+        self.db["sessions"].create(columns, pk="id", if_not_exists=True)
+        for name, kind in columns.items():     # databases written by an older version gain new columns
+            if name not in self.db["sessions"].columns_dict:
+                self.db["sessions"].add_column(name, kind)
+        create_segment_table(self.db)
         self.db["questions"].create(
             {"id": int, "session_id": str, "t": float, "question": str, "answer": str, "ttft_ms": float,
              "total_ms": float, "asked_wall": float},
             pk="id", foreign_keys=[("session_id", "sessions", "id")], if_not_exists=True)
-        self.db["segments"].create_index(["session_id", "t0"], if_not_exists=True)
         self.db["questions"].create_index(["session_id"], if_not_exists=True)
 
     # -- writing ------------------------------------------------------------------------------
-    def start(self, source: str, model: str) -> str:
+    def start(self, source: str, model: str, model_spec: str = "lite") -> str:
         session_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.db["sessions"].insert({"id": session_id, "started": time.time(), "ended": None,
-                                    "source": source, "model": model, "summary": None})
+                                    "source": source, "model": model, "model_spec": model_spec,
+                                    "summary": None})
         d = self.session_dir(session_id)
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)
         return session_id
 
-    def add_segment(self, session_id: str, t0: float, t1: float, text: str, num_tokens: int) -> int:
-        return int(self.db["segments"].insert({"session_id": session_id, "t0": t0, "t1": t1, "text": text,
-                                               "num_tokens": num_tokens}).last_pk)
+    def segment_index(self, session_id: str) -> SegmentIndex:
+        return SegmentIndex(self.db, session_id)
 
     def add_answer(self, session_id: str, t: float, question: str, answer: str, ttft_ms: float,
                    total_ms: float) -> None:
@@ -99,6 +100,9 @@ class SessionStore:
     # -- reading ------------------------------------------------------------------------------
     def session_dir(self, session_id: str) -> Path:
         return self.data_dir / "sessions" / session_id
+
+    def session(self, session_id: str) -> dict:
+        return self.db["sessions"].get(session_id)
 
     def list(self) -> list[SessionInfo]:
         rows = self.db.query("""

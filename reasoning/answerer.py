@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memory.window import ContextView
+from memory.hierarchy import ContextView
 from reasoning.backends.base import Backend, Chunk
 
 

@@ -44,11 +44,16 @@ def frame_prefix(t: float) -> str:
     return f"[{format_time(t)}] "
 
 
-def question_text(t: float, question: str, latest: tuple[float, str] | None = None) -> str:
-    """The question turn. `latest` (stream time, text) restates the newest observation beside the
-    question: a 135M model answers "right now" questions far better with the present adjacent."""
+def question_text(t: float, question: str, latest: tuple[float, str] | None = None,
+                  recalled: list[tuple[float, str]] | None = None) -> str:
+    """The question turn. A 135M model answers far better with the evidence adjacent to the question, so
+    the turn restates either the observations memory recalled for it (`recalled`: (stream time, text),
+    e.g. what a time reference in the question points at) or, failing that, the newest one (`latest`)."""
     now = f"It is now {format_time(t)}."
-    if latest is not None:
+    if recalled:
+        now += " Observations recalled from memory for this question:\n" + "".join(
+            observation_text(rt, text) for rt, text in recalled).rstrip("\n")
+    elif latest is not None:
         now += f" Latest observation [{format_time(latest[0])}]: {latest[1]}"
     return (f"<|im_end|>\n<|im_start|>user\n{now}\nQuestion: {question.strip()}<|im_end|>\n"
             f"<|im_start|>assistant\n")

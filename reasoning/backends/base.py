@@ -16,9 +16,12 @@ all three axes move together.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -92,6 +95,24 @@ class Backend(ABC):
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
         self.eos_token_ids = {int(e) for e in eos if e is not None and e >= 0}
+        cfg = self.language_model().config
+        self.num_layers = int(cfg.num_hidden_layers)
+        self.num_heads = int(cfg.num_attention_heads)
+        self.num_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.num_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads)
+
+    @abstractmethod
+    def language_model(self) -> nn.Module:
+        """The decoder stack (has `.layers[i].self_attn.{q,k}_proj` and `.config`)."""
+
+    @property
+    def kv_shape(self) -> tuple[int, int, int]:
+        """(layers, kv heads, head dim) of the KV cache."""
+        return self.num_layers, self.num_kv_heads, self.head_dim
+
+    def kv_bytes_per_token(self) -> int:
+        dtype = next(self.language_model().parameters()).dtype
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
 
     # -- chunks -------------------------------------------------------------------------------
     def text_chunk(self, kind: str, text: str, t0: float, t1: float) -> Chunk:
@@ -105,8 +126,9 @@ class Backend(ABC):
     def observation_chunk(self, t: float, text: str) -> Chunk:
         return self.text_chunk("observation", prompts.observation_text(t, text), t, t)
 
-    def question_chunk(self, t: float, question: str, latest: tuple[float, str] | None = None) -> Chunk:
-        return self.text_chunk("question", prompts.question_text(t, question, latest), t, t)
+    def question_chunk(self, t: float, question: str, latest: tuple[float, str] | None = None,
+                       recalled: list[tuple[float, str]] | None = None) -> Chunk:
+        return self.text_chunk("question", prompts.question_text(t, question, latest, recalled), t, t)
 
     def frame_chunk(self, image, t: float) -> Chunk:
         raise BackendError(f"{self.name} does not take frames; it reads text observations")
@@ -121,6 +143,37 @@ class Backend(ABC):
     def prefill(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
         """Run the chunk's tokens at positions `offset + chunk.position_ids` on top of `cache`
         (which grows by chunk.num_tokens); return the next-token logits, (vocab,) float32."""
+
+    @contextmanager
+    def capture(self, proj: str) -> Iterator[list[torch.Tensor]]:
+        """Collect the output of every layer's attention `proj` ("q_proj" / "k_proj"): the queries or
+        keys before RoPE, in layer order, for the forward passes run inside the block."""
+        outs: list[torch.Tensor] = []
+        hooks = [getattr(layer.self_attn, proj).register_forward_hook(lambda _m, _i, out: outs.append(out.detach()))
+                 for layer in self.language_model().layers]
+        try:
+            yield outs
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def prefill_keys(self, chunk: Chunk, cache: DynamicCache, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`prefill`, plus the sum over the chunk's tokens of each layer's keys before RoPE, (L, Hkv, D) float32:
+        the raw material of a segment's representative key (position-independent, so it stays valid
+        however the segment is moved later)."""
+        with self.capture("k_proj") as outs:
+            logits = self.prefill(chunk, cache, offset)
+        key_sum = torch.stack([o.reshape(-1, self.num_kv_heads, self.head_dim).float().sum(0) for o in outs])
+        return logits, key_sum.cpu()
+
+    def question_query(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
+        """The question's queries before RoPE, averaged over its tokens and over the query heads that share
+        a KV head: (L, Hkv, D) float32. Prefills `chunk` into `cache` (pass a fork)."""
+        with self.capture("q_proj") as outs:
+            self.prefill(chunk, cache, offset)
+        g = self.num_heads // self.num_kv_heads
+        q = torch.stack([o.reshape(-1, self.num_kv_heads, g, self.head_dim).float().mean(dim=(0, 2)) for o in outs])
+        return q.cpu()
 
     def decode(self, token_id: int, cache: DynamicCache, position: int) -> torch.Tensor:
         ids = torch.tensor([token_id])

@@ -90,6 +90,9 @@ class CausalLMBackend(Backend):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
         return cls(model, tokenizer, name)
 
+    def language_model(self):
+        return self.model.model
+
     @property
     def inv_freq(self) -> torch.Tensor:
         return self.model.model.rotary_emb.inv_freq

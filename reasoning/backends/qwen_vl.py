@@ -95,6 +95,9 @@ class QwenVLBackend(Backend):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         return cls(model, tokenizer, Path(path).name)
 
+    def language_model(self):
+        return self.model.model.language_model
+
     @property
     def inv_freq(self) -> torch.Tensor:
         return self.model.model.language_model.rotary_emb.inv_freq

@@ -8,7 +8,7 @@ from assistant.cli import DEMO_QUESTION, main
 from assistant.events import Answer, AnswerToken, ObservationEvent, Question, StreamEnded
 from assistant.runtime import Runtime
 from memory.config import MemoryConfig
-from memory.window import SinkWindowMemory
+from memory.hierarchy import HierarchicalMemory
 from perception.synthetic import SyntheticScene
 from reasoning.config import ReasoningConfig
 from tests.conftest import BOTTLE
@@ -16,7 +16,7 @@ from tests.conftest import BOTTLE
 
 def _runtime(backend, asks=None, tokens_per_step=2):
     out: list = []
-    rt = Runtime(backend, SinkWindowMemory(backend, MemoryConfig()),
+    rt = Runtime(backend, HierarchicalMemory(backend, MemoryConfig()),
                  ReasoningConfig(max_new_tokens=16, decode_tokens_per_step=tokens_per_step), out.append, asks=asks)
     return rt, out
 

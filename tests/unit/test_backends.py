@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from memory.config import MemoryConfig
-from memory.window import SinkWindowMemory
+from memory.hierarchy import HierarchicalMemory
 from perception.synthetic import SyntheticScene
 from reasoning.answerer import AnswerJob
 from reasoning.backends.base import Chunk, fork_cache, rope_shift
@@ -89,31 +89,33 @@ def test_rope_shift_moves_keys_exactly(lite_backend, tiny_qwen):
 
 def test_window_evicts_oldest_and_repositions(lite_backend):
     b = lite_backend
-    mem = SinkWindowMemory(b, MemoryConfig(window_tokens=40, reposition=True))
+    mem = HierarchicalMemory(b, MemoryConfig(window_tokens=40, positions="contiguous", segment_seconds=1.0))
     mem.set_sink(b.system_chunk())
     sink_keys = [layer.keys.clone() for layer in mem.cache.layers]
     evicted = []
     words = ["APPLE", "RIVER", "TIGER", "PIANO", "LEMON", "CASTLE"]
     for i, w in enumerate(words):
-        evicted += mem.append(b.observation_chunk(i * 4.0, f'Text on screen: "{w}".')).evicted
+        evicted += mem.append(b.observation_chunk(i * 4.0, f'Text on screen: "{w}".')).sealed
     assert [r.text.split('"')[1] for r in evicted] == words[: len(evicted)] and len(evicted) >= 2
-    assert mem.window_tokens <= 40 and mem.num_evicted_chunks == len(evicted)
+    assert mem.window_tokens <= 40 and mem.stats.segments_sealed == len(evicted)
+    assert [s.t1 for s in evicted] == [s.t0 + 4.0 for s in evicted]     # a segment lasts until the next one
     assert mem.num_tokens == mem.sink_tokens + mem.window_tokens
     assert mem.next_pos == mem.num_tokens           # contiguous after re-positioning
     for before, layer in zip(sink_keys, mem.cache.layers):
         torch.testing.assert_close(layer.keys[:, :, : before.shape[2]], before)   # the sink is untouched
     # the re-positioned window is the same cache one gets by prefilling the kept chunks right after the sink
-    fresh = SinkWindowMemory(b, MemoryConfig(window_tokens=10_000))
+    fresh = HierarchicalMemory(b, MemoryConfig(window_tokens=10_000))
     fresh.set_sink(b.system_chunk())
-    for r in mem.window:
-        fresh.append(b.text_chunk(r.kind, r.text, r.t0, r.t1))
+    for w in mem.window:
+        for r in w.chunks:
+            fresh.append(b.text_chunk(r.kind, r.text, r.t0, r.t1))
     # layer 0's keys depend only on the tokens and their positions
     torch.testing.assert_close(mem.cache.layers[0].keys, fresh.cache.layers[0].keys, rtol=1e-4, atol=1e-4)
 
 
 def test_fork_is_isolated(lite_backend):
     b = lite_backend
-    mem = SinkWindowMemory(b, MemoryConfig())
+    mem = HierarchicalMemory(b, MemoryConfig())
     mem.set_sink(b.system_chunk())
     view = mem.context()
     n = view.num_tokens
@@ -127,7 +129,7 @@ def test_answer_through_common_interface(lite_backend, tiny_qwen):
     scene = SyntheticScene("short")
     for b, chunk in ((lite_backend, lite_backend.observation_chunk(1.0, 'Text on screen: "PIANO".')),
                      (tiny_qwen, tiny_qwen.frame_chunk(scene.render(0), 0.0))):
-        mem = SinkWindowMemory(b, MemoryConfig())
+        mem = HierarchicalMemory(b, MemoryConfig())
         mem.set_sink(b.system_chunk())
         mem.append(chunk)
         job = AnswerJob(b, mem.context(), b.question_chunk(1.0, "What word is on the sign?",

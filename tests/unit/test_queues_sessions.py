@@ -6,9 +6,11 @@ import threading
 import time
 
 import pytest
+import torch
 
 from assistant.queues import CLOSED, FrameQueue
 from assistant.sessions import SessionNotFound, SessionStore
+from memory.segments import Segment
 
 
 def test_frame_queue_drops_oldest_and_counts():
@@ -42,8 +44,9 @@ def test_frame_queue_fast_mode_blocks_and_loses_nothing():
 def test_session_store_roundtrip_and_permissions(tmp_path):
     store = SessionStore(tmp_path / "data")
     sid = store.start("synthetic:short", "m")
-    store.add_segment(sid, 0.0, 4.0, "[0:00] a", 7)
-    store.add_segment(sid, 4.0, 8.0, "[0:04] b", 7)
+    index = store.segment_index(sid)
+    for t0, text in [(0.0, "[0:00] a"), (4.0, "[0:04] b")]:
+        index.add(Segment(0, t0, t0 + 4.0, text, 7, 0, 0, 7, torch.zeros(2, 1, 4)), "host")
     store.add_answer(sid, 5.0, "q?", "a.", 12.5, 40.0)
     store.finish(sid, "{}")
     sid2 = store.start("camera:0", "m")

@@ -1,0 +1,161 @@
+"""Sealed segments: the KV of a run of chunks that left the recent window, and how it is stored.
+
+A segment's KV is held as two stacked tensors, keys and values, shaped (L, Hkv, n, D) on the host.
+Sealing may compress it:
+  - pruning keeps the `keep_ratio` tokens with the largest value norm (averaged over layers and
+    heads); the kept tokens keep their positions, so a pruned segment leaves gaps, never shifts;
+  - int8 quantization per (layer, head, token) row: absmax scale over the head dim, fp16 scales.
+Spilled segments are one safetensors file each, written to a temporary name and renamed, so a crash
+never leaves a half-written file under the real name. The file's metadata repeats the segment's
+times and text, so a session can be read back even if its index is damaged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+class SegmentFileError(RuntimeError):
+    """A spilled segment file is missing or unreadable; the message names the file."""
+
+
+@dataclass
+class SegmentKV:
+    keys: torch.Tensor                        # (L, Hkv, k, D): float, or int8 when quantized
+    values: torch.Tensor
+    key_scale: torch.Tensor | None = None     # (L, Hkv, k, 1) fp16 when quantized
+    value_scale: torch.Tensor | None = None
+    dtype: torch.dtype = torch.float32        # dtype to restore on dequantization
+
+    @property
+    def quantized(self) -> bool:
+        return self.key_scale is not None
+
+    @property
+    def nbytes(self) -> int:
+        ts = [self.keys, self.values, self.key_scale, self.value_scale]
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.quantized:
+            return self.keys, self.values
+        assert self.key_scale is not None and self.value_scale is not None
+        return (dequantize_int8(self.keys, self.key_scale, self.dtype),
+                dequantize_int8(self.values, self.value_scale, self.dtype))
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row of the last dim: x ~ q * scale."""
+    scale = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127.0
+    q = torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8)
+    return q, scale.to(torch.float16)
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (q.float() * scale.float()).to(dtype)
+
+
+def prune_by_value_norm(values: torch.Tensor, keep_ratio: float) -> torch.Tensor | None:
+    """Token offsets to keep, ascending, or None for all. values: (L, Hkv, n, D)."""
+    n = values.shape[2]
+    k = max(1, round(n * keep_ratio))
+    if k >= n:
+        return None
+    score = values.float().norm(dim=-1).mean(dim=(0, 1))          # (n,)
+    return torch.topk(score, k).indices.sort().values
+
+
+@dataclass
+class Segment:
+    """One sealed segment. `pos_start` is the position the stored keys are rotated to; `orig_pos` the
+    position the segment was first ingested at (they differ once the window has been re-positioned)."""
+
+    seg_id: int
+    t0: float
+    t1: float
+    text: str
+    num_tokens: int                       # tokens before pruning
+    pos_start: int
+    orig_pos: int
+    pos_span: int
+    rep_key: torch.Tensor                 # (L, Hkv, D) float32 mean key before RoPE
+    kept: torch.Tensor | None = None      # offsets kept by pruning (None: all)
+    kv: SegmentKV | None = None           # set while in host RAM
+    file: Path | None = None              # set once spilled to disk
+    embedding: torch.Tensor | None = None  # (E,) float32, normalized; None without an embedder
+    index_id: int | None = None           # row id in the session index
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def kept_tokens(self) -> int:
+        return self.num_tokens if self.kept is None else int(self.kept.numel())
+
+    @property
+    def tier(self) -> str:
+        return "host" if self.kv is not None else ("disk" if self.file is not None else "dropped")
+
+    def meta(self) -> dict:
+        return {"t0": self.t0, "t1": self.t1, "text": self.text, "num_tokens": self.num_tokens,
+                "pos_start": self.pos_start, "orig_pos": self.orig_pos, "pos_span": self.pos_span,
+                "seg_id": self.seg_id}
+
+
+_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16)}
+
+
+def write_segment_file(path: Path, seg: Segment) -> int:
+    """Write the segment's KV (and what is needed to place it) to `path` atomically; returns bytes."""
+    assert seg.kv is not None
+    kv = seg.kv
+    tensors = {"keys": kv.keys.contiguous(), "values": kv.values.contiguous(), "rep_key": seg.rep_key.contiguous()}
+    if kv.quantized:
+        assert kv.key_scale is not None and kv.value_scale is not None
+        tensors["key_scale"] = kv.key_scale.contiguous()
+        tensors["value_scale"] = kv.value_scale.contiguous()
+    if seg.kept is not None:
+        tensors["kept"] = seg.kept.to(torch.int64).contiguous()
+    meta = {"segment": json.dumps(seg.meta()), "dtype": str(kv.dtype)}
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def read_segment_kv(path: Path) -> SegmentKV:
+    if not path.exists():
+        raise SegmentFileError(f"segment file {path} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            dtype = _DTYPES.get((f.metadata() or {}).get("dtype", ""), torch.float32)
+            kv = SegmentKV(f.get_tensor("keys"), f.get_tensor("values"),
+                           f.get_tensor("key_scale") if "key_scale" in names else None,
+                           f.get_tensor("value_scale") if "value_scale" in names else None, dtype)
+    except Exception as e:  # OSError, or safetensors' own SafetensorError for a damaged header
+        raise SegmentFileError(f"segment file {path} is unreadable ({type(e).__name__}: {e})") from None
+    return kv
+
+
+def read_segment_file(path: Path) -> Segment:
+    """A whole segment back from its file alone (used when the index cannot be read)."""
+    kv = read_segment_kv(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["segment"])
+            rep_key = f.get_tensor("rep_key")
+            kept = f.get_tensor("kept") if "kept" in set(f.keys()) else None
+    except Exception as e:
+        raise SegmentFileError(f"segment file {path} is unreadable ({type(e).__name__}: {e})") from None
+    seg = Segment(meta["seg_id"], meta["t0"], meta["t1"], meta["text"], meta["num_tokens"], meta["pos_start"],
+                  meta["orig_pos"], meta["pos_span"], rep_key, kept, None, path)
+    seg.extra["kv"] = kv
+    return seg
