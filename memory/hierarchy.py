@@ -358,7 +358,8 @@ class HierarchicalMemory:
         cands = self.candidates()
         query = None
         if self.config.use_qk and cands:
-            probe = self.backend.question_chunk(now, question)
+            # the question's own words, without the chat template: template tokens dominate a mean query
+            probe = self.backend.text_chunk("question", question, now, now)
             query = self.backend.question_query(probe, fork_cache(self.cache), self.next_pos)
         embed = (lambda text: self.embedder.encode([text])[0]) if self.embedder is not None else None
         r = retrieve(question, now, cands, query=query, embed=embed, top_k=self.config.top_k,

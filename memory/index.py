@@ -24,7 +24,8 @@ COLUMNS = {"id": int, "session_id": str, "t0": float, "t1": float, "text": str, 
 
 def create_segment_table(db: sqlite_utils.Database) -> None:
     table = db["segments"]
-    table.create(COLUMNS, pk="id", foreign_keys=[("session_id", "sessions", "id")], if_not_exists=True)
+    fks = [("session_id", "sessions", "id")] if "sessions" in db.table_names() else None
+    table.create(COLUMNS, pk="id", foreign_keys=fks, if_not_exists=True)
     have = table.columns_dict
     for name, kind in COLUMNS.items():     # a database written by an older version gains the new columns
         if name not in have:
