@@ -334,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--questions", type=int, default=120, help="memory: questions about past moments")
     b.add_argument("--window", type=int, default=256, help="memory: recent window in tokens")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--max-new-tokens", type=int, default=32, help="memory: answer length cap")
     b.add_argument("--configs", help="memory: comma-separated subset of the configurations to run")
     b.add_argument("--out", help="also write the rows as JSON lines to this file")
     b.set_defaults(func=cmd_bench)
