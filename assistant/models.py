@@ -41,6 +41,8 @@ def _local_dir(model: str) -> Path:
 
 
 def load_backend(model: str, device: str, cache_dir: Path) -> Backend:
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()      # stderr is for our logs; loading takes about a second
     check_device(device)
     if model == "lite":
         from reasoning.backends.lite import load_lite_backend

@@ -45,6 +45,7 @@ from memory.segments import (
     read_segment_kv,
     write_segment_file,
 )
+from memory.timeref import parse_time_ref
 from reasoning.backends.base import Backend, Chunk, fork_cache, rope_shift
 
 log = logging.getLogger("onlooker.memory")
@@ -355,6 +356,11 @@ class HierarchicalMemory:
         if question is None or not self.config.retrieval:
             return self.assemble([])
         now = self.segments[-1].t1 if now is None and self.segments else (now or 0.0)
+        ref = parse_time_ref(question, now)
+        if ref is not None and ref.kind == "now":     # about the present: the window has it, skip the search
+            view = self.assemble([])
+            view.retrieval = Retrieval(ref, [], [])
+            return view
         cands = self.candidates()
         query = None
         if self.config.use_qk and cands:

@@ -54,8 +54,8 @@ def question_text(t: float, question: str, latest: tuple[float, str] | None = No
     """The question turn. A 135M model answers far better with the evidence adjacent to the question, so
     the turn restates either what memory recalled for it (`recalled`: (stream time, observation text),
     e.g. what a time reference in the question points at), or failing that the newest observation
-    (`latest`). The recalled form (question first, then the memory, then how to answer) is the best of
-    the phrasings tried on `onlooker bench memory` (see docs/benchmarks.md)."""
+    (`latest`). The recalled form puts the question first, then the memory, then how to answer, so the
+    recalled line, not the window's newest lines, is what sits next to the answer."""
     if recalled:
         memory = " ".join(f"at {format_time(rt)}, {_MARKER.sub('', text).strip()}" for rt, text in recalled)
         body = (f"Question: {question.strip()}\nMemory recalled for this question: {memory}\n"
