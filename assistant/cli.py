@@ -242,7 +242,8 @@ def cmd_ask(args) -> int:
     for note in view.notes:
         print(f"onlooker: warning: {note}", file=sys.stderr)
     r = view.retrieval
-    recalled = [(c.t0, c.text) for c in r.recalled] if r is not None and cfg.memory.restate else []
+    restate = cfg.memory.restate and not backend.accepts_frames
+    recalled = [(c.t0, c.text) for c in r.recalled] if r is not None and restate else []
     chunk = backend.question_chunk(now, args.question, (segments[-1].t0, segments[-1].text), recalled)
     job = AnswerJob(backend, view, chunk, cfg.reasoning.max_new_tokens)
     while not job.done:

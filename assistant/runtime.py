@@ -34,6 +34,7 @@ from assistant.events import (
 )
 from assistant.sessions import SessionStore
 from memory.hierarchy import ContextView, HierarchicalMemory
+from perception.visual import VisualConfig, VisualStream
 from reasoning.answerer import AnswerJob
 from reasoning.backends.base import Backend
 from reasoning.config import ReasoningConfig
@@ -73,10 +74,16 @@ def memory_summary(memory: HierarchicalMemory) -> dict:
             "tokens_pruned": st.tokens_pruned}
 
 
+def visual_summary(visual: VisualStream) -> dict:
+    st = visual.stats
+    return {"visual_groups": st.groups, "vit_groups": st.vit_groups, "vit_reused_groups": st.reused_groups,
+            "visual_tokens_kept_pct": round(100 * st.kept_fraction, 1)}
+
+
 class Runtime:
     def __init__(self, backend: Backend, memory: HierarchicalMemory, config: ReasoningConfig,
                  emit: Callable[[Any], None], store: SessionStore | None = None, session_id: str | None = None,
-                 asks: list[tuple[float, str]] | None = None) -> None:
+                 asks: list[tuple[float, str]] | None = None, visual: VisualConfig | None = None) -> None:
         self.backend = backend
         self.memory = memory
         self.config = config
@@ -98,6 +105,7 @@ class Runtime:
         self._job: AnswerJob | None = None
         self._job_question: Question | None = None
         self._latest_obs: tuple[float, str] | None = None
+        self.visual = VisualStream(backend, visual) if backend.accepts_frames else None
         self.memory.set_sink(backend.system_chunk())
 
     # -- called from other threads ------------------------------------------------------------
@@ -110,7 +118,7 @@ class Runtime:
         if self.shutdown:
             return True
         return (self.stream_ended and not self._stream_events and not self._scheduled and not self._questions
-                and self._job is None and self.inbox.empty())
+                and self._job is None and self.inbox.empty() and (self.visual is None or not self.visual.pending))
 
     def step(self, timeout: float = 0.0) -> bool:
         """One turn; returns True if it did any work. Waits up to `timeout` for an event when idle."""
@@ -119,6 +127,9 @@ class Runtime:
         did = False
         if self._stream_events:
             self._ingest(self._stream_events.popleft())
+            did = True
+        elif self.stream_ended and self.visual is not None and self.visual.pending:
+            self._append_chunks(self.visual.flush())        # frames still waiting for their pair
             did = True
         elif self.stream_ended and self._scheduled:
             self._fire_scheduled(float("inf"))
@@ -191,14 +202,19 @@ class Runtime:
             chunk = self.backend.observation_chunk(t, event.text)
             self._latest_obs = (t, event.text)
             self.emit(event)
+            self._append_chunks([chunk])
         else:
-            chunk = self.backend.frame_chunk(event.frame.image, t)
-        start = time.monotonic()
-        result = self.memory.append(chunk)
-        self.stats.ingest_ms.append((time.monotonic() - start) * 1000)
-        self.stats.observations += 1
-        for seg in result.sealed:
-            self._sealed(seg)
+            assert self.visual is not None
+            self._append_chunks(self.visual.push(event.frame.image, t))
+
+    def _append_chunks(self, chunks: list) -> None:
+        for chunk in chunks:
+            start = time.monotonic()
+            result = self.memory.append(chunk)
+            self.stats.ingest_ms.append((time.monotonic() - start) * 1000)
+            self.stats.observations += 1
+            for seg in result.sealed:
+                self._sealed(seg)
 
     def _sealed(self, seg) -> None:
         self.stats.segments_sealed += 1
@@ -206,7 +222,9 @@ class Runtime:
 
     def _start_answer(self, q: Question, context: ContextView, latest: tuple[float, str] | None) -> None:
         r = context.retrieval
-        recalled = [(c.t0, c.text) for c in r.recalled] if r is not None and self.memory.config.restate else []
+        # text observations are restated beside the question; a frame has no text worth repeating
+        restate = self.memory.config.restate and not self.backend.accepts_frames
+        recalled = [(c.t0, c.text) for c in r.recalled] if r is not None and restate else []
         chunk = self.backend.question_chunk(q.t, q.text, latest, recalled)
         self._job = AnswerJob(self.backend, context, chunk, self.config.max_new_tokens, asked_at=q.ts)
         self._job_question = q
@@ -239,6 +257,7 @@ class Runtime:
             "repeats_skipped": s.repeats,
             "segments_sealed": s.segments_sealed,
             **memory_summary(self.memory),
+            **({} if self.visual is None else visual_summary(self.visual)),
             "questions": s.questions,
             "ttft_ms_median": med(s.ttft_ms),
             "ttft_ms_max": round(max(s.ttft_ms), 1) if s.ttft_ms else None,

@@ -48,6 +48,27 @@ class Chunk:
         return int(self.position_ids.shape[-1])
 
 
+def concat_chunks(chunks: list[Chunk], embed=None) -> Chunk:
+    """Several chunks as one (one prefill call): positions shifted by the running span. `embed` turns
+    input_ids into embeddings for chunks without inputs_embeds when any chunk has them."""
+    if len(chunks) == 1:
+        return chunks[0]
+    pos, off = [], 0
+    for c in chunks:
+        pos.append(c.position_ids + off)
+        off += c.pos_span
+    embeds = None
+    if any(c.inputs_embeds is not None for c in chunks):
+        assert embed is not None
+        embeds = torch.cat([c.inputs_embeds if c.inputs_embeds is not None else embed(c.input_ids) for c in chunks])
+    ids = None
+    if all(c.input_ids is not None for c in chunks):
+        ids = torch.cat([c.input_ids for c in chunks])
+    kinds = {c.kind for c in chunks}
+    return Chunk(kinds.pop() if len(kinds) == 1 else "mixed", chunks[0].t0, chunks[-1].t1,
+                 " ".join(c.text for c in chunks), torch.cat(pos, dim=1), off, input_ids=ids, inputs_embeds=embeds)
+
+
 def text_positions(n: int, num_axes: int) -> torch.Tensor:
     return torch.arange(n).unsqueeze(0).expand(num_axes, n).clone()  # (P, n)
 

@@ -43,13 +43,21 @@ def smart_size(height: int, width: int, factor: int, max_pixels: int, min_pixels
     return h, w
 
 
-def patchify(image_bgr: np.ndarray, patch_size: int, merge_size: int, temporal_patch_size: int,
+def patchify(image_bgr: np.ndarray | list[np.ndarray], patch_size: int, merge_size: int, temporal_patch_size: int,
              max_pixels: int, min_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One frame -> (flattened patches (grid_h*grid_w, C*T*P*P), grid_thw (3,)), Qwen2-VL layout."""
-    h, w = smart_size(image_bgr.shape[0], image_bgr.shape[1], patch_size * merge_size, max_pixels, min_pixels)
-    rgb = cv2.cvtColor(cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_CUBIC), cv2.COLOR_BGR2RGB)
-    x = (rgb.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD             # (H, W, C)
-    x = np.repeat(x.transpose(2, 0, 1)[None], temporal_patch_size, axis=0)   # (T, C, H, W): a still frame
+    """One frame, or `temporal_patch_size` consecutive frames (a video slice), -> (flattened patches
+    (grid_h*grid_w, C*T*P*P), grid_thw (3,)), Qwen2-VL layout. A single frame is repeated in time (a still)."""
+    frames = image_bgr if isinstance(image_bgr, list) else [image_bgr]
+    h, w = smart_size(frames[0].shape[0], frames[0].shape[1], patch_size * merge_size, max_pixels, min_pixels)
+    xs = []
+    for f in frames:
+        rgb = cv2.cvtColor(cv2.resize(f, (w, h), interpolation=cv2.INTER_CUBIC), cv2.COLOR_BGR2RGB)
+        xs.append(((rgb.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD).transpose(2, 0, 1))   # (C, H, W)
+    if len(xs) == 1:
+        xs = xs * temporal_patch_size
+    if len(xs) != temporal_patch_size:
+        raise ValueError(f"patchify takes 1 or {temporal_patch_size} frames, got {len(xs)}")
+    x = np.stack(xs)                                                         # (T, C, H, W)
     gh, gw = h // patch_size, w // patch_size
     c = x.shape[1]
     x = x.reshape(1, temporal_patch_size, c, gh // merge_size, merge_size, patch_size,
@@ -105,14 +113,26 @@ class QwenVLBackend(Backend):
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids.to(self.device))
 
+    def patchify(self, frames: np.ndarray | list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        return patchify(frames, self.patch_size, self.merge_size, self.temporal_patch_size, self.max_pixels,
+                        self.min_pixels)
+
+    @torch.inference_mode()
+    def encode_patches(self, patches: list[torch.Tensor], grids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The vision tower once over several frame groups (batched): merged embeddings (n_i, hidden) each."""
+        x = torch.cat(patches).to(self.device, self.visual_dtype)
+        out = self.model.model.visual(x, grid_thw=torch.stack(grids).to(self.device)).pooler_output
+        sizes = [int(g[0] * g[1] * g[2]) // self.merge_size ** 2 for g in grids]
+        return list(torch.split(out, sizes))
+
+    def merged_grid(self, grid: torch.Tensor) -> tuple[int, int]:
+        return int(grid[1]) // self.merge_size, int(grid[2]) // self.merge_size
+
     @torch.inference_mode()
     def encode_frame(self, image_bgr: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """Vision tower on one frame -> merged visual embeddings (n, hidden) and the merged grid (h, w)."""
-        patches, grid = patchify(image_bgr, self.patch_size, self.merge_size, self.temporal_patch_size,
-                                 self.max_pixels, self.min_pixels)
-        out = self.model.model.visual(patches.to(self.device, self.visual_dtype), grid_thw=grid[None].to(self.device))
-        embeds = out.pooler_output                                             # (gh*gw/merge^2, hidden)
-        return embeds, (int(grid[1]) // self.merge_size, int(grid[2]) // self.merge_size)
+        patches, grid = self.patchify(image_bgr)
+        return self.encode_patches([patches], [grid])[0], self.merged_grid(grid)
 
     @property
     def visual_dtype(self) -> torch.dtype:
@@ -120,18 +140,29 @@ class QwenVLBackend(Backend):
 
     @torch.inference_mode()
     def frame_chunk(self, image, t: float) -> Chunk:
-        embeds, (gh, gw) = self.encode_frame(image)
-        prefix = self.tokenizer(prompts.frame_prefix(t), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        embeds, grid = self.encode_frame(image)
+        return self.visual_chunk(embeds, grid, t, t)
+
+    @torch.inference_mode()
+    def visual_chunk(self, embeds: torch.Tensor, grid: tuple[int, int], t0: float, t1: float,
+                     keep: torch.Tensor | None = None) -> Chunk:
+        """A time marker and one frame group's merged tokens: all of them, or only those at the indices
+        `keep` (pruned tokens leave gaps; every kept token keeps its own (t, h, w) position)."""
+        gh, gw = grid
+        prefix = self.tokenizer(prompts.frame_prefix(t0), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         k = int(prefix.shape[0]) + 1                                           # marker + <|vision_start|>
         head = torch.cat([prefix, torch.tensor([self.vision_start_id])])
         tail = self._frame_tail
         m = max(gh, gw)
-        pos = torch.cat([text_positions(k, 3), vision_positions(k, gh, gw),
-                         text_positions(int(tail.shape[0]), 3) + k + m], dim=1)  # (3, n)
+        vis_pos = vision_positions(k, gh, gw)
+        if keep is not None:
+            embeds, vis_pos = embeds[keep.to(embeds.device)], vis_pos[:, keep.cpu()]
+        n_img = int(embeds.shape[0])
+        pos = torch.cat([text_positions(k, 3), vis_pos, text_positions(int(tail.shape[0]), 3) + k + m], dim=1)
         inputs_embeds = torch.cat([self._embed(head), embeds.to(self.dtype), self._embed(tail)])
-        n_img = gh * gw
         ids = torch.cat([head, torch.full((n_img,), self.image_token_id), tail])
-        return Chunk("frame", t, t, f"[{prompts.format_time(t)}] <frame {n_img} tokens>", pos,
+        kept = f"{n_img}/{gh * gw} tokens" if keep is not None else f"{n_img} tokens"
+        return Chunk("frame", t0, t1, f"[{prompts.format_time(t0)}] <frame {kept}>", pos,
                      k + m + int(tail.shape[0]), input_ids=ids, inputs_embeds=inputs_embeds)
 
     @torch.inference_mode()

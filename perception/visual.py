@@ -1,0 +1,133 @@
+"""Frames -> visual-token chunks for a VLM backend, with the two savings that make streaming cheap.
+
+    frames ─► groups of `temporal_patch_size` (Qwen-VL takes frames in pairs: half the tokens of two stills)
+           ─► ViT feature reuse (STC-Cacher): a group whose pixels barely differ from the previous
+              group's reuses its merged features, and the vision tower is skipped for it
+           ─► batched vision tower over the groups that need it
+           ─► differential token drop (TimeChat-Online): a merged token whose cosine similarity to the
+              same patch of the last kept token there is above `drop_threshold` is dropped; kept tokens
+              keep their (t, h, w) positions. The dropped share of a group is its scene-change signal
+           ─► one Chunk per batch of groups, each group behind its own time marker
+
+Runs on the runtime thread (it calls the model); plain synchronous code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from reasoning.backends.base import Chunk, concat_chunks
+
+
+@dataclass
+class VisualConfig:
+    group_frames: bool = True        # feed frames to the vision tower in temporal pairs (Qwen-VL video style)
+    batch_groups: int = 1            # groups encoded and prefilled together (a larger batch fills a GPU better)
+    drop_threshold: float = 0.95     # cosine similarity above which a token is dropped; >= 1.0 keeps every token
+    reuse_threshold: float = 0.02    # mean |pixel difference| (normalised units) under which the ViT is skipped
+
+    def __post_init__(self) -> None:
+        if self.batch_groups < 1:
+            raise ValueError("batch_groups must be >= 1")
+
+
+@dataclass
+class VisualStats:
+    frames: int = 0
+    groups: int = 0
+    vit_groups: int = 0              # groups that ran through the vision tower
+    reused_groups: int = 0           # groups whose features were reused (tower skipped)
+    tokens_total: int = 0
+    tokens_kept: int = 0
+    drop_ratios: list[float] = field(default_factory=list)   # per group, in stream order
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.tokens_kept / self.tokens_total if self.tokens_total else 1.0
+
+
+class VisualStream:
+    def __init__(self, backend, config: VisualConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or VisualConfig()
+        self.group_size = backend.temporal_patch_size if self.config.group_frames else 1
+        self.stats = VisualStats()
+        self._frames: list[tuple[np.ndarray, float]] = []
+        self._groups: list[tuple[torch.Tensor, torch.Tensor, float, float]] = []   # patches, grid, t0, t1
+        self._prev_patches: torch.Tensor | None = None
+        self._prev_embeds: torch.Tensor | None = None
+        self._ref: torch.Tensor | None = None          # last kept token per patch position (n, hidden)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._frames or self._groups)
+
+    def push(self, image: np.ndarray, t: float) -> list[Chunk]:
+        """Take one sampled frame; returns the chunks that are complete (often none)."""
+        self.stats.frames += 1
+        self._frames.append((image, t))
+        if len(self._frames) < self.group_size:
+            return []
+        self._group()
+        return self._encode() if len(self._groups) >= self.config.batch_groups else []
+
+    def flush(self) -> list[Chunk]:
+        """End of stream: encode what is pending (a lone last frame is encoded as a still)."""
+        if self._frames:
+            self._group()
+        return self._encode() if self._groups else []
+
+    def _group(self) -> None:
+        images = [f for f, _ in self._frames]
+        patches, grid = self.backend.patchify(images if len(images) > 1 else images[0])
+        self._groups.append((patches, grid, self._frames[0][1], self._frames[-1][1]))
+        self._frames = []
+
+    @torch.inference_mode()
+    def _encode(self) -> list[Chunk]:
+        groups, self._groups = self._groups, []
+        need, reuse = [], []
+        prev = self._prev_patches
+        for patches, grid, _, _ in groups:
+            same_shape = prev is not None and prev.shape == patches.shape
+            if same_shape and self.config.reuse_threshold > 0 and \
+                    float((patches - prev).abs().mean()) < self.config.reuse_threshold:
+                reuse.append(True)
+            else:
+                reuse.append(False)
+                need.append((patches, grid))
+                prev = patches
+        encoded = iter(self.backend.encode_patches([p for p, _ in need], [g for _, g in need]) if need else [])
+        chunks = []
+        for (patches, grid, t0, t1), reused in zip(groups, reuse, strict=True):
+            if reused and self._prev_embeds is not None:
+                embeds = self._prev_embeds
+                self.stats.reused_groups += 1
+            else:
+                embeds = next(encoded)
+                self._prev_patches = patches
+                self.stats.vit_groups += 1
+            self._prev_embeds = embeds
+            keep = self._drop(embeds)
+            n = int(embeds.shape[0])
+            kept = n if keep is None else int(keep.numel())
+            self.stats.groups += 1
+            self.stats.tokens_total += n
+            self.stats.tokens_kept += kept
+            self.stats.drop_ratios.append(1.0 - kept / n)
+            chunks.append(self.backend.visual_chunk(embeds, self.backend.merged_grid(grid), t0, t1, keep))
+        return [concat_chunks(chunks, self.backend._embed)]
+
+    def _drop(self, embeds: torch.Tensor) -> torch.Tensor | None:
+        """Indices of the tokens to keep (None: all). Updates the per-patch reference with the kept ones."""
+        ref = self._ref
+        if ref is None or ref.shape != embeds.shape or self.config.drop_threshold >= 1.0:
+            self._ref = embeds.clone()
+            return None
+        sim = torch.nn.functional.cosine_similarity(embeds.float(), ref.float(), dim=-1)
+        keep = torch.nonzero(sim < self.config.drop_threshold).squeeze(1)
+        self._ref[keep] = embeds[keep]
+        return keep

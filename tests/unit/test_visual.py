@@ -1,0 +1,86 @@
+"""Visual tokens for the VLM backend: frame pairs, pruning that keeps positions, ViT feature reuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from perception.synthetic import SyntheticScene
+from perception.visual import VisualConfig, VisualStream
+from reasoning.backends.base import concat_chunks
+
+
+def _prefill_all(b, chunks):
+    cache, pos, logits = DynamicCache(), 0, None
+    for c in [b.system_chunk(), *chunks]:
+        logits = b.prefill(c, cache, pos)
+        pos += c.pos_span
+    return logits, pos
+
+
+def test_pruned_tokens_keep_their_positions(tiny_qwen):
+    b = tiny_qwen
+    embeds, grid = b.encode_frame(SyntheticScene("short").render(0))
+    full = b.visual_chunk(embeds, grid, 2.0, 2.0)
+    keep = torch.tensor([0, 3, 5, 6, embeds.shape[0] - 1])
+    pruned = b.visual_chunk(embeds, grid, 2.0, 2.0, keep)
+    head = full.num_tokens - embeds.shape[0] - 2          # marker + vision_start
+    assert pruned.num_tokens == full.num_tokens - embeds.shape[0] + 5 and pruned.pos_span == full.pos_span
+    torch.testing.assert_close(pruned.position_ids[:, :head], full.position_ids[:, :head])
+    torch.testing.assert_close(pruned.position_ids[:, head:head + 5], full.position_ids[:, head + keep])
+    torch.testing.assert_close(pruned.position_ids[:, head + 5:], full.position_ids[:, -2:])
+    torch.testing.assert_close(pruned.inputs_embeds[head:head + 5], full.inputs_embeds[head + keep])
+
+
+def test_a_pair_costs_the_tokens_of_one_still(tiny_qwen):
+    b = tiny_qwen
+    scene = SyntheticScene("short")
+    still = VisualStream(b, VisualConfig(group_frames=False, drop_threshold=1.0, reuse_threshold=0.0))
+    pairs = VisualStream(b, VisualConfig(group_frames=True, drop_threshold=1.0, reuse_threshold=0.0))
+    n_still = sum(c.num_tokens for i in range(2) for c in still.push(scene.render(i * 5), i * 0.5))
+    out = [c for i in range(2) for c in pairs.push(scene.render(i * 5), i * 0.5)]
+    assert len(out) == 1 and pairs.stats.tokens_total * 2 == still.stats.tokens_total
+    assert out[0].num_tokens < n_still and out[0].t0 == 0.0 and out[0].t1 == 0.5
+
+
+def test_batched_groups_equal_one_group_at_a_time(tiny_qwen):
+    """Chunked ingest equals one prefill: groups batched through the ViT and prefilled as one chunk give
+    the logits of one group per chunk (no pruning)."""
+    b = tiny_qwen
+    scene = SyntheticScene("short")
+    frames = [(scene.render(i * 7), i * 0.5) for i in range(6)]
+    cfg = dict(drop_threshold=1.0, reuse_threshold=0.0)
+    one = VisualStream(b, VisualConfig(batch_groups=1, **cfg))
+    three = VisualStream(b, VisualConfig(batch_groups=3, **cfg))
+    a = [c for f, t in frames for c in one.push(f, t)]
+    c = [c for f, t in frames for c in three.push(f, t)]
+    assert len(a) == 3 and len(c) == 1
+    la, pa = _prefill_all(b, a)
+    lc, pc = _prefill_all(b, c)
+    assert pa == pc
+    torch.testing.assert_close(la, lc, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(concat_chunks(a, b._embed).position_ids, c[0].position_ids)
+
+
+def test_token_drop_and_feature_reuse_on_a_still_then_a_change(tiny_qwen):
+    b = tiny_qwen
+    scene = SyntheticScene("short")
+    still = scene.render(0)
+    vs = VisualStream(b, VisualConfig(drop_threshold=0.95, reuse_threshold=0.02))
+    for i in range(4):                                 # two identical pairs
+        vs.push(still, i * 0.5)
+    assert vs.stats.vit_groups == 1 and vs.stats.reused_groups == 1       # the tower ran once
+    assert vs.stats.drop_ratios == [0.0, 1.0]                              # nothing new: every token dropped
+    changed = np.full_like(still, 255) - still
+    for i in range(4, 6):
+        vs.push(changed, i * 0.5)
+    assert vs.stats.vit_groups == 2 and vs.stats.drop_ratios[-1] < 0.5   # a new scene: most tokens kept
+    assert vs.stats.tokens_kept < vs.stats.tokens_total
+
+
+def test_flush_encodes_a_lone_last_frame_as_a_still(tiny_qwen):
+    vs = VisualStream(tiny_qwen, VisualConfig())
+    assert vs.push(SyntheticScene("short").render(0), 0.0) == [] and vs.pending
+    out = vs.flush()
+    assert len(out) == 1 and not vs.pending and out[0].t0 == out[0].t1 == 0.0
