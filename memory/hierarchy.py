@@ -39,6 +39,7 @@ from memory.segments import (
     Segment,
     SegmentFileError,
     SegmentKV,
+    dequantize_int8,
     prune_by_value_norm,
     quantize_int8,
     read_segment_file,
@@ -108,6 +109,7 @@ class MemoryStats:
     disk_bytes: int = 0
     device_peak_bytes: int = 0        # largest assembled context (sink + retrieved + window)
     retrieved_segments: int = 0
+    oom_shrinks: int = 0              # times the window was halved after running out of device memory
 
 
 @dataclass
@@ -192,7 +194,7 @@ class HierarchicalMemory:
     def append(self, chunk: Chunk) -> AppendResult:
         if self.sink is None:
             raise RuntimeError("set_sink() first")
-        logits, key_sum = self.backend.prefill_keys(chunk, self.cache, self.next_pos)
+        logits, key_sum = self._prefill_or_shrink(chunk)
         rec = ChunkRecord(chunk.kind, chunk.t0, chunk.t1, chunk.text, chunk.num_tokens, self.next_pos, chunk.pos_span)
         last = self.window[-1] if self.window else None
         if (last is not None and chunk.t0 - last.t0 < self.config.segment_seconds
@@ -205,6 +207,26 @@ class HierarchicalMemory:
         self.next_pos += chunk.pos_span
         self.stream_pos += chunk.pos_span
         return AppendResult(logits, self._evict())
+
+    def _prefill_or_shrink(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill; if the device runs out of memory, undo the partial append, halve the window (sealing what
+        no longer fits), log it and try again, until the window cannot shrink further."""
+        while True:
+            lengths = [layer.keys.shape[2] if layer.is_initialized else 0 for layer in self.cache.layers]
+            try:
+                return self.backend.prefill_keys(chunk, self.cache, self.next_pos)
+            except torch.OutOfMemoryError:
+                for layer, n in zip(self.cache.layers, lengths, strict=False):
+                    if layer.is_initialized and layer.keys.shape[2] > n:      # layers that took the chunk
+                        layer.keys, layer.values = layer.keys[:, :, :n], layer.values[:, :, :n]
+                if not self.config.shrink_on_oom or self.window_budget <= 16 or len(self.window) <= 1:
+                    raise
+                self.stats.oom_shrinks += 1
+                log.warning("%s: out of device memory; shrinking the window from %d tokens", self.label,
+                            self.window_budget)
+                self.shrink_window(self.window_budget // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
     def shrink_window(self, tokens: int) -> list[Segment]:
         """Lower the window budget (e.g. the device ran out of memory) and seal what no longer fits."""
@@ -260,12 +282,12 @@ class HierarchicalMemory:
         if kept is not None:
             keys, values = keys[:, :, kept.to(keys.device)], values[:, :, kept.to(values.device)]
         dtype = keys.dtype
-        keys, values = keys.to("cpu", copy=True), values.to("cpu", copy=True)
-        kv = SegmentKV(keys, values, dtype=dtype)
-        if self.config.quantize:
+        if self.config.quantize:            # on the device (fast), then only int8 crosses to the host
             qk, sk = quantize_int8(keys)
             qv, sv = quantize_int8(values)
-            kv = SegmentKV(qk, qv, sk, sv, dtype)
+            kv = SegmentKV(qk.cpu(), qv.cpu(), sk.cpu(), sv.cpu(), dtype)
+        else:
+            kv = SegmentKV(keys.to("cpu", copy=True), values.to("cpu", copy=True), dtype=dtype)
         seg = Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
                       w.key_sum / max(1, w.num_tokens), kept, kv)
         seg.embedding = w.embedding if w.embedding is not None else self._embed_text(seg.text)
@@ -381,9 +403,13 @@ class HierarchicalMemory:
         if kv is None:
             assert seg.file is not None
             kv = read_segment_kv(seg.file)
-        k, v = kv.dequantized()
+        dev = self.backend.device
         dtype = self.cache.layers[0].keys.dtype
-        return k.to(self.backend.device, dtype), v.to(self.backend.device, dtype)
+        if kv.quantized:                    # int8 crosses to the device, dequantized there
+            assert kv.key_scale is not None and kv.value_scale is not None
+            return (dequantize_int8(kv.keys.to(dev), kv.key_scale.to(dev), dtype),
+                    dequantize_int8(kv.values.to(dev), kv.value_scale.to(dev), dtype))
+        return kv.keys.to(dev, dtype), kv.values.to(dev, dtype)
 
     def assemble(self, segments: list[Segment]) -> ContextView:
         """sink + `segments` (time order) + window, as a new cache."""

@@ -11,11 +11,15 @@ and its text stay).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import sqlite_utils
 import torch
 
 from memory.segments import Segment
+
+if TYPE_CHECKING:       # sqlite-utils is only needed by whoever opens the database
+    import sqlite_utils
 
 COLUMNS = {"id": int, "session_id": str, "t0": float, "t1": float, "text": str, "num_tokens": int,
            "kept_tokens": int, "pos_start": int, "orig_pos": int, "pos_span": int, "embedding": bytes,

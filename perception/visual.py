@@ -74,6 +74,13 @@ class VisualStream:
         self._group()
         return self._encode() if len(self._groups) >= self.config.batch_groups else []
 
+    def push_group(self, patches: torch.Tensor, grid: torch.Tensor, t0: float, t1: float) -> list[Chunk]:
+        """Take one frame group already patchified (the benchmark prepares them ahead, as a perception
+        thread would); returns the chunks that are complete."""
+        self.stats.frames += self.group_size
+        self._groups.append((patches, grid, t0, t1))
+        return self._encode() if len(self._groups) >= self.config.batch_groups else []
+
     def flush(self) -> list[Chunk]:
         """End of stream: encode what is pending (a lone last frame is encoded as a still)."""
         if self._frames:

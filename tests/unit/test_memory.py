@@ -261,3 +261,30 @@ def test_model_qk_and_embedding_signals_rank_the_matching_segment(lite_backend):
     firsts = [retrieve(q, 50.0, cands, query=None, embed=lambda t: embedder.encode([t])[0], top_k=1,
                        max_tokens=100).scores["text_embedding"][0] == target for q, target in QK_QUESTIONS]
     assert sum(firsts) >= 8, firsts
+
+
+def test_out_of_device_memory_undoes_the_append_shrinks_the_window_and_goes_on(lite_backend, monkeypatch):
+    b = lite_backend
+    mem = HierarchicalMemory(b, MemoryConfig(window_tokens=200, segment_seconds=1.0))
+    mem.set_sink(b.system_chunk())
+    for c in _obs_chunks(b):
+        mem.append(c)
+    real = b.prefill_keys
+    calls = []
+
+    def oom_once(chunk, cache, offset):
+        calls.append(1)
+        if len(calls) == 1:       # half the layers took the chunk, then the device ran out
+            for layer in cache.layers[:10]:
+                layer.keys = torch.cat([layer.keys, layer.keys[:, :, :3]], dim=2)
+                layer.values = torch.cat([layer.values, layer.values[:, :, :3]], dim=2)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(chunk, cache, offset)
+
+    monkeypatch.setattr(b, "prefill_keys", oom_once)
+    sealed_before = mem.stats.segments_sealed
+    mem.append(b.observation_chunk(60.0, 'Text on screen: "LAST".'))
+    assert len(calls) == 2 and mem.stats.oom_shrinks == 1 and mem.window_budget == 100
+    assert mem.stats.segments_sealed > sealed_before and mem.window_tokens <= 100
+    lengths = {layer.keys.shape[2] for layer in mem.cache.layers}
+    assert lengths == {mem.sink_tokens + mem.window_tokens}            # every layer consistent again

@@ -1,0 +1,310 @@
+"""`onlooker bench ingest`: how fast a VLM takes a stream in, and what that costs in GPU memory.
+
+The full-size Qwen2.5-VL-7B architecture with random weights (speed does not depend on weight
+values; nothing is downloaded), bf16, SDPA attention (flash-attn when it is installed). Frames:
+the sample videos and the synthetic scene, sampled at 2 frames per second of stream time, resized
+to 448x448 and looped; the stream is simulated as fast as the GPU allows. Frames are patchified
+ahead of time (in a live run the perception thread does that alongside), so the table measures the
+GPU path: vision tower, token drop, LM prefill, memory.
+
+    naive      growing full KV cache, no eviction, no pruning: runs until it is out of memory or its time cap
+    window     sink + recent window only, no pruning (StreamingVLM-style)
+    onlooker   token drop + ViT feature reuse + hierarchical memory (sealed segments int8 on the host)
+
+Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of
+stream, time to first token of a question after the whole stream, and model FLOP utilisation
+against the measured bf16 matmul peak.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from memory.config import MemoryConfig
+from memory.hierarchy import HierarchicalMemory
+from perception.visual import VisualConfig, VisualStream
+from reasoning.answerer import AnswerJob
+
+log = logging.getLogger("onlooker.bench")
+
+QWEN25_VL_7B = dict(
+    text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                     num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+                     rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                                         "mrope_section": [16, 24, 24]}),
+    vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                       fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
+    image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+)
+TINY = dict(
+    text_config=dict(vocab_size=49160, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1_000_000,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+    vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                       fullatt_block_indexes=[1]),
+    image_token_id=49153, video_token_id=49154, vision_start_token_id=49155, vision_end_token_id=49156,
+)
+FRAME = 448
+MARKS_S = (60, 600, 3600)
+
+
+def attention_implementation() -> str:
+    import importlib.util
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+
+
+def build_backend(size: str, device: str, tokenizer_dir: Path):
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from reasoning.backends.qwen_vl import QwenVLBackend
+    spec = QWEN25_VL_7B if size == "7b" else TINY
+    cfg = Qwen2_5_VLConfig(**spec, bos_token_id=None, eos_token_id=None)
+    cfg._attn_implementation = attention_implementation()
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration(cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    model = model.to(device=device, dtype=dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    return QwenVLBackend(model, tokenizer, f"Qwen2.5-VL-{size} (random weights)", max_pixels=FRAME * FRAME)
+
+
+def load_frames(media: list[Path], fps: float, limit_s: float | None = None) -> tuple[list[np.ndarray], list[str]]:
+    """The sampled frames of each video (at `fps` of stream time), then the synthetic scene, 448x448."""
+    import cv2
+
+    from perception.synthetic import SyntheticScene
+    frames, names = [], []
+    for path in media:
+        cap = cv2.VideoCapture(str(path))
+        src_fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        step, i, next_t = 1.0 / fps, 0, 0.0
+        n0 = len(frames)
+        while True:
+            ok, img = cap.read()
+            if not ok or (limit_s is not None and i / src_fps > limit_s):
+                break
+            if i / src_fps + 1e-9 >= next_t:
+                frames.append(cv2.resize(img, (FRAME, FRAME), interpolation=cv2.INTER_AREA))
+                next_t += step
+            i += 1
+        cap.release()
+        names.append(f"{path.name} ({len(frames) - n0} frames)")
+    scene = SyntheticScene("signs")
+    dur = scene.spec.duration_s if limit_s is None else min(scene.spec.duration_s, limit_s)
+    n = int(dur * fps)
+    for k in range(n):
+        frames.append(cv2.resize(scene.render(int(k / fps * scene.spec.fps)), (FRAME, FRAME)))
+    names.append(f"synthetic:signs ({n} frames)")
+    if len(frames) % 2:
+        frames.pop()
+    return frames, names
+
+
+def measure_matmul_peak(device: str) -> float:
+    """bf16 (fp32 on CPU) matmul FLOP/s on this device, median of several runs."""
+    if not device.startswith("cuda"):
+        a = torch.randn(1024, 1024)
+        b = torch.randn(1024, 1024)
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        return 5 * 2 * 1024 ** 3 / (time.perf_counter() - t)
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(10):
+            a @ b
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1000 / 10)
+    return 2 * n ** 3 / float(np.median(times))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _mem(device: str) -> float | None:
+    return torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else None
+
+
+def run_config(name: str, backend, groups, *, minutes: float, fps: float, device: str, window: int,
+               batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9) -> dict:
+    naive = name == "naive"
+    onl = name == "onlooker"
+    mcfg = MemoryConfig(window_tokens=10**9 if naive else window, retrieval=onl, use_embeddings=False,
+                        quantize=onl, host_mb=64_000, shrink_on_oom=not naive, segment_seconds=4.0,
+                        segment_tokens=4096)
+    vcfg = VisualConfig(batch_groups=batch, drop_threshold=0.95 if onl else 1.0, reuse_threshold=0.02 if onl else 0.0)
+    mem = HierarchicalMemory(backend, mcfg, label=name)
+    vs = VisualStream(backend, vcfg)
+    mem.set_sink(backend.system_chunk())
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    vit_params, lm_params = param_counts
+    hidden = backend.num_heads * backend.head_dim
+    patches_per_group = int(groups[0][0].shape[0])
+    n_groups = int(minutes * 60 * fps / 2)
+    group_s = 2 / fps
+    marks: dict[int, float | None] = {m: None for m in MARKS_S if m <= minutes * 60}
+    lm_flops = 0.0
+    oom_at = None
+    stream_t = 0.0
+    _sync(device)
+    start = time.perf_counter()
+    bar = tqdm(range(n_groups), desc=f"{name}", unit="pair", file=sys.stderr, mininterval=5)
+    for g in bar:
+        patches, grid = groups[g % len(groups)]
+        t0 = g * group_s
+        try:
+            for chunk in vs.push_group(patches, grid, t0, t0 + group_s / 2):
+                ctx = mem.num_tokens
+                n = chunk.num_tokens
+                mem.append(chunk)
+                lm_flops += 2 * lm_params * n + 4 * backend.num_layers * hidden * n * (ctx + n / 2)
+        except torch.OutOfMemoryError:
+            oom_at = stream_t
+            break
+        stream_t = t0 + group_s
+        for m in marks:
+            if marks[m] is None and stream_t >= m:
+                _sync(device)
+                marks[m] = _mem(device)
+        if time.perf_counter() - start > (wall_cap_s if naive else max_wall_s):
+            break
+    bar.close()
+    if oom_at is None:
+        try:
+            for chunk in vs.flush():
+                mem.append(chunk)
+        except torch.OutOfMemoryError:
+            oom_at = stream_t
+    _sync(device)
+    wall = time.perf_counter() - start
+    frames = int(stream_t * fps)
+    st = vs.stats
+    vit_flops = st.vit_groups * (2 * vit_params * patches_per_group)
+    peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    row = {"config": name, "frames": frames, "stream_s": stream_t, "wall_s": wall, "frames_per_s": frames / wall,
+           "tokens_per_frame": st.tokens_kept / max(1, frames), "tokens_total_per_frame": st.tokens_total /
+           max(1, frames), "vit_groups": st.vit_groups, "vit_reused": st.reused_groups,
+           "gpu_gb_at": {str(k): v for k, v in marks.items()}, "gpu_peak_gb": peak_gb, "oom_at_stream_s": oom_at,
+           "stopped_by_cap": (not oom_at and frames < n_groups * 2), "flops": lm_flops + vit_flops,
+           "host_mb": mem.stats.host_bytes / 2**20, "segments_sealed": mem.stats.segments_sealed,
+           "device_kv_mb": mem.device_bytes() / 2**20}
+    if not naive and oom_at is None:
+        row["ttft_ms"] = question_ttft(backend, mem, stream_t, device)
+    del mem, vs
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return row
+
+
+def question_ttft(backend, mem: HierarchicalMemory, now: float, device: str) -> float:
+    """Time to first token of a question about the past, asked at the end of the stream (median of 3)."""
+    times = []
+    for q in ("What happened at 12:00?", "What did the sign show two minutes ago?", "What is on screen now?"):
+        _sync(device)
+        asked = time.monotonic()
+        view = mem.context(q, now)
+        job = AnswerJob(backend, view, backend.question_chunk(now, q), 4, asked_at=asked)
+        job.step(1)
+        _sync(device)
+        times.append(job.ttft_ms or 0.0)
+    return float(np.median(times))
+
+
+def run_ingest_bench(args) -> int:
+    from assistant.models import check_device
+    from reasoning.backends.base import BackendError
+    check_device(args.device)
+    tok = Path(args.tokenizer) if args.tokenizer else None
+    if tok is None:
+        from assistant.sessions import default_cache_dir
+        from reasoning.backends.lite import lite_model_dir
+        try:
+            tok = lite_model_dir(default_cache_dir(), convert=False)
+        except BackendError:
+            raise ValueError("bench ingest needs a ChatML tokenizer: --tokenizer DIR, or run onlooker download lite")
+    media_dir = Path(args.media) if args.media else None
+    media = sorted(media_dir.glob("*.mp4")) if media_dir else []
+    frames, names = load_frames(media, args.stream_fps, limit_s=args.media_limit_s)
+    backend = build_backend(args.size, args.device, tok)
+    groups = [backend.patchify([frames[i], frames[i + 1]]) for i in range(0, len(frames), 2)]
+    if args.device.startswith("cuda"):
+        groups = [(p.pin_memory(), g) for p, g in groups]
+    vit_params = sum(p.numel() for p in backend.model.model.visual.parameters())
+    lm = backend.language_model()
+    lm_params = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel()
+    peak = measure_matmul_peak(args.device)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    header = (f"bench ingest: {backend.name}, {attention_implementation()}, {device_name}, {args.minutes:g} min of "
+              f"stream at {args.stream_fps:g} frames/s, {FRAME}x{FRAME}, batches of {args.batch} pairs, window "
+              f"{args.window} tokens, loop of {len(frames)} frames: {', '.join(names)}; matmul peak "
+              f"{peak / 1e12:.0f} TFLOP/s; torch {torch.__version__}")
+    print(header, file=sys.stderr)
+    # warm-up (kernel selection, allocator, cuBLAS handles), not recorded
+    run_config("window", backend, groups, minutes=16 / 60, fps=args.stream_fps, device=args.device, window=args.window,
+               batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))
+    rows = []
+    for name in [c.strip() for c in args.configs.split(",")]:
+        if name not in ("naive", "window", "onlooker"):
+            raise ValueError(f"unknown configuration {name!r} (naive, window, onlooker)")
+        row = run_config(name, backend, groups, minutes=args.minutes, fps=args.stream_fps, device=args.device,
+                         window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
+                         param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s)
+        row["mfu"] = row["flops"] / row["wall_s"] / peak
+        rows.append(row)
+        print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)
+    print(format_table(header, rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            for r in rows:
+                f.write(json.dumps({"header": header, **r}) + "\n")
+    return 0
+
+
+def format_table(header: str, rows: list[dict]) -> str:
+    def gb(v) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = [header, "", "| config | frames/s | visual tokens per frame (kept / produced) | ViT runs (reused) | "
+             "GPU GB at 1 / 10 / 60 min | GPU peak GB | stream covered | TTFT ms after the stream | MFU |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        at = " / ".join(gb(r["gpu_gb_at"].get(str(m))) for m in MARKS_S)
+        covered = f"{r['stream_s'] / 60:.1f} min"
+        if r["oom_at_stream_s"] is not None:
+            covered += " (out of memory)"
+        elif r["stopped_by_cap"]:
+            covered += " (time cap)"
+        ttft = f"{r['ttft_ms']:.0f}" if r.get("ttft_ms") is not None else "-"
+        lines.append(f"| {r['config']} | {r['frames_per_s']:.1f} | {r['tokens_per_frame']:.0f} / "
+                     f"{r['tokens_total_per_frame']:.0f} | {r['vit_groups']} ({r['vit_reused']}) | {at} | "
+                     f"{gb(r['gpu_peak_gb'])} | {covered} | {ttft} | {100 * r['mfu']:.1f}% |")
+    return "\n".join(lines)
