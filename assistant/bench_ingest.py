@@ -250,7 +250,8 @@ def run_ingest_bench(args) -> int:
         try:
             tok = lite_model_dir(default_cache_dir(), convert=False)
         except BackendError:
-            raise ValueError("bench ingest needs a ChatML tokenizer: --tokenizer DIR, or run onlooker download lite")
+            raise ValueError("bench ingest needs a ChatML tokenizer: --tokenizer DIR, or run onlooker download lite")\
+                from None
     media_dir = Path(args.media) if args.media else None
     media = sorted(media_dir.glob("*.mp4")) if media_dir else []
     frames, names = load_frames(media, args.stream_fps, limit_s=args.media_limit_s)
