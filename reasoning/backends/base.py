@@ -42,6 +42,9 @@ class Chunk:
     pos_span: int                          # next chunk starts this many positions later
     input_ids: torch.Tensor | None = None  # (n,)
     inputs_embeds: torch.Tensor | None = None  # (n, hidden)
+    # Qwen3-VL deepstack: features added to the first LM layers' hidden states at the visual tokens
+    visual_mask: torch.Tensor | None = None    # (n,) bool
+    deepstack: list[torch.Tensor] | None = None  # per deepstack layer (visual tokens, hidden)
 
     @property
     def num_tokens(self) -> int:
@@ -64,9 +67,16 @@ def concat_chunks(chunks: list[Chunk], embed=None) -> Chunk:
     ids = None
     if all(c.input_ids is not None for c in chunks):
         ids = torch.cat([c.input_ids for c in chunks])
+    mask = deep = None
+    if any(c.deepstack is not None for c in chunks):
+        mask = torch.cat([c.visual_mask if c.visual_mask is not None else torch.zeros(c.num_tokens, dtype=torch.bool)
+                          for c in chunks])
+        layers = len(next(c.deepstack for c in chunks if c.deepstack is not None))
+        deep = [torch.cat([c.deepstack[i] for c in chunks if c.deepstack is not None]) for i in range(layers)]
     kinds = {c.kind for c in chunks}
     return Chunk(kinds.pop() if len(kinds) == 1 else "mixed", chunks[0].t0, chunks[-1].t1,
-                 " ".join(c.text for c in chunks), torch.cat(pos, dim=1), off, input_ids=ids, inputs_embeds=embeds)
+                 " ".join(c.text for c in chunks), torch.cat(pos, dim=1), off, input_ids=ids, inputs_embeds=embeds,
+                 visual_mask=mask, deepstack=deep)
 
 
 def text_positions(n: int, num_axes: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The VLM backend: Qwen2.5-VL. A frame goes through the vision tower once; its merged visual tokens
+"""The VLM backend: Qwen2.5-VL and Qwen3-VL. A frame goes through the vision tower once; its merged visual tokens
 are prefilled into the language model's KV cache with M-RoPE positions (time, height, width).
 
 A frame chunk, positions relative to its start (s = number of marker tokens + 1):
@@ -24,8 +24,9 @@ from transformers import AutoTokenizer, DynamicCache
 from reasoning import prompts
 from reasoning.backends.base import Backend, Chunk, text_positions
 
-IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)     # Qwen2-VL / Qwen2.5-VL (CLIP)
 IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+HALF = np.array([0.5, 0.5, 0.5], np.float32)                                 # Qwen3-VL
 
 
 def smart_size(height: int, width: int, factor: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:
@@ -44,7 +45,8 @@ def smart_size(height: int, width: int, factor: int, max_pixels: int, min_pixels
 
 
 def patchify(image_bgr: np.ndarray | list[np.ndarray], patch_size: int, merge_size: int, temporal_patch_size: int,
-             max_pixels: int, min_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+             max_pixels: int, min_pixels: int, mean: np.ndarray = IMAGE_MEAN,
+             std: np.ndarray = IMAGE_STD) -> tuple[torch.Tensor, torch.Tensor]:
     """One frame, or `temporal_patch_size` consecutive frames (a video slice), -> (flattened patches
     (grid_h*grid_w, C*T*P*P), grid_thw (3,)), Qwen2-VL layout. A single frame is repeated in time (a still)."""
     frames = image_bgr if isinstance(image_bgr, list) else [image_bgr]
@@ -52,7 +54,7 @@ def patchify(image_bgr: np.ndarray | list[np.ndarray], patch_size: int, merge_si
     xs = []
     for f in frames:
         rgb = cv2.cvtColor(cv2.resize(f, (w, h), interpolation=cv2.INTER_CUBIC), cv2.COLOR_BGR2RGB)
-        xs.append(((rgb.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD).transpose(2, 0, 1))   # (C, H, W)
+        xs.append(((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1))   # (C, H, W)
     if len(xs) == 1:
         xs = xs * temporal_patch_size
     if len(xs) != temporal_patch_size:
@@ -74,6 +76,14 @@ def vision_positions(start: int, grid_h: int, grid_w: int) -> torch.Tensor:
     return torch.stack([t, hh.reshape(-1) + start, ww.reshape(-1) + start])
 
 
+def attention_for(device: str) -> str:
+    """flash-attn when it is installed and the model runs on a GPU (same results); PyTorch SDPA otherwise."""
+    import importlib.util
+    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 class QwenVLBackend(Backend):
     num_position_axes = 3
     accepts_frames = True
@@ -88,6 +98,9 @@ class QwenVLBackend(Backend):
         self.patch_size, self.merge_size = vc.patch_size, vc.spatial_merge_size
         self.temporal_patch_size = vc.temporal_patch_size
         self.max_pixels, self.min_pixels = max_pixels, min_pixels
+        self.family = cfg.model_type                              # qwen2_5_vl | qwen3_vl
+        self.deepstack = self.family == "qwen3_vl"
+        self.mean, self.std = (HALF, HALF) if self.deepstack else (IMAGE_MEAN, IMAGE_STD)
         self.image_token_id = cfg.image_token_id
         self.vision_start_id = cfg.vision_start_token_id
         self.vision_end_id = cfg.vision_end_token_id
@@ -95,11 +108,12 @@ class QwenVLBackend(Backend):
         self._frame_tail = torch.cat([torch.tensor([self.vision_end_id]), newline])   # same after every frame
 
     @classmethod
-    def from_dir(cls, path: Path | str, device: str = "cpu") -> QwenVLBackend:
-        from transformers import Qwen2_5_VLForConditionalGeneration
+    def from_dir(cls, path: Path | str, device: str = "cpu", family: str = "qwen2_5_vl") -> QwenVLBackend:
+        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+        model_cls = Qwen3VLForConditionalGeneration if family == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                                                   attn_implementation="sdpa").to(device)
+        model = model_cls.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                          attn_implementation=attention_for(device)).to(device)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         return cls(model, tokenizer, Path(path).name)
 
@@ -115,15 +129,20 @@ class QwenVLBackend(Backend):
 
     def patchify(self, frames: np.ndarray | list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         return patchify(frames, self.patch_size, self.merge_size, self.temporal_patch_size, self.max_pixels,
-                        self.min_pixels)
+                        self.min_pixels, self.mean, self.std)
 
     @torch.inference_mode()
     def encode_patches(self, patches: list[torch.Tensor], grids: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The vision tower once over several frame groups (batched): merged embeddings (n_i, hidden) each."""
+        """The vision tower once over several frame groups (batched): merged embeddings (n_i, hidden) each.
+        Qwen3-VL: each group's deepstack features ride along as extra columns, (n_i, hidden * (1 + layers)),
+        so pruning and feature reuse treat them with their token; `visual_chunk` splits them off again."""
         x = torch.cat(patches).to(self.device, self.visual_dtype)
-        out = self.model.model.visual(x, grid_thw=torch.stack(grids).to(self.device)).pooler_output
+        out = self.model.model.visual(x, grid_thw=torch.stack(grids).to(self.device))
+        merged = out.pooler_output
+        if self.deepstack:
+            merged = torch.cat([merged, *out.deepstack_features], dim=-1)
         sizes = [int(g[0] * g[1] * g[2]) // self.merge_size ** 2 for g in grids]
-        return list(torch.split(out, sizes))
+        return list(torch.split(merged, sizes))
 
     def merged_grid(self, grid: torch.Tensor) -> tuple[int, int]:
         return int(grid[1]) // self.merge_size, int(grid[2]) // self.merge_size
@@ -157,13 +176,23 @@ class QwenVLBackend(Backend):
         vis_pos = vision_positions(k, gh, gw)
         if keep is not None:
             embeds, vis_pos = embeds[keep.to(embeds.device)], vis_pos[:, keep.cpu()]
+        deep = None
+        hidden = self.language_model().config.hidden_size
+        if self.deepstack:
+            deep = [d.to(self.dtype) for d in embeds[:, hidden:].split(hidden, dim=-1)]
+            embeds = embeds[:, :hidden]
         n_img = int(embeds.shape[0])
-        pos = torch.cat([text_positions(k, 3), vis_pos, text_positions(int(tail.shape[0]), 3) + k + m], dim=1)
+        n_tail = int(tail.shape[0])
+        pos = torch.cat([text_positions(k, 3), vis_pos, text_positions(n_tail, 3) + k + m], dim=1)
         inputs_embeds = torch.cat([self._embed(head), embeds.to(self.dtype), self._embed(tail)])
         ids = torch.cat([head, torch.full((n_img,), self.image_token_id), tail])
+        mask = None
+        if deep is not None:
+            mask = torch.cat([torch.zeros(k, dtype=torch.bool), torch.ones(n_img, dtype=torch.bool),
+                              torch.zeros(n_tail, dtype=torch.bool)])
         kept = f"{n_img}/{gh * gw} tokens" if keep is not None else f"{n_img} tokens"
         return Chunk("frame", t0, t1, f"[{prompts.format_time(t0)}] <frame {kept}>", pos,
-                     k + m + int(tail.shape[0]), input_ids=ids, inputs_embeds=inputs_embeds)
+                     k + m + n_tail, input_ids=ids, inputs_embeds=inputs_embeds, visual_mask=mask, deepstack=deep)
 
     @torch.inference_mode()
     def prefill(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
@@ -173,6 +202,10 @@ class QwenVLBackend(Backend):
             assert chunk.input_ids is not None
             embeds = self._embed(chunk.input_ids)
         pos = (chunk.position_ids.to(self.device) + offset).unsqueeze(1)        # (3, 1, n)
+        extra = {}
+        if chunk.deepstack is not None and chunk.visual_mask is not None and bool(chunk.visual_mask.any()):
+            extra = {"visual_pos_masks": chunk.visual_mask.to(self.device).unsqueeze(0),
+                     "deepstack_visual_embeds": [d.to(self.device, self.dtype) for d in chunk.deepstack]}
         out = self.model.model.language_model(inputs_embeds=embeds.unsqueeze(0), position_ids=pos,
-                                              past_key_values=cache, use_cache=True)
+                                              past_key_values=cache, use_cache=True, **extra)
         return self.model.lm_head(out.last_hidden_state[:, -1]).float()[0]

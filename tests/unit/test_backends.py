@@ -66,6 +66,25 @@ def test_qwen_positions_match_transformers_full_forward(tiny_qwen):
     torch.testing.assert_close(chunked, out.logits[0, -1].float(), rtol=1e-5, atol=1e-5)
 
 
+def test_qwen3_vl_chunked_ingest_matches_transformers_full_forward(tiny_qwen3):
+    """Qwen3-VL: interleaved M-RoPE and deepstack features added in the first LM layers; chunk by chunk,
+    batched as one chunk, and Transformers' own forward (pixel values, get_rope_index) agree."""
+    b = tiny_qwen3
+    chunks = _qwen_chunks(b)
+    assert chunks[1].deepstack is not None and len(chunks[1].deepstack) == 2
+    chunked, _ = _ingest(b, chunks)
+    from reasoning.backends.base import concat_chunks
+    one, _ = _ingest(b, [concat_chunks(chunks, b._embed)])
+    torch.testing.assert_close(chunked, one, rtol=1e-5, atol=1e-5)
+    scene = SyntheticScene("short")
+    ids = torch.cat([c.input_ids for c in chunks])[None]
+    pv, grids = zip(*(b.patchify(scene.render(i)) for i in (0, 10, 20)))
+    with torch.no_grad():
+        out = b.model(input_ids=ids, pixel_values=torch.cat(pv), image_grid_thw=torch.stack(grids),
+                      mm_token_type_ids=(ids == b.model.config.image_token_id).int())
+    torch.testing.assert_close(chunked, out.logits[0, -1].float(), rtol=1e-5, atol=1e-5)
+
+
 def test_lite_chunked_ingest_equals_full_prefill(lite_backend):
     b = lite_backend
     chunks = [b.system_chunk()] + [b.observation_chunk(t, f'Text on screen: "{w}".')

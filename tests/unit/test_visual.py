@@ -84,3 +84,17 @@ def test_flush_encodes_a_lone_last_frame_as_a_still(tiny_qwen):
     assert vs.push(SyntheticScene("short").render(0), 0.0) == [] and vs.pending
     out = vs.flush()
     assert len(out) == 1 and not vs.pending and out[0].t0 == out[0].t1 == 0.0
+
+
+def test_qwen3_vl_pruning_carries_deepstack_rows_with_their_tokens(tiny_qwen3):
+    b = tiny_qwen3
+    scene = SyntheticScene("short")
+    vs = VisualStream(b, VisualConfig(batch_groups=2, drop_threshold=0.999, reuse_threshold=0.0))
+    out = [c for i in range(4) for c in vs.push(scene.render(i), i * 0.5)]
+    assert len(out) == 1 and vs.stats.tokens_kept < vs.stats.tokens_total       # the second pair dropped some
+    chunk = out[0]
+    n_vis = int(chunk.visual_mask.sum())
+    assert n_vis == vs.stats.tokens_kept and all(d.shape[0] == n_vis for d in chunk.deepstack)
+    cache = DynamicCache()
+    logits = b.prefill(chunk, cache, 0)
+    assert torch.isfinite(logits).all() and cache.get_seq_length() == chunk.num_tokens

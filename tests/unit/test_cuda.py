@@ -1,0 +1,109 @@
+"""The VLM path on a GPU, bf16 (marker `cuda`; skipped without one). Tiny random configs: the point is
+the device path (bf16 casts, host <-> device moves of sealed KV, int8 on the device), not speed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from tests.conftest import tiny_qwen_config
+
+pytestmark = pytest.mark.cuda
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+    path = os.environ.get("ONLOOKER_TEST_TOKENIZER")
+    if not path:
+        from assistant.sessions import default_cache_dir
+        path = str(default_cache_dir() / "models" / "smollm2-135m-instruct")
+    if not os.path.isdir(path):
+        pytest.skip("no ChatML tokenizer: set ONLOOKER_TEST_TOKENIZER or run onlooker download lite")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def gpu_qwen():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from reasoning.backends.qwen_vl import QwenVLBackend
+    tok = _tokenizer()
+    torch.manual_seed(0)
+    cfg = tiny_qwen_config(len(tok))
+    cfg._attn_implementation = "sdpa"
+    model = Qwen2_5_VLForConditionalGeneration(cfg).to("cuda", torch.bfloat16).eval()
+    return QwenVLBackend(model, tok, "tiny-qwen2.5-vl-cuda", max_pixels=112 * 112)
+
+
+def _frames(n):
+    from perception.synthetic import SyntheticScene
+    scene = SyntheticScene("short")
+    return [(scene.render(i * 7), i * 0.5) for i in range(n)]
+
+
+def test_gpu_batched_ingest_matches_one_group_at_a_time(gpu_qwen):
+    from perception.visual import VisualConfig, VisualStream
+    b = gpu_qwen
+    cfg = dict(drop_threshold=1.0, reuse_threshold=0.0)
+    a = [c for f, t in _frames(8) for c in VisualStream(b, VisualConfig(batch_groups=1, **cfg)).push(f, t)]
+    vs = VisualStream(b, VisualConfig(batch_groups=4, **cfg))
+    c = [c for f, t in _frames(8) for c in vs.push(f, t)]
+    results = []
+    for chunks in (a, c):
+        cache, pos, logits = DynamicCache(), 0, None
+        for ch in [b.system_chunk(), *chunks]:
+            logits = b.prefill(ch, cache, pos)
+            pos += ch.pos_span
+        results.append(logits)
+    assert results[0].device.type == "cpu" or results[0].is_cuda
+    rel = (results[0] - results[1]).norm() / results[1].norm()
+    assert rel < 2e-2, rel                    # bf16: different batch shapes round differently
+
+
+def test_gpu_hierarchy_seals_to_host_and_restores_exactly(gpu_qwen, tmp_path):
+    """Everything retrieved, nothing pruned: the assembled context gives the full-context logits, with the
+    sealed KV moved to the host, spilled to disk and moved back (bf16 round trip is exact)."""
+    from memory.config import MemoryConfig
+    from memory.hierarchy import HierarchicalMemory
+    b = gpu_qwen
+    chunks = [b.frame_chunk(f, t) for f, t in _frames(6)]
+    question = b.question_chunk(5.0, "What was on the sign at 0:01?")
+    cache, pos = DynamicCache(), 0
+    for ch in [b.system_chunk(), *chunks]:
+        b.prefill(ch, cache, pos)
+        pos += ch.pos_span
+    ref = b.prefill(question, cache, pos)
+    mem = HierarchicalMemory(b, MemoryConfig(window_tokens=10_000, host_mb=0.0, segment_seconds=0.1),
+                             spill_dir=tmp_path / "kv")
+    mem.set_sink(b.system_chunk())
+    for ch in chunks:
+        mem.append(ch)
+    total = mem.window_tokens
+    for frac in (0.7, 0.4):
+        mem.shrink_window(int(total * frac))
+    mem.flush(10.0)
+    assert mem.stats.segments_spilled == len(mem.segments) and mem.device_bytes() > 0
+    view = mem.assemble(mem.segments)
+    assert view.cache.layers[0].keys.is_cuda
+    logits = b.prefill(question, view.cache, view.next_pos)
+    rel = (logits - ref).norm() / ref.norm()
+    assert rel < 1e-2, rel                    # keys rotated in bf16: within bf16 rounding
+
+
+def test_gpu_int8_sealing_happens_on_the_device(gpu_qwen):
+    from memory.config import MemoryConfig
+    from memory.hierarchy import HierarchicalMemory
+    b = gpu_qwen
+    mem = HierarchicalMemory(b, MemoryConfig(window_tokens=64, quantize=True, segment_seconds=0.1))
+    mem.set_sink(b.system_chunk())
+    for f, t in _frames(6):
+        mem.append(b.frame_chunk(f, t))
+    seg = mem.segments[0]
+    assert seg.kv is not None and seg.kv.keys.dtype == torch.int8 and not seg.kv.keys.is_cuda
+    view = mem.assemble([seg])
+    assert view.cache.layers[0].keys.dtype == torch.bfloat16
