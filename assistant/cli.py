@@ -53,6 +53,10 @@ def _config(args) -> AssistantConfig:  # noqa: F821
         cfg.memory.keep_ratio = args.keep_ratio
     if getattr(args, "int8", False):
         cfg.memory.quantize = True
+    if getattr(args, "watch", None):
+        cfg.watch = list(cfg.watch) + list(args.watch)
+    if getattr(args, "narrate", False):
+        cfg.narrate = True
     cfg.memory.__post_init__()     # validate what the flags set
     cfg.headless = bool(getattr(args, "headless", False)) or not sys.stdout.isatty()
     return cfg
@@ -79,7 +83,8 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) ->
     embedder = load_embedder() if cfg.memory.retrieval and cfg.memory.use_embeddings else None
     memory = HierarchicalMemory(backend, cfg.memory, embedder=embedder, index=store.segment_index(session_id),
                                 spill_dir=store.session_dir(session_id) / "kv")
-    runtime = Runtime(backend, memory, cfg.reasoning, printer, store, session_id, asks)
+    runtime = Runtime(backend, memory, cfg.reasoning, printer, store, session_id, asks, watches=cfg.watch,
+                      narrate=cfg.narrate)
     pipeline = Pipeline(source, runtime, cfg.perception, perceiver)
     if not cfg.headless and sys.stdin.isatty():
         _start_stdin_questions(runtime)
@@ -277,6 +282,9 @@ def cmd_bench(args) -> int:
         from assistant.bench_memory import run_memory_bench
         args.window = args.window or 256
         return run_memory_bench(args)
+    if args.name == "timing":
+        from assistant.bench_timing import run_timing_bench
+        return run_timing_bench(args)
     if args.name == "ingest":
         from assistant.bench_ingest import run_ingest_bench
         args.window = args.window or 4096
@@ -308,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where retrieved KV sits: re-positioned by RoPE shift (default) or where it was ingested")
         sp.add_argument("--keep-ratio", type=float, help="fraction of tokens a sealed segment keeps (default 1.0)")
         sp.add_argument("--int8", action="store_true", help="quantize sealed segments' KV to int8")
+        sp.add_argument("--watch", action="append", metavar="CONDITION",
+                        help='standing instruction, e.g. "a person appears" or \'the sign says "STOP"\' (repeatable)')
+        sp.add_argument("--narrate", action="store_true", help="speak up on notable change (new text, scene change)")
         sp.add_argument("--config", help="a TOML config file")
 
     r = sub.add_parser("run", help="watch a source and answer questions")
@@ -339,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_ask)
 
     b = sub.add_parser("bench", help="benchmarks; each prints one table")
-    b.add_argument("name", choices=["memory", "ingest"])
+    b.add_argument("name", choices=["memory", "ingest", "timing"])
     b.add_argument("--observations", type=int, default=320, help="memory: observations in the stream")
     b.add_argument("--questions", type=int, default=120, help="memory: questions about past moments")
     b.add_argument("--window", type=int, help="recent window in tokens (memory: 256, ingest: 4096)")
@@ -348,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--configs", help="comma-separated subset of the configurations to run "
                    "(ingest default: naive,window,onlooker)")
     b.add_argument("--out", help="also write the rows as JSON lines to this file")
+    b.add_argument("--streams", type=int, default=3, help="timing: synthetic streams")
+    b.add_argument("--duration", type=float, default=300.0, help="timing: seconds of stream each")
+    b.add_argument("--tolerance", type=float, default=3.0, help="timing: seconds after an event an alert may come")
     b.add_argument("--size", choices=["7b", "tiny"], default="7b", help="ingest: Qwen2.5-VL architecture size")
     b.add_argument("--device", default="cuda", help="ingest: cuda (default) or cpu")
     b.add_argument("--minutes", type=float, default=60.0, help="ingest: stream length in minutes")

@@ -22,6 +22,8 @@ class AssistantConfig:
     device: str = "cpu"                # cpu | cuda
     headless: bool = False             # JSON lines on stdout instead of the UI
     data_dir: str | None = None        # where sessions are stored; None = the user data dir
+    watch: list[str] = field(default_factory=list)   # standing instructions ("tell me when a person appears")
+    narrate: bool = False              # say so on notable change (new text read, scene change)
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)

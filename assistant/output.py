@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from assistant.events import Answer, AnswerToken, ObservationEvent, SegmentSealed
 from reasoning.prompts import format_time
+from reasoning.timing import Alert
 
 
 def event_record(event: Any) -> dict | None:
@@ -23,6 +24,9 @@ def event_record(event: Any) -> dict | None:
     if isinstance(event, SegmentSealed):
         return {"type": "segment_sealed", "t0": round(event.t0, 3), "t1": round(event.t1, 3),
                 "tokens": event.num_tokens, "kept_tokens": event.kept_tokens, "tier": event.tier}
+    if isinstance(event, Alert):
+        return {"type": "alert", "t": round(event.t, 3), "condition": event.condition, "text": event.text,
+                "score": round(event.score, 3)}
     if isinstance(event, dict):
         return event
     return None
@@ -68,6 +72,10 @@ class ConsolePrinter:
                     self.out.write(f"  Onlooker: {event.text}")
                 self.out.write(f"   ({event.ttft_ms:.0f} ms to first token)\n")
                 self._streaming = None
+            elif isinstance(event, Alert):
+                self.out.write(f"[{format_time(event.t)}] ALERT ({event.condition}): {event.text}\n")
+            elif isinstance(event, dict) and event.get("type") == "narration":
+                self.out.write(f"[{format_time(event['t'])}] Onlooker: {event['text']}\n")
             elif isinstance(event, ObservationEvent):
                 self.out.write(f"[{format_time(event.t)}] saw: {event.text}\n")
             elif isinstance(event, dict) and event.get("type") == "question":

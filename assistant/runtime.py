@@ -38,6 +38,7 @@ from perception.visual import VisualConfig, VisualStream
 from reasoning.answerer import AnswerJob
 from reasoning.backends.base import Backend
 from reasoning.config import ReasoningConfig
+from reasoning.timing import TimingConfig, Watcher
 
 log = logging.getLogger("onlooker.runtime")
 
@@ -53,6 +54,9 @@ class RuntimeStats:
     ttft_ms: list[float] = field(default_factory=list)
     answer_ms: list[float] = field(default_factory=list)
     max_ingest_wait_ms: float = 0.0   # longest a stream event waited in the inbox behind other work
+    max_ingest_stall_answering_ms: float = 0.0   # the same, for events that arrived while an answer was decoding
+    alerts: int = 0
+    probe_ms: list[float] = field(default_factory=list)
 
 
 def question_record(q: Question, context: ContextView, latest: tuple[float, str] | None,
@@ -83,7 +87,8 @@ def visual_summary(visual: VisualStream) -> dict:
 class Runtime:
     def __init__(self, backend: Backend, memory: HierarchicalMemory, config: ReasoningConfig,
                  emit: Callable[[Any], None], store: SessionStore | None = None, session_id: str | None = None,
-                 asks: list[tuple[float, str]] | None = None, visual: VisualConfig | None = None) -> None:
+                 asks: list[tuple[float, str]] | None = None, visual: VisualConfig | None = None,
+                 watches: list[str] | None = None, timing: TimingConfig | None = None, narrate: bool = False) -> None:
         self.backend = backend
         self.memory = memory
         self.config = config
@@ -106,6 +111,11 @@ class Runtime:
         self._job_question: Question | None = None
         self._latest_obs: tuple[float, str] | None = None
         self.visual = VisualStream(backend, visual) if backend.accepts_frames else None
+        self.watcher = Watcher(backend, timing)
+        for w in watches or []:
+            self.watcher.add(w)
+        self.narrate = narrate
+        self._last_text: str | None = None
         self.memory.set_sink(backend.system_chunk())
 
     # -- called from other threads ------------------------------------------------------------
@@ -192,7 +202,10 @@ class Runtime:
     def _ingest(self, event: FrameEvent | ObservationEvent) -> None:
         t = event.frame.t if isinstance(event, FrameEvent) else event.t
         self._fire_scheduled(t)   # questions for times before this frame see the stream up to them
-        self.stats.max_ingest_wait_ms = max(self.stats.max_ingest_wait_ms, (time.monotonic() - event.ts) * 1000)
+        waited = (time.monotonic() - event.ts) * 1000
+        self.stats.max_ingest_wait_ms = max(self.stats.max_ingest_wait_ms, waited)
+        if self._job is not None:
+            self.stats.max_ingest_stall_answering_ms = max(self.stats.max_ingest_stall_answering_ms, waited)
         self.stats.frames_sampled += 1
         self.stream_t = t
         if isinstance(event, ObservationEvent):
@@ -203,9 +216,36 @@ class Runtime:
             self._latest_obs = (t, event.text)
             self.emit(event)
             self._append_chunks([chunk])
+            self._narrate(t, event)
+            self._watch(t, event.text)
         else:
             assert self.visual is not None
-            self._append_chunks(self.visual.push(event.frame.image, t))
+            chunks = self.visual.push(event.frame.image, t)
+            self._append_chunks(chunks)
+            if chunks:
+                self._watch(t, chunks[-1].text)
+
+    def _watch(self, t: float, observation: str) -> None:
+        if not self.watcher.watches:
+            return
+        start = time.monotonic()
+        alerts = self.watcher.update(t, observation, self.memory.context)
+        self.stats.probe_ms.append((time.monotonic() - start) * 1000)
+        for alert in alerts:
+            self.stats.alerts += 1
+            self.emit(alert)
+            if self.store is not None and self.session_id is not None:
+                self.store.add_alert(self.session_id, alert.t, alert.condition, alert.text)
+
+    def _narrate(self, t: float, event: ObservationEvent) -> None:
+        """Narration mode: say so when new text is read or the scene changes."""
+        if not self.narrate or event.text is None:
+            return
+        text = event.text.split('"')[1] if event.text.count('"') >= 2 else None
+        if (text and text != self._last_text) or event.scene_change >= 0.5:
+            self.emit({"type": "narration", "t": round(t, 3), "text": f"Now: {event.text}"})
+        if text:
+            self._last_text = text
 
     def _append_chunks(self, chunks: list) -> None:
         for chunk in chunks:
@@ -264,5 +304,7 @@ class Runtime:
             "answer_ms_median": med(s.answer_ms),
             "ingest_ms_median": med(s.ingest_ms),
             "max_ingest_wait_ms": round(s.max_ingest_wait_ms, 1),
+            "max_ingest_stall_answering_ms": round(s.max_ingest_stall_answering_ms, 1),
+            "alerts": s.alerts, "probe_ms_median": med(s.probe_ms),
             "stream_t": round(self.stream_t, 3),
         }

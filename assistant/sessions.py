@@ -94,6 +94,10 @@ class SessionStore:
         self.db["questions"].insert({"session_id": session_id, "t": t, "question": question, "answer": answer,
                                      "ttft_ms": ttft_ms, "total_ms": total_ms, "asked_wall": time.time()})
 
+    def add_alert(self, session_id: str, t: float, condition: str, text: str) -> None:
+        self.db["alerts"].insert({"session_id": session_id, "t": t, "condition": condition, "text": text,
+                                  "wall": time.time()})
+
     def finish(self, session_id: str, summary: str) -> None:
         self.db["sessions"].update(session_id, {"ended": time.time(), "summary": summary})
 
@@ -134,6 +138,8 @@ class SessionStore:
         with self.db.conn:
             self.db["segments"].delete_where("session_id = ?", [session_id])
             self.db["questions"].delete_where("session_id = ?", [session_id])
+            if "alerts" in self.db.table_names():
+                self.db["alerts"].delete_where("session_id = ?", [session_id])
             self.db["sessions"].delete(session_id)
         shutil.rmtree(self.session_dir(session_id), ignore_errors=True)
 

@@ -66,3 +66,9 @@ def question_text(t: float, question: str, latest: tuple[float, str] | None = No
             now += f" Latest observation [{format_time(latest[0])}]: {latest[1]}"
         body = f"{now}\nQuestion: {question.strip()}"
     return f"<|im_end|>\n<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def probe_text(t: float, condition: str) -> str:
+    """A yes/no probe for a standing instruction, read from the next-token logits (never generated)."""
+    return (f"<|im_end|>\n<|im_start|>user\nIt is now {format_time(t)}. Judging by the latest observation, is "
+            f"this true right now: {condition.strip()}? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n")

@@ -141,3 +141,34 @@ def test_vlm_backend_from_a_local_path_runs_the_frame_path(capsys, monkeypatch, 
     assert s["visual_groups"] == 6 and s["vit_groups"] + s["vit_reused_groups"] == 6
     assert 0 < s["visual_tokens_kept_pct"] <= 100
     assert started["context_tokens"] > tiny_qwen.system_chunk().num_tokens
+
+
+def test_watch_alerts_once_at_the_stream_time_it_is_seen(lite_backend):
+    from reasoning.timing import Alert
+    out: list = []
+    rt = Runtime(lite_backend, HierarchicalMemory(lite_backend, MemoryConfig()), ReasoningConfig(max_new_tokens=8),
+                 out.append, watches=['the sign says "STOP"'], narrate=True)
+    for t, w in [(0.0, "GO"), (3.0, "STOP"), (4.0, "STOP"), (9.0, "GO"), (20.0, "STOP")]:
+        rt.submit(ObservationEvent(t, f'Text on screen: "{w}".'))
+    rt.submit(Question(4.5, "Describe the scene in detail."))
+    rt.submit(StreamEnded())
+    while not rt.finished:
+        rt.step()
+    alerts = [e for e in out if isinstance(e, Alert)]
+    assert [a.t for a in alerts] == [3.0, 20.0] and "STOP" in alerts[0].text
+    from assistant.output import event_record
+    rec = event_record(alerts[0])
+    assert rec["type"] == "alert" and rec["t"] == 3.0 and rec["condition"] == 'the sign says "STOP"'
+    narr = [e["t"] for e in out if isinstance(e, dict) and e.get("type") == "narration"]
+    assert narr == [0.0, 3.0, 9.0, 20.0]                    # new text only; the repeat at 4 s says nothing
+    s = rt.summary()
+    assert s["alerts"] == 2 and s["probe_ms_median"] > 0 and "max_ingest_stall_answering_ms" in s
+
+
+def test_bench_timing_smallest_run(tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    assert main(["bench", "timing", "--streams", "1", "--duration", "120", "--configs", "onlooker,fixed-interval",
+                 "--out", str(out)]) == 0
+    rows = {r["config"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["onlooker"]["f1"] >= 0.8 and rows["onlooker"]["delay_median_s"] <= 2.0
+    assert rows["onlooker"]["f1"] > rows["fixed-interval"]["f1"]
