@@ -76,7 +76,8 @@ def make_stream(seed: int, duration: float = 300.0) -> Stream:
     obs, last = [], None
     for s in range(int(duration)):
         word, count = at(sign, s), at(people, s)
-        text = f'Text on screen: "{word}".' + (f" {count} {'person' if count == 1 else 'people'} visible." if count else "")
+        seen = f" {count} {'person' if count == 1 else 'people'} visible." if count else ""
+        text = f'Text on screen: "{word}".' + seen
         if text != last:
             obs.append((float(s), text))
             last = text
@@ -145,7 +146,8 @@ def run_timing_bench(args) -> int:
     streams = [make_stream(args.seed + i, args.duration) for i in range(args.streams)]
     n_events = sum(len(v) for s in streams for v in s.events.values())
     header = (f"bench timing: SmolLM2-135M-Instruct (CPU), {args.streams} synthetic streams x {args.duration:g} s, "
-              f"{n_events} scripted events, instructions {CONDITIONS}, tolerance {args.tolerance:g} s, seed {args.seed}")
+              f"{n_events} scripted events, instructions {CONDITIONS}, tolerance {args.tolerance:g} s, "
+              f"seed {args.seed}")
     print(header, file=sys.stderr)
     configs = {"onlooker": lambda s: run_watcher(backend, s, True),
                "probe-only": lambda s: run_watcher(backend, s, False),
