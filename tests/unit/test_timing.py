@@ -45,7 +45,7 @@ def test_one_event_one_alert_then_rearm_after_off_and_cooldown(lite_backend):
                   TimingConfig(on=0.6, off=0.4, cooldown_s=5.0, evidence_weight=0.7))
     w.add("the scene gets dark")            # no evidence: the model's score alone
     fired = []
-    for t, s in zip(range(9), range(9)):
+    for t in range(9):
         fired += [a.t for a in w.update(float(t * 2), "No text on screen.", lambda: None)]
     # 0.9 at t=2 fires; stays high (no re-fire); 0.2 at t=10 re-arms; 0.9 at t=12 fires (cool-down 5 s passed);
     # 0.3 at t=14 re-arms but 0.9 at t=16 is within the cool-down of t=12
