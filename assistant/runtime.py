@@ -31,6 +31,7 @@ from assistant.events import (
     SegmentSealed,
     Shutdown,
     StreamEnded,
+    TranscriptEvent,
 )
 from assistant.sessions import SessionStore
 from memory.hierarchy import ContextView, HierarchicalMemory
@@ -56,6 +57,7 @@ class RuntimeStats:
     max_ingest_wait_ms: float = 0.0   # longest a stream event waited in the inbox behind other work
     max_ingest_stall_answering_ms: float = 0.0   # the same, for events that arrived while an answer was decoding
     alerts: int = 0
+    transcripts: int = 0
     probe_ms: list[float] = field(default_factory=list)
 
 
@@ -174,7 +176,7 @@ class Runtime:
                 return
 
     def _accept(self, event: Any) -> None:
-        if isinstance(event, (FrameEvent, ObservationEvent)):
+        if isinstance(event, (FrameEvent, ObservationEvent, TranscriptEvent)):
             self._stream_events.append(event)
         elif isinstance(event, Question):
             self.ask(event.text, event.t)
@@ -199,7 +201,10 @@ class Runtime:
             t, text = self._scheduled.pop(0)
             self.ask(text, t)
 
-    def _ingest(self, event: FrameEvent | ObservationEvent) -> None:
+    def _ingest(self, event: FrameEvent | ObservationEvent | TranscriptEvent) -> None:
+        if isinstance(event, TranscriptEvent):
+            self._hear(event)
+            return
         t = event.frame.t if isinstance(event, FrameEvent) else event.t
         self._fire_scheduled(t)   # questions for times before this frame see the stream up to them
         waited = (time.monotonic() - event.ts) * 1000
@@ -224,6 +229,18 @@ class Runtime:
             self._append_chunks(chunks)
             if chunks:
                 self._watch(t, chunks[-1].text)
+
+    def _hear(self, event: TranscriptEvent) -> None:
+        """What was said goes into memory like an observation; said to the assistant, it is also a question."""
+        from perception.speech import wake_question
+        self._fire_scheduled(event.t1)
+        self.stream_t = max(self.stream_t, event.t1)
+        self.stats.transcripts += 1
+        self.emit(event)
+        self._append_chunks([self.backend.observation_chunk(event.t0, f'Heard: "{event.text}"')])
+        question = wake_question(event.text)
+        if question:
+            self.ask(question, event.t1)
 
     def _watch(self, t: float, observation: str) -> None:
         if not self.watcher.watches:
@@ -305,6 +322,6 @@ class Runtime:
             "ingest_ms_median": med(s.ingest_ms),
             "max_ingest_wait_ms": round(s.max_ingest_wait_ms, 1),
             "max_ingest_stall_answering_ms": round(s.max_ingest_stall_answering_ms, 1),
-            "alerts": s.alerts, "probe_ms_median": med(s.probe_ms),
+            "alerts": s.alerts, "probe_ms_median": med(s.probe_ms), "transcripts": s.transcripts,
             "stream_t": round(self.stream_t, 3),
         }

