@@ -75,6 +75,12 @@ class SegmentSealed:              # a segment left the recent window: its KV wen
 
 
 @dataclass(slots=True)
+class SpeechStarted:              # control: the user started speaking (VAD); barge-in if the assistant talks
+    t: float
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
 class StreamEnded:                # control: the source is exhausted or failed
     error: str | None = None
     ts: float = field(default_factory=_now)

@@ -30,6 +30,7 @@ from assistant.events import (
     Question,
     SegmentSealed,
     Shutdown,
+    SpeechStarted,
     StreamEnded,
     TranscriptEvent,
 )
@@ -58,6 +59,7 @@ class RuntimeStats:
     max_ingest_stall_answering_ms: float = 0.0   # the same, for events that arrived while an answer was decoding
     alerts: int = 0
     transcripts: int = 0
+    barge_ins: int = 0
     probe_ms: list[float] = field(default_factory=list)
 
 
@@ -90,7 +92,8 @@ class Runtime:
     def __init__(self, backend: Backend, memory: HierarchicalMemory, config: ReasoningConfig,
                  emit: Callable[[Any], None], store: SessionStore | None = None, session_id: str | None = None,
                  asks: list[tuple[float, str]] | None = None, visual: VisualConfig | None = None,
-                 watches: list[str] | None = None, timing: TimingConfig | None = None, narrate: bool = False) -> None:
+                 watches: list[str] | None = None, timing: TimingConfig | None = None, narrate: bool = False,
+                 speaker=None) -> None:
         self.backend = backend
         self.memory = memory
         self.config = config
@@ -117,6 +120,8 @@ class Runtime:
         for w in watches or []:
             self.watcher.add(w)
         self.narrate = narrate
+        self.speaker = speaker                 # assistant.speech_out.Speaker, or None (silent)
+        self._splitter = None
         self._last_text: str | None = None
         self.memory.set_sink(backend.system_chunk())
 
@@ -180,6 +185,8 @@ class Runtime:
             self._stream_events.append(event)
         elif isinstance(event, Question):
             self.ask(event.text, event.t)
+        elif isinstance(event, SpeechStarted):
+            self._barge_in(event)
         elif isinstance(event, StreamEnded):
             self.stream_ended = True
             self.error = event.error
@@ -230,6 +237,31 @@ class Runtime:
             if chunks:
                 self._watch(t, chunks[-1].text)
 
+    def _barge_in(self, event: SpeechStarted) -> None:
+        """The user started talking: stop speaking now and cancel the answer being decoded."""
+        speaking = self.speaker is not None and self.speaker.state == "speaking"
+        if not speaking and self._job is None:
+            return
+        if self.speaker is not None:
+            self.speaker.interrupt()
+        if self._job is not None and self._job_question is not None:
+            self.emit({"type": "interrupted", "t": round(event.t, 3), "question": self._job_question.text,
+                       "said": self._job.text.strip()})
+            self._job = self._job_question = None
+            self._splitter = None
+        self.stats.barge_ins += 1
+
+    def _speak(self, text: str, final: bool = False) -> None:
+        if self.speaker is None:
+            return
+        from assistant.speech_out import SentenceSplitter
+        if self._splitter is None:
+            self._splitter = SentenceSplitter()
+        for sentence in self._splitter.feed(text) + (self._splitter.flush() if final else []):
+            self.speaker.say(sentence)
+        if final:
+            self._splitter = None
+
     def _hear(self, event: TranscriptEvent) -> None:
         """What was said goes into memory like an observation; said to the assistant, it is also a question."""
         from perception.speech import wake_question
@@ -251,6 +283,8 @@ class Runtime:
         for alert in alerts:
             self.stats.alerts += 1
             self.emit(alert)
+            if self.speaker is not None:
+                self.speaker.say(f"Heads up: {alert.text}")
             if self.store is not None and self.session_id is not None:
                 self.store.add_alert(self.session_id, alert.t, alert.condition, alert.text)
 
@@ -293,6 +327,7 @@ class Runtime:
         piece = job.step(self.config.decode_tokens_per_step)
         if piece:
             self.emit(AnswerToken(q.question_id, piece))
+        self._speak(piece, final=job.done)
         if job.done:
             text = job.text.strip()
             ttft, total = job.ttft_ms or 0.0, job.total_ms or 0.0
@@ -323,5 +358,6 @@ class Runtime:
             "max_ingest_wait_ms": round(s.max_ingest_wait_ms, 1),
             "max_ingest_stall_answering_ms": round(s.max_ingest_stall_answering_ms, 1),
             "alerts": s.alerts, "probe_ms_median": med(s.probe_ms), "transcripts": s.transcripts,
+            "barge_ins": s.barge_ins,
             "stream_t": round(self.stream_t, 3),
         }
