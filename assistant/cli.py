@@ -57,6 +57,12 @@ def _config(args) -> AssistantConfig:  # noqa: F821
         cfg.watch = list(cfg.watch) + list(args.watch)
     if getattr(args, "narrate", False):
         cfg.narrate = True
+    if getattr(args, "no_audio", False):
+        cfg.audio = False
+    if getattr(args, "mic", None) is not None:
+        cfg.mic = args.mic
+    if getattr(args, "speak", None) is not None:
+        cfg.speak = args.speak
     cfg.memory.__post_init__()     # validate what the flags set
     cfg.headless = bool(getattr(args, "headless", False)) or not sys.stdout.isatty()
     return cfg
@@ -83,9 +89,11 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) ->
     embedder = load_embedder() if cfg.memory.retrieval and cfg.memory.use_embeddings else None
     memory = HierarchicalMemory(backend, cfg.memory, embedder=embedder, index=store.segment_index(session_id),
                                 spill_dir=store.session_dir(session_id) / "kv")
+    speaker = open_speaker() if cfg.speak else None
     runtime = Runtime(backend, memory, cfg.reasoning, printer, store, session_id, asks, watches=cfg.watch,
-                      narrate=cfg.narrate)
-    pipeline = Pipeline(source, runtime, cfg.perception, perceiver)
+                      narrate=cfg.narrate, speaker=speaker)
+    hearing = open_hearing(cfg, source) if cfg.audio else None
+    pipeline = Pipeline(source, runtime, cfg.perception, perceiver, hearing=hearing)
     if not cfg.headless and sys.stdin.isatty():
         _start_stdin_questions(runtime)
     log.info("session %s: %s with %s", session_id, cfg.source, backend.name)
@@ -102,12 +110,58 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) ->
         print(f"\nsession {session_id}: {summary['frames_sampled']} frames sampled, {summary['observations']} "
               f"observations, {summary['questions']} questions, median time to first token "
               f"{summary['ttft_ms_median']} ms")
+    if speaker is not None:
+        speaker.close()
+        speaker.player.close()
     if result.threads_alive:
         log.warning("threads still running at exit: %s", ", ".join(result.threads_alive))
     if result.error:
         print(f"onlooker: error: {result.error}", file=sys.stderr)
         return 2, summary
     return 0, summary
+
+
+def open_hearing(cfg, source):
+    """The hearing thread's source for this run, or None with one line saying why audio is off."""
+    from assistant.sessions import default_cache_dir
+    from perception.audio import AudioUnavailable, Microphone, blocks, decode_file
+    from perception.speech import Hearing
+    if cfg.source.startswith("synthetic:"):
+        return None
+    try:
+        if source.live:
+            audio_in, paced = Microphone(int(cfg.mic) if cfg.mic and cfg.mic.isdigit() else cfg.mic), False
+        else:
+            samples = decode_file(cfg.source)
+            if not len(samples):
+                return None
+            audio_in, paced = blocks(samples), True
+        from perception.speech import Transcriber, whisper_dir
+        transcriber = Transcriber(whisper_dir(default_cache_dir()))
+    except AudioUnavailable as e:
+        if "no audio track" not in str(e):
+            print(f"onlooker: {e}" if str(e).startswith("audio is off") else f"onlooker: audio is off: {e}",
+                  file=sys.stderr)
+        return None
+    except (FileNotFoundError, ImportError) as e:
+        print(f"onlooker: audio is off: speech recognition is not installed ({e}); run: onlooker download speech",
+              file=sys.stderr)
+        return None
+    return Hearing(audio_in, transcriber, paced_by_frames=paced)
+
+
+def open_speaker():
+    """Speech output, or None with one line saying why it is off."""
+    from assistant.speech_out import Player, Speaker, Synthesizer
+    from perception.audio import AudioUnavailable
+    try:
+        synth = Synthesizer()
+        player = Player()
+        player.open()
+    except (AudioUnavailable, RuntimeError, OSError) as e:
+        print(f"onlooker: speech output is off: {e}", file=sys.stderr)
+        return None
+    return Speaker(synth, player).start()
 
 
 def _start_stdin_questions(runtime) -> None:
@@ -329,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--watch", action="append", metavar="CONDITION",
                         help='standing instruction, e.g. "a person appears" or \'the sign says "STOP"\' (repeatable)')
         sp.add_argument("--narrate", action="store_true", help="speak up on notable change (new text, scene change)")
+        sp.add_argument("--no-audio", action="store_true", help="do not listen (no microphone, no audio track)")
+        sp.add_argument("--mic", help="microphone: device index or name (see onlooker devices)")
+        sp.add_argument("--speak", action=argparse.BooleanOptionalAction, default=None,
+                        help="speak answers and alerts aloud (default: no)")
         sp.add_argument("--config", help="a TOML config file")
 
     r = sub.add_parser("run", help="watch a source and answer questions")

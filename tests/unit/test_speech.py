@@ -21,6 +21,10 @@ SENTENCES = ["Onlooker, what did the sign say a minute ago?", "The red car parke
     ("Hey Onlooker what do you see", "what do you see"),
     ("On looker: who came in?", "who came in?"),
     ("OK, onlooker. Describe the room.", "Describe the room."),
+    ("I'm Looker. What word is on the sign?", "What word is on the sign?"),      # Whisper base mishearings
+    ("I'm Oker, what word is on the sign?", "what word is on the sign?"),
+    ("I'm looking for the keys.", None),
+    ("Looking good.", None),
     ("The onlooker watched the game.", None),
     ("What is on the sign?", None),
     ("Onlooker.", None),
