@@ -333,9 +333,14 @@ def _session_from_dirs(data_dir: Path, session: str) -> str:
 
 def cmd_bench(args) -> int:
     if args.name == "memory":
+        args.questions = args.questions or 120
         from assistant.bench_memory import run_memory_bench
         args.window = args.window or 256
         return run_memory_bench(args)
+    if args.name == "speech":
+        args.questions = args.questions or 20
+        from assistant.bench_speech import run_speech_bench
+        return run_speech_bench(args)
     if args.name == "timing":
         from assistant.bench_timing import run_timing_bench
         return run_timing_bench(args)
@@ -418,15 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_ask)
 
     b = sub.add_parser("bench", help="benchmarks; each prints one table")
-    b.add_argument("name", choices=["memory", "ingest", "timing"])
+    b.add_argument("name", choices=["memory", "ingest", "timing", "speech"])
     b.add_argument("--observations", type=int, default=320, help="memory: observations in the stream")
-    b.add_argument("--questions", type=int, default=120, help="memory: questions about past moments")
+    b.add_argument("--questions", type=int, default=None, help="memory: questions (120); speech: utterances (20)")
     b.add_argument("--window", type=int, help="recent window in tokens (memory: 256, ingest: 4096)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--max-new-tokens", type=int, default=32, help="memory: answer length cap")
     b.add_argument("--configs", help="comma-separated subset of the configurations to run "
                    "(ingest default: naive,window,onlooker)")
     b.add_argument("--out", help="also write the rows as JSON lines to this file")
+    b.add_argument("--min-silence-ms", type=int, default=300, help="speech: silence that ends an utterance")
     b.add_argument("--streams", type=int, default=3, help="timing: synthetic streams")
     b.add_argument("--duration", type=float, default=300.0, help="timing: seconds of stream each")
     b.add_argument("--tolerance", type=float, default=3.0, help="timing: seconds after an event an alert may come")

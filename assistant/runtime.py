@@ -264,13 +264,13 @@ class Runtime:
 
     def _hear(self, event: TranscriptEvent) -> None:
         """What was said goes into memory like an observation; said to the assistant, it is also a question."""
-        from perception.speech import wake_question
+        from perception.speech import addressed_question
         self._fire_scheduled(event.t1)
         self.stream_t = max(self.stream_t, event.t1)
         self.stats.transcripts += 1
         self.emit(event)
         self._append_chunks([self.backend.observation_chunk(event.t0, f'Heard: "{event.text}"')])
-        question = wake_question(event.text)
+        question = addressed_question(event.text)
         if question:
             self.ask(question, event.t1)
 

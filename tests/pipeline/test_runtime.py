@@ -183,12 +183,14 @@ def test_heard_speech_is_remembered_and_a_wake_word_asks(lite_backend):
     rt.submit(ObservationEvent(0.0, 'Text on screen: "TIGER".'))
     rt.submit(TranscriptEvent(1.0, 2.5, "The delivery is at noon."))
     rt.submit(TranscriptEvent(4.0, 5.2, "Onlooker, what is on the sign?"))
+    rt.submit(TranscriptEvent(6.0, 7.0, "Lunch is in the fridge."))
     rt.submit(StreamEnded())
     while not rt.finished:
         rt.step()
     records = [r for r in map(event_record, out) if r]
     heard = [r for r in records if r["type"] == "transcript"]
-    assert [h["text"] for h in heard] == ["The delivery is at noon.", "Onlooker, what is on the sign?"]
+    assert [h["text"] for h in heard] == ["The delivery is at noon.", "Onlooker, what is on the sign?",
+                                          "Lunch is in the fridge."]
     answers = [e for e in out if isinstance(e, Answer)]
     assert [(a.t, a.question) for a in answers] == [(5.2, "what is on the sign?")]     # only the addressed one
-    assert rt.summary()["transcripts"] == 2 and rt.summary()["observations"] == 3       # both remembered
+    assert rt.summary()["transcripts"] == 3 and rt.summary()["observations"] == 4       # all remembered

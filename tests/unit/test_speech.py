@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from perception.speech import wake_question
+from perception.speech import addressed_question, wake_question
 
 SENTENCES = ["Onlooker, what did the sign say a minute ago?", "The red car parked next to the door.",
              "Please tell me when a person walks in."]
@@ -31,6 +31,15 @@ SENTENCES = ["Onlooker, what did the sign say a minute ago?", "The red car parke
 ])
 def test_wake_word_turns_an_utterance_into_a_question(text, question):
     assert wake_question(text) == question
+
+
+@pytest.mark.parametrize("text,question", [
+    ("I'm aker, how many people were there?", "how many people were there?"),     # by name
+    ("What changed in the last 10 seconds?", "What changed in the last 10 seconds?"),   # phrased as a question
+    ("The delivery is at noon.", None),                                            # remembered only
+])
+def test_an_utterance_is_answered_when_it_addresses_the_assistant(text, question):
+    assert addressed_question(text) == question
 
 
 def _needs(*modules):

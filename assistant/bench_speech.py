@@ -1,0 +1,122 @@
+"""`onlooker bench speech`: from the end of the user's speech to the first sample of the spoken answer.
+
+Spoken questions (each starting with the wake word) are generated with piper (the joe voice) and
+padded with silence. For each one, in stream order:
+
+    VAD end    stream time from the true end of speech to the VAD closing the utterance (its silence wait)
+    ASR        Whisper base (int8, CPU) on the utterance
+    TTFT       the lite model: question prefill on the memory + first token
+    1st phrase decoding until the answer's first phrase is complete (the unit the voice speaks)
+    TTS        piper synthesizing that phrase: the first audio sample is ready to play
+
+Each stage is measured on this machine's clock; the total is their sum (the pipeline runs them one
+after another). The sound device adds its block (20 ms) on top. Prints one table.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+QUESTIONS = [
+    "Onlooker, what word is on the sign?",
+    "Onlooker, what did the sign say a minute ago?",
+    "Onlooker, is anyone in the room?",
+    "Onlooker, what do you see right now?",
+    "Onlooker, when did the sign read TIGER?",
+    "Onlooker, how many people were there at the start?",
+    "Onlooker, what was written before LEMON?",
+    "Onlooker, describe the scene.",
+    "Onlooker, what changed in the last ten seconds?",
+    "Onlooker, what does the sign say now?",
+]
+
+
+def run_speech_bench(args) -> int:
+    from assistant.sessions import default_cache_dir
+    from assistant.speech_out import OUT_RATE, SentenceSplitter, Synthesizer
+    from memory.config import MemoryConfig
+    from memory.hierarchy import HierarchicalMemory
+    from perception.audio import SAMPLE_RATE, blocks
+    from perception.speech import Transcriber, VadSegmenter, addressed_question, wake_question, whisper_dir
+    from reasoning.answerer import AnswerJob
+    from reasoning.backends.lite import load_lite_backend
+
+    backend = load_lite_backend(default_cache_dir())
+    transcriber = Transcriber(whisper_dir(default_cache_dir()))
+    synth = Synthesizer()
+    mem = HierarchicalMemory(backend, MemoryConfig(use_embeddings=False))
+    mem.set_sink(backend.system_chunk())
+    for i, w in enumerate(["APPLE", "TIGER", "LEMON", "RIVER", "PIANO"]):
+        mem.append(backend.observation_chunk(8.0 * i, f'Text on screen: "{w}".' + (" 1 person visible." if i % 2
+                                                                                     else "")))
+    now = 40.0
+    rows = []
+    questions = (QUESTIONS * ((args.questions + len(QUESTIONS) - 1) // len(QUESTIONS)))[:args.questions]
+    transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))          # warm-up, not measured
+    for text in questions:
+        speech = synth.synth(text)                                         # at OUT_RATE
+        speech16 = np.interp(np.linspace(0, len(speech) - 1, int(len(speech) * SAMPLE_RATE / OUT_RATE)),
+                             np.arange(len(speech)), speech).astype(np.float32)
+        lead = np.zeros(SAMPLE_RATE // 2, np.float32)
+        audio = np.concatenate([lead, speech16, np.zeros(2 * SAMPLE_RATE, np.float32)])
+        speech_end = (len(lead) + len(speech16)) / SAMPLE_RATE
+        seg = VadSegmenter(min_silence_ms=args.min_silence_ms)
+        utt, closed_at = None, None
+        for b in blocks(audio):
+            u = seg.feed(b)
+            if u is not None:
+                utt, closed_at = u, b.t + len(b.samples) / SAMPLE_RATE
+                break
+        if utt is None:
+            rows.append({"question": text, "error": "no utterance detected"})
+            continue
+        vad_ms = max(0.0, closed_at - speech_end) * 1000
+        t = time.monotonic()
+        heard = transcriber.transcribe(utt.audio)
+        asr_ms = (time.monotonic() - t) * 1000
+        question = addressed_question(heard) or heard
+        t = time.monotonic()
+        job = AnswerJob(backend, mem.context(question, now), backend.question_chunk(now, question), 48, asked_at=t)
+        splitter = SentenceSplitter()
+        first = None
+        while not job.done and first is None:
+            piece = job.step(1)
+            phrases = splitter.feed(piece)
+            if phrases:
+                first = phrases[0]
+        first = first or (splitter.flush() or [job.text.strip() or "I did not catch that."])[0]
+        decode_ms = (time.monotonic() - t) * 1000 - (job.ttft_ms or 0.0)
+        t = time.monotonic()
+        synth.synth(first)
+        tts_ms = (time.monotonic() - t) * 1000
+        total = vad_ms + asr_ms + (job.ttft_ms or 0.0) + decode_ms + tts_ms
+        rows.append({"question": text, "heard": heard, "woke": wake_question(heard) is not None,
+                     "answered": addressed_question(heard) is not None, "vad_ms": vad_ms,
+                     "asr_ms": asr_ms, "ttft_ms": job.ttft_ms, "first_phrase_ms": decode_ms, "tts_ms": tts_ms,
+                     "total_ms": total, "first_phrase": first})
+        print(f"  {total:6.0f} ms  heard {heard!r}", file=sys.stderr)
+    ok = [r for r in rows if "error" not in r]
+    med = {k: statistics.median(r[k] for r in ok) for k in ("vad_ms", "asr_ms", "ttft_ms", "first_phrase_ms",
+                                                            "tts_ms", "total_ms")}
+    header = (f"bench speech: {len(rows)} spoken questions (piper joe voice), Whisper base int8, SmolLM2-135M, "
+              f"piper TTS ({synth.engine}), CPU, VAD silence {args.min_silence_ms} ms")
+    print(header)
+    print()
+    print("| stage | VAD end | ASR | TTFT | first phrase | TTS first chunk | end of speech -> first audio |")
+    print("|---|---|---|---|---|---|---|")
+    print("| median ms | " + " | ".join(f"{med[k]:.0f}" for k in ("vad_ms", "asr_ms", "ttft_ms", "first_phrase_ms",
+                                                                   "tts_ms", "total_ms")) + " |")
+    p90 = sorted(r["total_ms"] for r in ok)[max(0, int(0.9 * len(ok)) - 1)]
+    print(f"\nanswered as addressed to the assistant: {sum(r['answered'] for r in ok)}/{len(ok)} (by name: "
+          f"{sum(r['woke'] for r in ok)}); total p90 {p90:.0f} ms; "
+          f"utterances missed by the VAD: {len(rows) - len(ok)}")
+    if args.out:
+        with open(args.out, "w") as f:
+            for r in rows:
+                f.write(json.dumps({"header": header, **r}) + "\n")
+    return 0
