@@ -61,6 +61,8 @@ def _config(args) -> AssistantConfig:  # noqa: F821
         cfg.audio = False
     if getattr(args, "mic", None) is not None:
         cfg.mic = args.mic
+    if getattr(args, "audio_file", None):
+        cfg.audio_file = args.audio_file
     if getattr(args, "speak", None) is not None:
         cfg.speak = args.speak
     cfg.memory.__post_init__()     # validate what the flags set
@@ -126,10 +128,13 @@ def open_hearing(cfg, source):
     from assistant.sessions import default_cache_dir
     from perception.audio import AudioUnavailable, Microphone, blocks, decode_file
     from perception.speech import Hearing
-    if cfg.source.startswith("synthetic:"):
+    if cfg.source.startswith("synthetic:") and not cfg.audio_file:
         return None
     try:
-        if source.live:
+        if cfg.audio_file:
+            samples = decode_file(cfg.audio_file)
+            audio_in, paced = blocks(samples), True
+        elif source.live:
             audio_in, paced = Microphone(int(cfg.mic) if cfg.mic and cfg.mic.isdigit() else cfg.mic), False
         else:
             samples = decode_file(cfg.source)
@@ -390,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--narrate", action="store_true", help="speak up on notable change (new text, scene change)")
         sp.add_argument("--no-audio", action="store_true", help="do not listen (no microphone, no audio track)")
         sp.add_argument("--mic", help="microphone: device index or name (see onlooker devices)")
+        sp.add_argument("--audio-file", help="hear a wav/flac (or any media) file, in step with the frames")
         sp.add_argument("--speak", action=argparse.BooleanOptionalAction, default=None,
                         help="speak answers and alerts aloud (default: no)")
         sp.add_argument("--config", help="a TOML config file")

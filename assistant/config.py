@@ -26,6 +26,7 @@ class AssistantConfig:
     narrate: bool = False              # say so on notable change (new text read, scene change)
     audio: bool = True                 # hear: a file's audio track, or the microphone for live sources
     mic: str | None = None             # input device (index or name); None = the default
+    audio_file: str | None = None      # hear this wav/flac/any-media file instead (paced with the frames)
     speak: bool = False                # speak answers and alerts (piper, or espeak-ng)
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)

