@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("onlooker")
@@ -70,10 +71,21 @@ def _config(args) -> AssistantConfig:  # noqa: F821
     return cfg
 
 
-def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) -> tuple[int, dict]:
-    """Open the source, load the model, run the pipeline to the end; returns (exit code, summary)."""
+@dataclass
+class Built:
+    source: object
+    backend: object
+    store: object
+    session_id: str
+    runtime: object
+    pipeline: object
+    speaker: object | None
+
+
+def build_session(cfg, asks: list[tuple[float, str]], emit, store=None) -> Built:
+    """Open the source, load the model, wire memory, runtime and pipeline (not started). Bad input raises
+    SourceError / BackendError, which main() turns into one line and exit 2."""
     from assistant.models import load_backend
-    from assistant.output import ConsolePrinter, JsonPrinter
     from assistant.pipeline import Pipeline
     from assistant.runtime import Runtime
     from assistant.sessions import SessionStore, default_cache_dir, default_data_dir
@@ -87,31 +99,44 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) ->
     perceiver = None if backend.accepts_frames else LitePerceiver(cfg.perception)
     store = store or SessionStore(Path(cfg.data_dir) if cfg.data_dir else default_data_dir())
     session_id = store.start(cfg.source, backend.name, cfg.model)
-    printer = printer or (JsonPrinter() if cfg.headless else ConsolePrinter())
     embedder = load_embedder() if cfg.memory.retrieval and cfg.memory.use_embeddings else None
     memory = HierarchicalMemory(backend, cfg.memory, embedder=embedder, index=store.segment_index(session_id),
                                 spill_dir=store.session_dir(session_id) / "kv")
     speaker = open_speaker() if cfg.speak else None
-    runtime = Runtime(backend, memory, cfg.reasoning, printer, store, session_id, asks, watches=cfg.watch,
+    runtime = Runtime(backend, memory, cfg.reasoning, emit, store, session_id, asks, watches=cfg.watch,
                       narrate=cfg.narrate, speaker=speaker)
     hearing = open_hearing(cfg, source) if cfg.audio else None
     pipeline = Pipeline(source, runtime, cfg.perception, perceiver, hearing=hearing)
-    if not cfg.headless and sys.stdin.isatty():
-        _start_stdin_questions(runtime)
     log.info("session %s: %s with %s", session_id, cfg.source, backend.name)
-    result = pipeline.run()
-    summary = {"type": "summary", "session_id": session_id, "source": cfg.source, "model": backend.name,
-               "frames_read": result.frames_read, "frames_sampled": result.frames_sampled,
-               "frames_dropped": result.frames_dropped, "stalls": source.stats.stalls,
-               "reconnects": source.stats.reconnects, **runtime.summary(), "wall_s": result.wall_s,
-               "error": result.error}
-    store.finish(session_id, json.dumps(summary))
+    return Built(source, backend, store, session_id, runtime, pipeline, speaker)
+
+
+def session_summary(cfg, b: Built, result) -> dict:
+    return {"type": "summary", "session_id": b.session_id, "source": cfg.source, "model": b.backend.name,
+            "frames_read": result.frames_read, "frames_sampled": result.frames_sampled,
+            "frames_dropped": result.frames_dropped, "stalls": b.source.stats.stalls,
+            "reconnects": b.source.stats.reconnects, **b.runtime.summary(), "wall_s": result.wall_s,
+            "error": result.error}
+
+
+def run_session(cfg, asks: list[tuple[float, str]], printer=None, store=None) -> tuple[int, dict]:
+    """Open the source, load the model, run the pipeline to the end; returns (exit code, summary)."""
+    from assistant.output import ConsolePrinter, JsonPrinter
+
+    printer = printer or (JsonPrinter() if cfg.headless else ConsolePrinter())
+    b = build_session(cfg, asks, printer, store)
+    if not cfg.headless and sys.stdin.isatty():
+        _start_stdin_questions(b.runtime)
+    result = b.pipeline.run()
+    summary = session_summary(cfg, b, result)
+    b.store.finish(b.session_id, json.dumps(summary))
     if cfg.headless:
         printer(summary)
     else:
-        print(f"\nsession {session_id}: {summary['frames_sampled']} frames sampled, {summary['observations']} "
+        print(f"\nsession {b.session_id}: {summary['frames_sampled']} frames sampled, {summary['observations']} "
               f"observations, {summary['questions']} questions, median time to first token "
               f"{summary['ttft_ms_median']} ms")
+    speaker = b.speaker
     if speaker is not None:
         speaker.close()
         speaker.player.close()
@@ -183,9 +208,30 @@ def _start_stdin_questions(runtime) -> None:
     print("Type a question and press Enter; Ctrl-C stops.", file=sys.stderr)
 
 
+def run_tui(cfg, asks) -> int:
+    """The Textual app, the default on a terminal. Returns its exit code (1 if the session failed)."""
+    from tui.app import OnlookerApp
+    from tui.session import LiveSession
+    session = LiveSession(cfg, asks)            # SourceError / BackendError -> exit 2 before the UI starts
+    app = OnlookerApp(session)
+    code = app.run()
+    if session.error or app.error:
+        print(f"onlooker: error: {session.error or app.error}", file=sys.stderr)
+        return 1
+    return code or 0
+
+
+def _use_tui(args, cfg) -> bool:
+    import importlib.util
+    return (not cfg.headless and sys.stdout.isatty() and sys.stdin.isatty() and not getattr(args, "plain", False)
+            and importlib.util.find_spec("textual") is not None)
+
+
 def cmd_run(args) -> int:
     cfg = _config(args)
     asks = [parse_ask(a) for a in args.ask or []]
+    if _use_tui(args, cfg):
+        return run_tui(cfg, asks)
     code, _ = run_session(cfg, asks)
     return code
 
@@ -206,6 +252,8 @@ def cmd_demo(args) -> int:
     cfg = _config(args)
     scene = SyntheticScene(args.scene)
     asks = demo_asks(scene)
+    if _use_tui(args, cfg):
+        return run_tui(cfg, asks)
     printer = JsonPrinter() if cfg.headless else ConsolePrinter()
     code, summary = run_session(cfg, asks, printer)
     answers = [r for r in printer.records if r.get("type") == "answer" and r["question"] == DEMO_QUESTION]
@@ -384,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", help="lite (default), a Hugging Face id, or a local model directory")
         sp.add_argument("--device", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
         sp.add_argument("--headless", action="store_true", help="JSON lines on stdout (default when not a TTY)")
+        sp.add_argument("--plain", action="store_true", help="plain lines on a terminal instead of the UI")
         sp.add_argument("--fps", type=float, help="frames sampled per second of stream (default 1)")
         sp.add_argument("--window", type=int, help="recent-window size in tokens (default 1024)")
         sp.add_argument("--positions", choices=["contiguous", "original"],

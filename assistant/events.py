@@ -81,6 +81,13 @@ class SpeechStarted:              # control: the user started speaking (VAD); ba
 
 
 @dataclass(slots=True)
+class Command:                    # control from the UI: watch | unwatch | search | mute
+    kind: str
+    arg: str = ""
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
 class StreamEnded:                # control: the source is exhausted or failed
     error: str | None = None
     ts: float = field(default_factory=_now)

@@ -56,6 +56,8 @@ class Pipeline:
         self.hearing = hearing                 # Hearing (audio source + VAD + ASR) or None
         self._stream_t = 0.0                   # latest sampled frame's stream time (paces a file's audio)
         self._capture_done = threading.Event()
+        self.latest_frame = None               # for a UI preview: the newest sampled frame (read-only elsewhere)
+        self.thumbnails: dict[int, object] = {}  # whole stream second -> a small copy of its first frame
         self._producers = 2 if hearing is not None else 1
         self._producers_lock = threading.Lock()
 
@@ -75,6 +77,11 @@ class Pipeline:
                     break
                 self._frames_sampled += 1
                 self._stream_t = frame.t
+                self.latest_frame = frame.image
+                sec = int(frame.t)
+                if sec not in self.thumbnails and len(self.thumbnails) < 7200:
+                    import cv2
+                    self.thumbnails[sec] = cv2.resize(frame.image, (48, 27), interpolation=cv2.INTER_AREA)
                 self.frames.put(frame)
         except SourceError as e:
             self._error = str(e)

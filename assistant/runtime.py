@@ -25,6 +25,7 @@ from typing import Any
 from assistant.events import (
     Answer,
     AnswerToken,
+    Command,
     FrameEvent,
     ObservationEvent,
     Question,
@@ -121,6 +122,10 @@ class Runtime:
             self.watcher.add(w)
         self.narrate = narrate
         self.speaker = speaker                 # assistant.speech_out.Speaker, or None (silent)
+        self.muted = False
+        self.status: dict = {}
+        self._status_at = 0.0
+        self._ingest_times: deque[float] = deque(maxlen=30)
         self._splitter = None
         self._last_text: str | None = None
         self.memory.set_sink(backend.system_chunk())
@@ -155,7 +160,26 @@ class Runtime:
         if self._job is not None:
             self._decode()
             did = True
+        now = time.monotonic()
+        if now - self._status_at >= 0.2:
+            self._status_at = now
+            self.status = self._status()
         return did
+
+    def _status(self) -> dict:
+        """A snapshot for the UI, made on this thread (the UI never calls into the runtime)."""
+        st, ms = self.stats, self.memory.stats
+        n = len(self._ingest_times)
+        fps = (n - 1) / (self._ingest_times[-1] - self._ingest_times[0]) if n > 1 and \
+            self._ingest_times[-1] > self._ingest_times[0] else 0.0
+        state = "speaking" if self.speaker is not None and self.speaker.state == "speaking" else \
+            ("thinking" if self._job is not None else "listening")
+        return {"stream_t": self.stream_t, "ingest_fps": fps, "device_mb": self.memory.device_bytes() / 2**20,
+                "host_mb": ms.host_bytes / 2**20, "disk_mb": ms.disk_bytes / 2**20,
+                "kept_pct": 100 * self.visual.stats.kept_fraction if self.visual is not None else None,
+                "ttft_ms": st.ttft_ms[-1] if st.ttft_ms else None, "state": state,
+                "watches": [w.condition for w in self.watcher.watches], "muted": self.muted,
+                "segments": ms.segments_sealed + len(self.memory.window)}
 
     def run(self) -> None:
         while not self.finished:
@@ -187,6 +211,8 @@ class Runtime:
             self.ask(event.text, event.t)
         elif isinstance(event, SpeechStarted):
             self._barge_in(event)
+        elif isinstance(event, Command):
+            self._command(event)
         elif isinstance(event, StreamEnded):
             self.stream_ended = True
             self.error = event.error
@@ -219,6 +245,7 @@ class Runtime:
         if self._job is not None:
             self.stats.max_ingest_stall_answering_ms = max(self.stats.max_ingest_stall_answering_ms, waited)
         self.stats.frames_sampled += 1
+        self._ingest_times.append(time.monotonic())
         self.stream_t = t
         if isinstance(event, ObservationEvent):
             if event.text is None:
@@ -237,6 +264,41 @@ class Runtime:
             if chunks:
                 self._watch(t, chunks[-1].text)
 
+    def _command(self, cmd: Command) -> None:
+        if cmd.kind == "watch":
+            self.watcher.add(cmd.arg)
+        elif cmd.kind == "unwatch":
+            self.watcher.remove(cmd.arg or None)
+        elif cmd.kind == "mute":
+            self.muted = not self.muted
+            if self.muted and self.speaker is not None:
+                self.speaker.interrupt()
+        elif cmd.kind == "search":
+            self.emit({"type": "search", "query": cmd.arg, "results": self.search(cmd.arg)})
+            return
+        else:
+            raise ValueError(f"unknown command {cmd.kind!r}")
+        self.emit({"type": "command", "kind": cmd.kind, "arg": cmd.arg,
+                   "watches": [w.condition for w in self.watcher.watches], "muted": self.muted})
+
+    def search(self, text: str, k: int = 5) -> list[dict]:
+        """Segments (sealed and in the window) best matching `text`, by time reference or content."""
+        from memory.retrieval import retrieve
+        cands = self.memory.candidates()
+        embed = None
+        if self.memory.embedder is not None:
+            embed = lambda q: self.memory.embedder.encode([q])[0]   # noqa: E731
+        r = retrieve(text, self.stream_t, cands, query=None, embed=embed, top_k=k, max_tokens=10**9)
+        by_key = {c.key: c for c in cands}
+        order = [c.key for c in r.recalled] + [key for sig in r.scores.values() for key in sig[:k]]
+        seen, out = set(), []
+        for key in order:
+            if key not in seen and len(out) < k:
+                seen.add(key)
+                c = by_key[key]
+                out.append({"t0": round(c.t0, 3), "t1": round(c.t1, 3), "text": c.text})
+        return out
+
     def _barge_in(self, event: SpeechStarted) -> None:
         """The user started talking: stop speaking now and cancel the answer being decoded."""
         speaking = self.speaker is not None and self.speaker.state == "speaking"
@@ -252,7 +314,7 @@ class Runtime:
         self.stats.barge_ins += 1
 
     def _speak(self, text: str, final: bool = False) -> None:
-        if self.speaker is None:
+        if self.speaker is None or self.muted:
             return
         from assistant.speech_out import SentenceSplitter
         if self._splitter is None:
@@ -283,7 +345,7 @@ class Runtime:
         for alert in alerts:
             self.stats.alerts += 1
             self.emit(alert)
-            if self.speaker is not None:
+            if self.speaker is not None and not self.muted:
                 self.speaker.say(f"Heads up: {alert.text}")
             if self.store is not None and self.session_id is not None:
                 self.store.add_alert(self.session_id, alert.t, alert.condition, alert.text)
