@@ -70,7 +70,7 @@ class OnlookerApp(App[int]):
                 Binding("ctrl+t", "focus_timeline", "Timeline"), Binding("a", "ask_segment", "Ask about segment",
                                                                          show=False)]
 
-    def __init__(self, session, preview_hz: float = 5.0) -> None:
+    def __init__(self, session, preview_hz: float = 8.0) -> None:
         super().__init__()
         self.session = session
         self.preview_hz = preview_hz
