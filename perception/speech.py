@@ -120,7 +120,9 @@ class Transcriber:
         self.model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", local_files_only=True)
 
     def transcribe(self, audio: np.ndarray) -> str:
-        segments, _ = self.model.transcribe(audio, language="en", beam_size=1, vad_filter=False,
+        # temperature 0 and no fallback: the same audio always gives the same text (the default falls back to
+        # sampling at higher temperatures when a decode looks repetitive)
+        segments, _ = self.model.transcribe(audio, language="en", beam_size=1, vad_filter=False, temperature=0.0,
                                             condition_on_previous_text=False)
         return " ".join(s.text.strip() for s in segments).strip()
 
