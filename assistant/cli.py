@@ -394,6 +394,9 @@ def cmd_bench(args) -> int:
         args.questions = args.questions or 20
         from assistant.bench_speech import run_speech_bench
         return run_speech_bench(args)
+    if args.name == "kernels":
+        from assistant.bench_kernels import run_kernel_bench
+        return run_kernel_bench(args)
     if args.name == "timing":
         from assistant.bench_timing import run_timing_bench
         return run_timing_bench(args)
@@ -478,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_ask)
 
     b = sub.add_parser("bench", help="benchmarks; each prints one table")
-    b.add_argument("name", choices=["memory", "ingest", "timing", "speech"])
+    b.add_argument("name", choices=["memory", "ingest", "timing", "speech", "kernels"])
     b.add_argument("--observations", type=int, default=320, help="memory: observations in the stream")
     b.add_argument("--questions", type=int, default=None, help="memory: questions (120); speech: utterances (20)")
     b.add_argument("--window", type=int, help="recent window in tokens (memory: 256, ingest: 4096)")

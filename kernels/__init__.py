@@ -1,6 +1,56 @@
-"""Triton/CUDA kernels for the streaming hot paths, one dispatch function per op, each with a torch
-reference beside it.
+"""Triton kernels for the streaming hot paths, one dispatch function per op, each with a torch reference
+(`kernels.ops`). CUDA tensors go to the Triton kernels when Triton is importable; everything else
+goes to the reference, so the CPU path never needs Triton."""
 
-Empty so far on purpose: the ops (token drop, retrieval scoring, gather + RoPE shift, KV int8) land
-with the GPU work, after `onlooker bench ingest` has been profiled. The torch reference of the RoPE
-shift already lives in `reasoning.backends.base.rope_shift`."""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    return _HAS_TRITON and t.is_cuda
+
+
+def token_drop(cur: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Keep mask (n,): tokens whose cosine similarity to the reference is below `threshold`."""
+    if _use_triton(cur):
+        from kernels.ops import token_drop_triton
+        return token_drop_triton(cur, ref, threshold)
+    return torch.nn.functional.cosine_similarity(cur.float(), ref.float(), dim=-1) < threshold
+
+
+def segment_scores(rep: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Scores (S,) of the query q (K,) against representative keys rep (S, K)."""
+    if _use_triton(rep):
+        from kernels.ops import segment_scores_triton
+        return segment_scores_triton(rep, q)
+    return rep.float() @ q.float()
+
+
+def gather_rope(keys: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """keys[rows] with each row's key rotated by its position delta (RoPE; M-RoPE when all axes move)."""
+    if _use_triton(keys):
+        from kernels.ops import gather_rope_triton
+        return gather_rope_triton(keys, rows, delta, inv_freq)
+    from kernels.ops import gather_rope_ref
+    return gather_rope_ref(keys, rows, delta, inv_freq)
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if _use_triton(x):
+        from kernels.ops import quantize_int8_triton
+        return quantize_int8_triton(x)
+    from memory.segments import quantize_int8 as ref
+    return ref(x)
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if _use_triton(q):
+        from kernels.ops import dequantize_int8_triton
+        return dequantize_int8_triton(q, scale, dtype)
+    from memory.segments import dequantize_int8 as ref
+    return ref(q, scale, dtype)

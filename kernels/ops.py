@@ -1,0 +1,190 @@
+"""Triton kernels for the streaming hot paths, each beside its torch reference.
+
+    token_drop      cosine similarity of each visual token to the same patch's reference token, thresholded
+    segment_scores  a question query against the representative keys of every segment (a GEMV), for top-k
+    gather_rope     gather rows of KV into one buffer while rotating keys by each row's position delta
+    quantize_int8   per-row absmax int8, and dequantize_int8
+
+All of them are memory-bound: each reads its inputs once and writes its outputs once. On the CPU the
+Triton versions run only under TRITON_INTERPRET=1 (the tests); the dispatch functions in
+`kernels/__init__.py` use them for CUDA tensors and the references otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# -- token drop ---------------------------------------------------------------------------------
+
+
+def token_drop_ref(cur: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Keep mask (n,) bool: cosine(cur[i], ref[i]) < threshold."""
+    return torch.nn.functional.cosine_similarity(cur.float(), ref.float(), dim=-1) < threshold
+
+
+@triton.jit
+def _token_drop_kernel(cur, ref, keep, n, threshold, d: tl.constexpr, BLOCK_D: tl.constexpr):
+    row = tl.program_id(0)
+    dot = tl.zeros([BLOCK_D], dtype=tl.float32)
+    na = tl.zeros([BLOCK_D], dtype=tl.float32)
+    nb = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for start in range(0, d, BLOCK_D):
+        offs = start + tl.arange(0, BLOCK_D)
+        m = offs < d
+        a = tl.load(cur + row * d + offs, mask=m, other=0.0).to(tl.float32)
+        b = tl.load(ref + row * d + offs, mask=m, other=0.0).to(tl.float32)
+        dot += a * b
+        na += a * a
+        nb += b * b
+    cos = tl.sum(dot) / tl.maximum(tl.sqrt(tl.sum(na)) * tl.sqrt(tl.sum(nb)), 1e-8)
+    tl.store(keep + row, (cos < threshold).to(tl.int8))
+
+
+def token_drop_triton(cur: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
+    n, d = cur.shape
+    keep = torch.empty(n, dtype=torch.int8, device=cur.device)
+    _token_drop_kernel[(n,)](cur.contiguous(), ref.contiguous(), keep, n, threshold, d=d,
+                             BLOCK_D=min(1024, triton.next_power_of_2(d)))
+    return keep.bool()
+
+
+# -- segment scores -----------------------------------------------------------------------------
+
+
+def segment_scores_ref(rep: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """rep (S, K), q (K,) -> (S,) float32."""
+    return rep.float() @ q.float()
+
+
+@triton.jit
+def _gemv_kernel(rep, q, out, s, k: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_S + tl.arange(0, BLOCK_S)
+    rmask = rows < s
+    acc = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for start in range(0, k, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        cmask = cols < k
+        x = tl.load(rep + rows[:, None] * k + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+        v = tl.load(q + cols, mask=cmask, other=0.0)
+        acc += tl.sum(x.to(tl.float32) * v.to(tl.float32)[None, :], axis=1)
+    tl.store(out + rows, acc, mask=rmask)
+
+
+def segment_scores_triton(rep: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    s, k = rep.shape
+    out = torch.empty(s, dtype=torch.float32, device=rep.device)
+    block_s = 16
+    _gemv_kernel[(triton.cdiv(s, block_s),)](rep.contiguous(), q.contiguous(), out, s, k=k, BLOCK_S=block_s,
+                                             BLOCK_K=min(256, triton.next_power_of_2(k)))
+    return out
+
+
+# -- gather + RoPE shift ------------------------------------------------------------------------
+
+
+def gather_rope_ref(keys: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor,
+                    inv_freq: torch.Tensor) -> torch.Tensor:
+    """keys (N, D); rows (M,) indices into keys; delta (M,) position shift of each gathered row."""
+    x = keys[rows].float()
+    ang = delta.double()[:, None] * inv_freq.double()[None, :]
+    cos, sin = ang.cos().float(), ang.sin().float()
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(keys.dtype)
+
+
+@triton.jit
+def _gather_rope_kernel(keys, rows, delta, inv_freq, out, mrows, half, HALF_P2: tl.constexpr, BLOCK_R: tl.constexpr):
+    i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rm = i < mrows
+    src = tl.load(rows + i, mask=rm, other=0)
+    dl = tl.load(delta + i, mask=rm, other=0.0)   # float64: a delta of thousands of positions needs it
+    offs = tl.arange(0, HALF_P2)
+    m = offs < half
+    f = tl.load(inv_freq + offs, mask=m, other=0.0)
+    ang = dl[:, None] * f[None, :]
+    c = tl.cos(ang).to(tl.float32)
+    s = tl.sin(ang).to(tl.float32)
+    mm = rm[:, None] & m[None, :]
+    base = src[:, None] * 2 * half + offs[None, :]
+    x1 = tl.load(keys + base, mask=mm, other=0.0).to(tl.float32)
+    x2 = tl.load(keys + base + half, mask=mm, other=0.0).to(tl.float32)
+    o = i[:, None] * 2 * half + offs[None, :]
+    tl.store(out + o, (x1 * c - x2 * s).to(out.dtype.element_ty), mask=mm)
+    tl.store(out + o + half, (x2 * c + x1 * s).to(out.dtype.element_ty), mask=mm)
+
+
+def gather_rope_triton(keys: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor,
+                       inv_freq: torch.Tensor) -> torch.Tensor:
+    n, d = keys.shape
+    m = rows.shape[0]
+    out = torch.empty(m, d, dtype=keys.dtype, device=keys.device)
+    half = d // 2
+    block_r = 32
+    _gather_rope_kernel[(triton.cdiv(m, block_r),)](keys.contiguous(), rows.contiguous(),
+                                                    delta.to(torch.float64).contiguous(),
+                                                    inv_freq.to(torch.float64).contiguous(), out, m, half,
+                                                    HALF_P2=triton.next_power_of_2(half), BLOCK_R=block_r)
+    return out
+
+
+# -- int8 ---------------------------------------------------------------------------------------
+
+
+def quantize_int8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127.0
+    return torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8), scale.to(torch.float16)
+
+
+def dequantize_int8_ref(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (q.float() * scale.float()).to(dtype)
+
+
+@triton.jit
+def _quant_kernel(x, q, scale, nrows, d, D_P2: tl.constexpr, BLOCK_R: tl.constexpr):
+    row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rm = row < nrows
+    offs = tl.arange(0, D_P2)
+    mm = rm[:, None] & (offs < d)[None, :]
+    idx = row[:, None] * d + offs[None, :]
+    v = tl.load(x + idx, mask=mm, other=0.0).to(tl.float32)
+    s = tl.maximum(tl.max(tl.abs(v), axis=1), 1e-8) / 127.0
+    r = v / s[:, None]
+    r = tl.where(r >= 0, tl.floor(r + 0.5), tl.ceil(r - 0.5))
+    r = tl.minimum(tl.maximum(r, -127.0), 127.0)
+    tl.store(q + idx, r.to(tl.int8), mask=mm)
+    tl.store(scale + row, s.to(tl.float16), mask=rm)
+
+
+@triton.jit
+def _dequant_kernel(q, scale, out, nrows, d, D_P2: tl.constexpr, BLOCK_R: tl.constexpr):
+    row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rm = row < nrows
+    offs = tl.arange(0, D_P2)
+    mm = rm[:, None] & (offs < d)[None, :]
+    idx = row[:, None] * d + offs[None, :]
+    v = tl.load(q + idx, mask=mm, other=0).to(tl.float32)
+    s = tl.load(scale + row, mask=rm, other=0.0).to(tl.float32)
+    tl.store(out + idx, (v * s[:, None]).to(out.dtype.element_ty), mask=mm)
+
+
+def quantize_int8_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d = x.shape[-1]
+    flat = x.reshape(-1, d).contiguous()
+    q = torch.empty_like(flat, dtype=torch.int8)
+    scale = torch.empty(flat.shape[0], dtype=torch.float16, device=x.device)
+    n, br = flat.shape[0], 32
+    _quant_kernel[(triton.cdiv(n, br),)](flat, q, scale, n, d, D_P2=triton.next_power_of_2(d), BLOCK_R=br)
+    return q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
+
+
+def dequantize_int8_triton(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    d = q.shape[-1]
+    flat = q.reshape(-1, d).contiguous()
+    out = torch.empty(flat.shape, dtype=dtype, device=q.device)
+    n, br = flat.shape[0], 32
+    _dequant_kernel[(triton.cdiv(n, br),)](flat, scale.reshape(-1).contiguous(), out, n, d,
+                                           D_P2=triton.next_power_of_2(d), BLOCK_R=br)
+    return out.reshape(q.shape)

@@ -1,0 +1,67 @@
+"""Each Triton kernel against its torch reference on fresh random inputs: on the CPU through Triton's
+interpreter (TRITON_INTERPRET=1, set by the test run when there is no GPU), on the GPU under `cuda`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+if DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+from kernels import ops  # noqa: E402
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("n,d", [(64, 96), (37, 200)])
+def test_token_drop(n, d):
+    cur = torch.randn(n, d, device=DEV)
+    ref = cur + 0.5 * torch.randn(n, d, device=DEV) * (torch.rand(n, 1, device=DEV) > 0.5)
+    got = ops.token_drop_triton(cur, ref, 0.95)
+    want = ops.token_drop_ref(cur, ref, 0.95)
+    assert torch.equal(got.cpu(), want.cpu()) and 0 < int(want.sum()) < n
+
+
+@pytest.mark.parametrize("s,k", [(100, 300), (1000, 64)])
+def test_segment_scores(s, k):
+    rep, q = torch.randn(s, k, device=DEV), torch.randn(k, device=DEV)
+    got, want = ops.segment_scores_triton(rep, q), ops.segment_scores_ref(rep, q)
+    assert _rel(got, want) < 1e-5
+    assert torch.equal(torch.topk(got, 5).indices.cpu(), torch.topk(want, 5).indices.cpu())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16] if DEV == "cuda" else [torch.float32])
+def test_gather_rope(dtype):
+    keys = torch.randn(50, 64, device=DEV).to(dtype)
+    rows = torch.randint(0, 50, (30,), device=DEV)
+    delta = torch.randint(-5000, 5000, (30,), device=DEV)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 64, 2, device=DEV).float() / 64))
+    got, want = ops.gather_rope_triton(keys, rows, delta, inv_freq), ops.gather_rope_ref(keys, rows, delta, inv_freq)
+    assert _rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_gather_rope_matches_the_memory_rope_shift():
+    from reasoning.backends.base import rope_shift
+    keys = torch.randn(20, 64, device=DEV)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 64, 2, device=DEV).float() / 64))
+    rows = torch.arange(20, device=DEV)
+    got = ops.gather_rope_triton(keys, rows, torch.full((20,), 123, device=DEV), inv_freq)
+    assert _rel(got, rope_shift(keys, 123, inv_freq)) < 1e-5
+
+
+def test_int8_roundtrip():
+    x = torch.randn(3, 5, 17, 64, device=DEV)
+    q, s = ops.quantize_int8_triton(x)
+    rq, rs = ops.quantize_int8_ref(x)
+    assert q.dtype == torch.int8 and s.shape == rs.shape
+    assert torch.equal(s.cpu(), rs.cpu()) and float((q.int() - rq.int()).abs().max()) <= 1     # rounding ties
+    back = ops.dequantize_int8_triton(q, s, torch.float32)
+    assert _rel(back, ops.dequantize_int8_ref(q, s, torch.float32)) < 1e-6 and _rel(back, x) < 0.01
