@@ -77,8 +77,8 @@ def run_kernel_bench(args) -> int:
     delta = torch.randint(-100_000, 100_000, (n_rows,), device=dev)
     inv_freq = 1.0 / (1e6 ** (torch.arange(0, 128, 2, device=dev).float() / 128))
     add("gather_rope", f"{n_rows}x128 bf16", n_rows * 128 * 2 * 2 + n_rows * 16,
-        lambda: ops.gather_rope_triton(keys, sel, delta, inv_freq), lambda: ops.gather_rope_ref(keys, sel, delta, inv_freq))
-    del keys
+        lambda: ops.gather_rope_triton(keys, sel, delta, inv_freq),
+        lambda: ops.gather_rope_ref(keys, sel, delta, inv_freq))
 
     x = torch.randn(28, 4, 1024, 128, device=dev, dtype=torch.bfloat16)
     n = x.numel()
