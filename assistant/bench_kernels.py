@@ -74,11 +74,12 @@ def run_kernel_bench(args) -> int:
     n_rows = 4096 * 28 * 4
     keys = torch.randn(2 * n_rows, 128, device=dev, dtype=torch.bfloat16)
     sel = torch.randint(0, 2 * n_rows, (n_rows,), device=dev)
-    delta = torch.randint(-100_000, 100_000, (n_rows,), device=dev)
+    seg = torch.sort(torch.randint(0, 8, (n_rows,), device=dev)).values          # 8 retrieved segments
+    deltas = torch.randint(-100_000, 100_000, (8,), device=dev)
     inv_freq = 1.0 / (1e6 ** (torch.arange(0, 128, 2, device=dev).float() / 128))
-    add("gather_rope", f"{n_rows}x128 bf16", n_rows * 128 * 2 * 2 + n_rows * 16,
-        lambda: ops.gather_rope_triton(keys, sel, delta, inv_freq),
-        lambda: ops.gather_rope_ref(keys, sel, delta, inv_freq))
+    add("gather_rope", f"{n_rows}x128 bf16, 8 segments", n_rows * 128 * 2 * 2 + n_rows * 16,
+        lambda: ops.gather_rope_triton(keys, sel, seg, deltas, inv_freq),
+        lambda: ops.gather_rope_ref(keys, sel, seg, deltas, inv_freq))
 
     x = torch.randn(28, 4, 1024, 128, device=dev, dtype=torch.bfloat16)
     n = x.numel()

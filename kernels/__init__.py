@@ -31,13 +31,14 @@ def segment_scores(rep: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return rep.float() @ q.float()
 
 
-def gather_rope(keys: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """keys[rows] with each row's key rotated by its position delta (RoPE; M-RoPE when all axes move)."""
+def gather_rope(keys: torch.Tensor, rows: torch.Tensor, seg: torch.Tensor, deltas: torch.Tensor,
+                inv_freq: torch.Tensor) -> torch.Tensor:
+    """keys[rows], each row rotated by the position delta of its segment (RoPE; M-RoPE when all axes move)."""
     if _use_triton(keys):
         from kernels.ops import gather_rope_triton
-        return gather_rope_triton(keys, rows, delta, inv_freq)
+        return gather_rope_triton(keys, rows, seg, deltas, inv_freq)
     from kernels.ops import gather_rope_ref
-    return gather_rope_ref(keys, rows, delta, inv_freq)
+    return gather_rope_ref(keys, rows, seg, deltas, inv_freq)
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,28 +25,33 @@ def token_drop_ref(cur: torch.Tensor, ref: torch.Tensor, threshold: float) -> to
 
 
 @triton.jit
-def _token_drop_kernel(cur, ref, keep, n, threshold, d: tl.constexpr, BLOCK_D: tl.constexpr):
-    row = tl.program_id(0)
-    dot = tl.zeros([BLOCK_D], dtype=tl.float32)
-    na = tl.zeros([BLOCK_D], dtype=tl.float32)
-    nb = tl.zeros([BLOCK_D], dtype=tl.float32)
+def _token_drop_kernel(cur, ref, keep, n, threshold, d: tl.constexpr, BLOCK_R: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rm = rows < n
+    dot = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    na = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    nb = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     for start in range(0, d, BLOCK_D):
         offs = start + tl.arange(0, BLOCK_D)
-        m = offs < d
-        a = tl.load(cur + row * d + offs, mask=m, other=0.0).to(tl.float32)
-        b = tl.load(ref + row * d + offs, mask=m, other=0.0).to(tl.float32)
+        m = rm[:, None] & (offs < d)[None, :]
+        idx = rows[:, None] * d + offs[None, :]
+        a = tl.load(cur + idx, mask=m, other=0.0).to(tl.float32)
+        b = tl.load(ref + idx, mask=m, other=0.0).to(tl.float32)
         dot += a * b
         na += a * a
         nb += b * b
-    cos = tl.sum(dot) / tl.maximum(tl.sqrt(tl.sum(na)) * tl.sqrt(tl.sum(nb)), 1e-8)
-    tl.store(keep + row, (cos < threshold).to(tl.int8))
+    cos = tl.sum(dot, axis=1) / tl.maximum(tl.sqrt(tl.sum(na, axis=1)) * tl.sqrt(tl.sum(nb, axis=1)), 1e-8)
+    tl.store(keep + rows, (cos < threshold).to(tl.int8), mask=rm)
 
 
 def token_drop_triton(cur: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
     n, d = cur.shape
     keep = torch.empty(n, dtype=torch.int8, device=cur.device)
-    _token_drop_kernel[(n,)](cur.contiguous(), ref.contiguous(), keep, n, threshold, d=d,
-                             BLOCK_D=min(1024, triton.next_power_of_2(d)))
+    block_r = 4
+    _token_drop_kernel[(triton.cdiv(n, block_r),)](cur.contiguous(), ref.contiguous(), keep, n, threshold, d=d,
+                                                   BLOCK_R=block_r, BLOCK_D=min(512, triton.next_power_of_2(d)),
+                                                   num_warps=8)
     return keep.bool()
 
 
@@ -85,29 +90,34 @@ def segment_scores_triton(rep: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 # -- gather + RoPE shift ------------------------------------------------------------------------
 
 
-def gather_rope_ref(keys: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor,
+def rope_table(deltas: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (S, D/2) float32 for each segment's position delta, computed in float64 (a delta of
+    thousands of positions needs it) once per segment, not once per row."""
+    ang = deltas.double()[:, None] * inv_freq.double()[None, :]
+    return ang.cos().float().contiguous(), ang.sin().float().contiguous()
+
+
+def gather_rope_ref(keys: torch.Tensor, rows: torch.Tensor, seg: torch.Tensor, deltas: torch.Tensor,
                     inv_freq: torch.Tensor) -> torch.Tensor:
-    """keys (N, D); rows (M,) indices into keys; delta (M,) position shift of each gathered row."""
+    """keys (N, D); rows (M,) indices into keys; seg (M,) which segment each row belongs to; deltas (S,)
+    the position shift of each segment. Returns (M, D): the gathered keys, rotated."""
+    cos, sin = rope_table(deltas, inv_freq)
     x = keys[rows].float()
-    ang = delta.double()[:, None] * inv_freq.double()[None, :]
-    cos, sin = ang.cos().float(), ang.sin().float()
+    c, s = cos[seg], sin[seg]
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(keys.dtype)
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(keys.dtype)
 
 
 @triton.jit
-def _gather_rope_kernel(keys, rows, delta, inv_freq, out, mrows, half, HALF_P2: tl.constexpr, BLOCK_R: tl.constexpr):
+def _gather_rope_kernel(keys, rows, seg, cos, sin, out, mrows, half: tl.constexpr, BLOCK_R: tl.constexpr):
     i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = i < mrows
     src = tl.load(rows + i, mask=rm, other=0)
-    dl = tl.load(delta + i, mask=rm, other=0.0)   # float64: a delta of thousands of positions needs it
-    offs = tl.arange(0, HALF_P2)
-    m = offs < half
-    f = tl.load(inv_freq + offs, mask=m, other=0.0)
-    ang = dl[:, None] * f[None, :]
-    c = tl.cos(ang).to(tl.float32)
-    s = tl.sin(ang).to(tl.float32)
-    mm = rm[:, None] & m[None, :]
+    sg = tl.load(seg + i, mask=rm, other=0)
+    offs = tl.arange(0, half)
+    mm = rm[:, None]
+    c = tl.load(cos + sg[:, None] * half + offs[None, :], mask=mm, other=0.0)
+    s = tl.load(sin + sg[:, None] * half + offs[None, :], mask=mm, other=0.0)
     base = src[:, None] * 2 * half + offs[None, :]
     x1 = tl.load(keys + base, mask=mm, other=0.0).to(tl.float32)
     x2 = tl.load(keys + base + half, mask=mm, other=0.0).to(tl.float32)
@@ -116,17 +126,15 @@ def _gather_rope_kernel(keys, rows, delta, inv_freq, out, mrows, half, HALF_P2: 
     tl.store(out + o + half, (x2 * c + x1 * s).to(out.dtype.element_ty), mask=mm)
 
 
-def gather_rope_triton(keys: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor,
+def gather_rope_triton(keys: torch.Tensor, rows: torch.Tensor, seg: torch.Tensor, deltas: torch.Tensor,
                        inv_freq: torch.Tensor) -> torch.Tensor:
     n, d = keys.shape
     m = rows.shape[0]
     out = torch.empty(m, d, dtype=keys.dtype, device=keys.device)
-    half = d // 2
-    block_r = 32
-    _gather_rope_kernel[(triton.cdiv(m, block_r),)](keys.contiguous(), rows.contiguous(),
-                                                    delta.to(torch.float64).contiguous(),
-                                                    inv_freq.to(torch.float64).contiguous(), out, m, half,
-                                                    HALF_P2=triton.next_power_of_2(half), BLOCK_R=block_r)
+    cos, sin = rope_table(deltas, inv_freq)
+    block_r = 64
+    _gather_rope_kernel[(triton.cdiv(m, block_r),)](keys.contiguous(), rows.contiguous(), seg.contiguous(), cos, sin,
+                                                    out, m, half=d // 2, BLOCK_R=block_r, num_warps=8)
     return out
 
 
@@ -175,8 +183,9 @@ def quantize_int8_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat = x.reshape(-1, d).contiguous()
     q = torch.empty_like(flat, dtype=torch.int8)
     scale = torch.empty(flat.shape[0], dtype=torch.float16, device=x.device)
-    n, br = flat.shape[0], 32
-    _quant_kernel[(triton.cdiv(n, br),)](flat, q, scale, n, d, D_P2=triton.next_power_of_2(d), BLOCK_R=br)
+    n, br = flat.shape[0], 64
+    _quant_kernel[(triton.cdiv(n, br),)](flat, q, scale, n, d, D_P2=triton.next_power_of_2(d), BLOCK_R=br,
+                                         num_warps=8)
     return q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
 
 
@@ -184,7 +193,7 @@ def dequantize_int8_triton(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dt
     d = q.shape[-1]
     flat = q.reshape(-1, d).contiguous()
     out = torch.empty(flat.shape, dtype=dtype, device=q.device)
-    n, br = flat.shape[0], 32
+    n, br = flat.shape[0], 64
     _dequant_kernel[(triton.cdiv(n, br),)](flat, scale.reshape(-1).contiguous(), out, n, d,
-                                           D_P2=triton.next_power_of_2(d), BLOCK_R=br)
+                                           D_P2=triton.next_power_of_2(d), BLOCK_R=br, num_warps=8)
     return out.reshape(q.shape)

@@ -21,7 +21,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
 
 
-@pytest.mark.parametrize("n,d", [(64, 96), (37, 200)])
+@pytest.mark.parametrize("n,d", [(64, 96), (37, 200), (9, 3584)])
 def test_token_drop(n, d):
     cur = torch.randn(n, d, device=DEV)
     ref = cur + 0.5 * torch.randn(n, d, device=DEV) * (torch.rand(n, 1, device=DEV) > 0.5)
@@ -41,10 +41,12 @@ def test_segment_scores(s, k):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16] if DEV == "cuda" else [torch.float32])
 def test_gather_rope(dtype):
     keys = torch.randn(50, 64, device=DEV).to(dtype)
-    rows = torch.randint(0, 50, (30,), device=DEV)
-    delta = torch.randint(-5000, 5000, (30,), device=DEV)
+    rows = torch.randint(0, 50, (100,), device=DEV)
+    seg = torch.randint(0, 4, (100,), device=DEV)
+    deltas = torch.randint(-5000, 5000, (4,), device=DEV)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, 64, 2, device=DEV).float() / 64))
-    got, want = ops.gather_rope_triton(keys, rows, delta, inv_freq), ops.gather_rope_ref(keys, rows, delta, inv_freq)
+    got = ops.gather_rope_triton(keys, rows, seg, deltas, inv_freq)
+    want = ops.gather_rope_ref(keys, rows, seg, deltas, inv_freq)
     assert _rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
@@ -53,7 +55,8 @@ def test_gather_rope_matches_the_memory_rope_shift():
     keys = torch.randn(20, 64, device=DEV)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, 64, 2, device=DEV).float() / 64))
     rows = torch.arange(20, device=DEV)
-    got = ops.gather_rope_triton(keys, rows, torch.full((20,), 123, device=DEV), inv_freq)
+    got = ops.gather_rope_triton(keys, rows, torch.zeros(20, dtype=torch.long, device=DEV),
+                                 torch.tensor([123], device=DEV), inv_freq)
     assert _rel(got, rope_shift(keys, 123, inv_freq)) < 1e-5
 
 
