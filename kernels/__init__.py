@@ -5,14 +5,31 @@ goes to the reference, so the CPU path never needs Triton."""
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
+# ONLOOKER_NO_KERNELS=1 sends everything to the references (for before/after measurements)
+_HAS_TRITON = importlib.util.find_spec("triton") is not None and os.environ.get("ONLOOKER_NO_KERNELS") != "1"
 
 
 def _use_triton(t: torch.Tensor) -> bool:
     return _HAS_TRITON and t.is_cuda
+
+
+def rope_shift(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate RoPE'd keys (..., tokens, head_dim) by a position delta: the Triton gather + RoPE kernel on a
+    GPU, `reasoning.backends.base.rope_shift` otherwise."""
+    if not _use_triton(keys):
+        from reasoning.backends.base import rope_shift as ref
+        return ref(keys, delta, inv_freq)
+    from kernels.ops import gather_rope_triton
+    d = keys.shape[-1]
+    flat = keys.reshape(-1, d)
+    rows = torch.arange(flat.shape[0], device=keys.device)
+    seg = torch.zeros_like(rows)
+    out = gather_rope_triton(flat, rows, seg, torch.tensor([delta], device=keys.device), inv_freq)
+    return out.reshape(keys.shape)
 
 
 def token_drop(cur: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:

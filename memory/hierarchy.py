@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+import kernels
 from memory.config import MemoryConfig
 from memory.embed import TextEmbedder
 from memory.index import SegmentIndex
@@ -39,15 +40,13 @@ from memory.segments import (
     Segment,
     SegmentFileError,
     SegmentKV,
-    dequantize_int8,
     prune_by_value_norm,
-    quantize_int8,
     read_segment_file,
     read_segment_kv,
     write_segment_file,
 )
 from memory.timeref import parse_time_ref
-from reasoning.backends.base import Backend, Chunk, fork_cache, rope_shift
+from reasoning.backends.base import Backend, Chunk, fork_cache
 
 log = logging.getLogger("onlooker.memory")
 
@@ -259,7 +258,7 @@ class HierarchicalMemory:
         for layer in self.cache.layers:
             kept_k = layer.keys[:, :, s + n:]
             if contiguous and kept_k.shape[2]:
-                kept_k = rope_shift(kept_k, -pos_delta, self.backend.inv_freq)
+                kept_k = kernels.rope_shift(kept_k, -pos_delta, self.backend.inv_freq)
             layer.keys = torch.cat([layer.keys[:, :, :s], kept_k], dim=2)
             layer.values = torch.cat([layer.values[:, :, :s], layer.values[:, :, s + n:]], dim=2)
         sealed = []
@@ -289,8 +288,8 @@ class HierarchicalMemory:
             keys, values = keys[:, :, kept.to(keys.device)], values[:, :, kept.to(values.device)]
         dtype = keys.dtype
         if self.config.quantize:            # on the device (fast), then only int8 crosses to the host
-            qk, sk = quantize_int8(keys)
-            qv, sv = quantize_int8(values)
+            qk, sk = kernels.quantize_int8(keys)
+            qv, sv = kernels.quantize_int8(values)
             kv = SegmentKV(qk.cpu(), qv.cpu(), sk.cpu(), sv.cpu(), dtype)
         else:
             kv = SegmentKV(keys.to("cpu", copy=True), values.to("cpu", copy=True), dtype=dtype)
@@ -413,8 +412,8 @@ class HierarchicalMemory:
         dtype = self.cache.layers[0].keys.dtype
         if kv.quantized:                    # int8 crosses to the device, dequantized there
             assert kv.key_scale is not None and kv.value_scale is not None
-            return (dequantize_int8(kv.keys.to(dev), kv.key_scale.to(dev), dtype),
-                    dequantize_int8(kv.values.to(dev), kv.value_scale.to(dev), dtype))
+            return (kernels.dequantize_int8(kv.keys.to(dev), kv.key_scale.to(dev), dtype),
+                    kernels.dequantize_int8(kv.values.to(dev), kv.value_scale.to(dev), dtype))
         return kv.keys.to(dev, dtype), kv.values.to(dev, dtype)
 
     def assemble(self, segments: list[Segment]) -> ContextView:
@@ -442,7 +441,7 @@ class HierarchicalMemory:
                 continue
             target = pos if contiguous else seg.orig_pos
             if target != seg.pos_start:
-                k = rope_shift(k, target - seg.pos_start, inv_freq)
+                k = kernels.rope_shift(k, target - seg.pos_start, inv_freq)
             pieces_k.append(k)
             pieces_v.append(v)
             placed.append(seg)
@@ -453,7 +452,7 @@ class HierarchicalMemory:
         for li, layer in enumerate(self.cache.layers):
             wk = layer.keys[:, :, s:]
             if w_delta and wk.shape[2]:
-                wk = rope_shift(wk, w_delta, inv_freq)
+                wk = kernels.rope_shift(wk, w_delta, inv_freq)
             keys.append(torch.cat([layer.keys[:, :, :s], *(p[li].unsqueeze(0) for p in pieces_k), wk], dim=2))
             values.append(torch.cat([layer.values[:, :, :s], *(p[li].unsqueeze(0) for p in pieces_v),
                                      layer.values[:, :, s:]], dim=2))

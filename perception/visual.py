@@ -134,7 +134,7 @@ class VisualStream:
         if ref is None or ref.shape != embeds.shape or self.config.drop_threshold >= 1.0:
             self._ref = embeds.clone()
             return None
-        sim = torch.nn.functional.cosine_similarity(embeds.float(), ref.float(), dim=-1)
-        keep = torch.nonzero(sim < self.config.drop_threshold).squeeze(1)
+        from kernels import token_drop
+        keep = torch.nonzero(token_drop(embeds, ref, self.config.drop_threshold)).squeeze(1)
         self._ref[keep] = embeds[keep]
         return keep
