@@ -150,6 +150,9 @@ def dequantize_int8_ref(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     return (q.float() * scale.float()).to(dtype)
 
 
+_ROW_CONFIGS = [triton.Config({"BLOCK_R": r}, num_warps=w) for r in (32, 64, 128) for w in (4, 8)]
+
+
 @triton.jit
 def _quant_kernel(x, q, scale, nrows, d, D_P2: tl.constexpr, BLOCK_R: tl.constexpr):
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -178,14 +181,25 @@ def _dequant_kernel(q, scale, out, nrows, d, D_P2: tl.constexpr, BLOCK_R: tl.con
     tl.store(out + idx, (v * s[:, None]).to(out.dtype.element_ty), mask=mm)
 
 
+# tuned on a GPU (block of rows, warps); the interpreter on the CPU has no driver to time configs with
+_quant_tuned = triton.autotune(configs=_ROW_CONFIGS, key=["nrows", "d"])(_quant_kernel)
+_dequant_tuned = triton.autotune(configs=_ROW_CONFIGS, key=["nrows", "d"])(_dequant_kernel)
+
+
+def _rows_launch(tuned, plain, n: int, on_gpu: bool, *args, **kw) -> None:
+    if on_gpu:
+        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_R"]),)](*args, **kw)
+    else:
+        plain[(triton.cdiv(n, 32),)](*args, **kw, BLOCK_R=32)
+
+
 def quantize_int8_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     d = x.shape[-1]
     flat = x.reshape(-1, d).contiguous()
     q = torch.empty_like(flat, dtype=torch.int8)
     scale = torch.empty(flat.shape[0], dtype=torch.float16, device=x.device)
-    n, br = flat.shape[0], 64
-    _quant_kernel[(triton.cdiv(n, br),)](flat, q, scale, n, d, D_P2=triton.next_power_of_2(d), BLOCK_R=br,
-                                         num_warps=8)
+    n = flat.shape[0]
+    _rows_launch(_quant_tuned, _quant_kernel, n, x.is_cuda, flat, q, scale, n, d, D_P2=triton.next_power_of_2(d))
     return q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
 
 
@@ -193,7 +207,7 @@ def dequantize_int8_triton(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dt
     d = q.shape[-1]
     flat = q.reshape(-1, d).contiguous()
     out = torch.empty(flat.shape, dtype=dtype, device=q.device)
-    n, br = flat.shape[0], 64
-    _dequant_kernel[(triton.cdiv(n, br),)](flat, scale.reshape(-1).contiguous(), out, n, d,
-                                           D_P2=triton.next_power_of_2(d), BLOCK_R=br, num_warps=8)
+    n = flat.shape[0]
+    _rows_launch(_dequant_tuned, _dequant_kernel, n, q.is_cuda, flat, scale.reshape(-1).contiguous(), out, n, d,
+                 D_P2=triton.next_power_of_2(d))
     return out.reshape(q.shape)
