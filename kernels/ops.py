@@ -181,9 +181,10 @@ def _dequant_kernel(q, scale, out, nrows, d, D_P2: tl.constexpr, BLOCK_R: tl.con
     tl.store(out + idx, (v * s[:, None]).to(out.dtype.element_ty), mask=mm)
 
 
-# tuned on a GPU (block of rows, warps); the interpreter on the CPU has no driver to time configs with
-_quant_tuned = triton.autotune(configs=_ROW_CONFIGS, key=["nrows", "d"])(_quant_kernel)
-_dequant_tuned = triton.autotune(configs=_ROW_CONFIGS, key=["nrows", "d"])(_dequant_kernel)
+# tuned on a GPU once per head dim (keying on the row count would re-tune for every segment size: measured,
+# it halved ingest); the interpreter on the CPU has no driver to time configs with
+_quant_tuned = triton.autotune(configs=_ROW_CONFIGS, key=["d"])(_quant_kernel)
+_dequant_tuned = triton.autotune(configs=_ROW_CONFIGS, key=["d"])(_dequant_kernel)
 
 
 def _rows_launch(tuned, plain, n: int, on_gpu: bool, *args, **kw) -> None:
