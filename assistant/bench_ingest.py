@@ -18,7 +18,6 @@ against the measured bf16 matmul peak.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import sys
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from assistant.bench_common import write_rows
 from memory.config import MemoryConfig
 from memory.hierarchy import HierarchicalMemory
 from perception.visual import VisualConfig, VisualStream
@@ -283,10 +283,7 @@ def run_ingest_bench(args) -> int:
         rows.append(row)
         print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)
     print(format_table(header, rows))
-    if args.out:
-        with open(args.out, "w") as f:
-            for r in rows:
-                f.write(json.dumps({"header": header, **r}) + "\n")
+    write_rows(args.out, header, rows)
     return 0
 
 

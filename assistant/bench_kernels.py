@@ -12,10 +12,11 @@ a large device-to-device copy, counting bytes read plus written, measured in the
 
 from __future__ import annotations
 
-import json
 import sys
 
 import torch
+
+from assistant.bench_common import write_rows
 
 
 def _bench(fn, warmup: int = 10, rep: int = 50) -> float:
@@ -117,8 +118,5 @@ def run_kernel_bench(args) -> int:
     for r in rows:
         print(f"| {r['kernel']} | {r['size']} | {r['triton_us']:.1f} | {r['call_us']:.1f} | {r['torch_us']:.1f} | "
               f"{r['speedup']:.2f}x | {r['gbps']:.0f} | {100 * r['bw_frac']:.0f}% |")
-    if args.out:
-        with open(args.out, "w") as f:
-            for r in rows:
-                f.write(json.dumps({"header": header, **r}) + "\n")
+    write_rows(args.out, header, rows)
     return 0

@@ -21,7 +21,6 @@ recalled beside the question unless `restate` is off. Prints one table; `--out` 
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import random
@@ -34,6 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm import tqdm
 
+from assistant.bench_common import write_rows
 from memory.config import MemoryConfig
 from memory.hierarchy import HierarchicalMemory
 from reasoning.answerer import AnswerJob
@@ -216,10 +216,7 @@ def run_memory_bench(args) -> int:
         r["device_vs_full"] = r["device_kv_mb"] / full["device_kv_mb"] if full else None
         r["accuracy_vs_window"] = (r["accuracy"] / win["accuracy"] if win and win["accuracy"] else None)
     print(format_table(header, rows))
-    if args.out:
-        with open(args.out, "w") as f:
-            for r in rows:
-                f.write(json.dumps({"header": header, **r}) + "\n")
+    write_rows(args.out, header, rows)
     return 0
 
 

@@ -15,12 +15,13 @@ after another). The sound device adds its block (20 ms) on top. Prints one table
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
 
 import numpy as np
+
+from assistant.bench_common import write_rows
 
 QUESTIONS = [
     "Onlooker, what word is on the sign?",
@@ -115,8 +116,5 @@ def run_speech_bench(args) -> int:
     print(f"\nanswered as addressed to the assistant: {sum(r['answered'] for r in ok)}/{len(ok)} (by name: "
           f"{sum(r['woke'] for r in ok)}); total p90 {p90:.0f} ms; "
           f"utterances missed by the VAD: {len(rows) - len(ok)}")
-    if args.out:
-        with open(args.out, "w") as f:
-            for r in rows:
-                f.write(json.dumps({"header": header, **r}) + "\n")
+    write_rows(args.out, header, rows)
     return 0

@@ -20,7 +20,6 @@ its instruction; other alerts are false positives. Configurations, in one run:
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import sys
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from assistant.bench_common import write_rows
 from assistant.events import ObservationEvent, StreamEnded
 from assistant.runtime import Runtime
 from memory.config import MemoryConfig
@@ -176,10 +176,7 @@ def run_timing_bench(args) -> int:
                      "check_ms_median": statistics.median(probe_ms), "wall_s": time.monotonic() - wall})
         print(f"  {name}: F1 {rows[-1]['f1']:.2f}", file=sys.stderr)
     print(format_table(header, rows))
-    if args.out:
-        with open(args.out, "w") as f:
-            for r in rows:
-                f.write(json.dumps({"header": header, **r}) + "\n")
+    write_rows(args.out, header, rows)
     return 0
 
 

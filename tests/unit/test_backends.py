@@ -10,7 +10,7 @@ from memory.config import MemoryConfig
 from memory.hierarchy import HierarchicalMemory
 from perception.synthetic import SyntheticScene
 from reasoning.answerer import AnswerJob
-from reasoning.backends.base import Chunk, fork_cache, rope_shift
+from reasoning.backends.base import Chunk, concat_chunks, fork_cache, rope_shift
 from reasoning.backends.qwen_vl import patchify
 
 
@@ -24,16 +24,7 @@ def _ingest(backend, chunks):
 
 def _concat(chunks: list[Chunk], backend) -> Chunk:
     """The same chunks as one input: positions shifted by the running span."""
-    pos, off = [], 0
-    for c in chunks:
-        pos.append(c.position_ids + off)
-        off += c.pos_span
-    embeds = None
-    if any(c.inputs_embeds is not None for c in chunks):
-        embeds = torch.cat([c.inputs_embeds if c.inputs_embeds is not None else backend._embed(c.input_ids)
-                            for c in chunks])
-    return Chunk("all", 0, 0, "", torch.cat(pos, dim=1), off,
-                 input_ids=torch.cat([c.input_ids for c in chunks]), inputs_embeds=embeds)
+    return concat_chunks(chunks, getattr(backend, "_embed", None))
 
 
 def _qwen_chunks(backend):
