@@ -33,6 +33,7 @@ from memory.config import MemoryConfig
 from memory.hierarchy import HierarchicalMemory
 from perception.visual import VisualConfig, VisualStream
 from reasoning.answerer import AnswerJob
+from reasoning.backends.qwen_vl import attention_for
 
 log = logging.getLogger("onlooker.bench")
 
@@ -59,18 +60,13 @@ FRAME = 448
 MARKS_S = (60, 600, 3600)
 
 
-def attention_implementation() -> str:
-    import importlib.util
-    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
-
-
 def build_backend(size: str, device: str, tokenizer_dir: Path):
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from reasoning.backends.qwen_vl import QwenVLBackend
     spec = QWEN25_VL_7B if size == "7b" else TINY
     cfg = Qwen2_5_VLConfig(**spec, bos_token_id=None, eos_token_id=None)
-    cfg._attn_implementation = attention_implementation()
+    cfg._attn_implementation = attention_for(device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
@@ -264,7 +260,7 @@ def run_ingest_bench(args) -> int:
     lm_params = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel()
     peak = measure_matmul_peak(args.device)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    header = (f"bench ingest: {backend.name}, {attention_implementation()}, {device_name}, {args.minutes:g} min of "
+    header = (f"bench ingest: {backend.name}, {attention_for(args.device)}, {device_name}, {args.minutes:g} min of "
               f"stream at {args.stream_fps:g} frames/s, {FRAME}x{FRAME}, batches of {args.batch} pairs, window "
               f"{args.window} tokens, loop of {len(frames)} frames: {', '.join(names)}; matmul peak "
               f"{peak / 1e12:.0f} TFLOP/s; torch {torch.__version__}")

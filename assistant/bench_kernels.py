@@ -59,7 +59,7 @@ def measure_bandwidth() -> float:
 
 
 def run_kernel_bench(args) -> int:
-    from kernels import ops
+    from kernels import ops, reference
     if not torch.cuda.is_available():
         raise ValueError("bench kernels needs a CUDA GPU")
     torch.manual_seed(0)
@@ -79,14 +79,14 @@ def run_kernel_bench(args) -> int:
     cur = torch.randn(2048, 3584, device=dev, dtype=torch.bfloat16)
     ref = (cur + 0.1 * torch.randn_like(cur)).contiguous()
     add("token_drop", "2048x3584 bf16", 2 * cur.numel() * 2 + 2048,
-        lambda: ops.token_drop_triton(cur, ref, 0.95), lambda: ops.token_drop_ref(cur, ref, 0.95))
+        lambda: ops.token_drop_triton(cur, ref, 0.95), lambda: reference.token_drop_ref(cur, ref, 0.95))
 
     k = 28 * 4 * 128
     q = torch.randn(k, device=dev, dtype=torch.float16)
     for s in (10_000, 100_000):
         rep = torch.randn(s, k, device=dev, dtype=torch.float16)
         add("segment_scores", f"{s}x{k} fp16", rep.numel() * 2 + k * 2 + s * 4,
-            lambda rep=rep: ops.segment_scores_triton(rep, q), lambda rep=rep: ops.segment_scores_ref(rep, q))
+            lambda rep=rep: ops.segment_scores_triton(rep, q), lambda rep=rep: reference.segment_scores_ref(rep, q))
         del rep
 
     n_rows = 4096 * 28 * 4
@@ -97,16 +97,16 @@ def run_kernel_bench(args) -> int:
     inv_freq = 1.0 / (1e6 ** (torch.arange(0, 128, 2, device=dev).float() / 128))
     add("gather_rope", f"{n_rows}x128 bf16, 8 segments", n_rows * 128 * 2 * 2 + n_rows * 16,
         lambda: ops.gather_rope_triton(keys, sel, seg, deltas, inv_freq),
-        lambda: ops.gather_rope_ref(keys, sel, seg, deltas, inv_freq))
+        lambda: reference.gather_rope_ref(keys, sel, seg, deltas, inv_freq))
 
     x = torch.randn(28, 4, 1024, 128, device=dev, dtype=torch.bfloat16)
     n = x.numel()
     add("int8_quantize", "28x4x1024x128 bf16", n * 2 + n + n // 128 * 2,
-        lambda: ops.quantize_int8_triton(x), lambda: ops.quantize_int8_ref(x))
+        lambda: ops.quantize_int8_triton(x), lambda: reference.quantize_int8_ref(x))
     qx, sc = ops.quantize_int8_triton(x)
     add("int8_dequantize", "28x4x1024x128 -> bf16", n + n // 128 * 2 + n * 2,
         lambda: ops.dequantize_int8_triton(qx, sc, torch.bfloat16),
-        lambda: ops.dequantize_int8_ref(qx, sc, torch.bfloat16))
+        lambda: reference.dequantize_int8_ref(qx, sc, torch.bfloat16))
 
     header = (f"bench kernels: {torch.cuda.get_device_name()}, measured copy bandwidth {bw / 1e9:.0f} GB/s, "
               f"torch {torch.__version__}")

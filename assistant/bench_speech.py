@@ -42,7 +42,7 @@ def run_speech_bench(args) -> int:
     from assistant.speech_out import OUT_RATE, SentenceSplitter, Synthesizer
     from memory.config import MemoryConfig
     from memory.hierarchy import HierarchicalMemory
-    from perception.audio import SAMPLE_RATE, blocks
+    from perception.audio import SAMPLE_RATE, blocks, resample
     from perception.speech import Transcriber, VadSegmenter, addressed_question, wake_question, whisper_dir
     from reasoning.answerer import AnswerJob
     from reasoning.backends.lite import load_lite_backend
@@ -61,8 +61,7 @@ def run_speech_bench(args) -> int:
     transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))          # warm-up, not measured
     for text in questions:
         speech = synth.synth(text)                                         # at OUT_RATE
-        speech16 = np.interp(np.linspace(0, len(speech) - 1, int(len(speech) * SAMPLE_RATE / OUT_RATE)),
-                             np.arange(len(speech)), speech).astype(np.float32)
+        speech16 = resample(speech, OUT_RATE)
         lead = np.zeros(SAMPLE_RATE // 2, np.float32)
         audio = np.concatenate([lead, speech16, np.zeros(2 * SAMPLE_RATE, np.float32)])
         speech_end = (len(lead) + len(speech16)) / SAMPLE_RATE

@@ -136,7 +136,6 @@ class Pipeline:
             log.exception("hearing failed")
             log.warning("audio is off from here on: %s", e)
         finally:
-            h.close()
             self._producer_done()
 
     def _run_runtime(self) -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from perception.audio import resample
+
 log = logging.getLogger("onlooker.speech")
 
 OUT_RATE = 22050
@@ -77,19 +79,12 @@ class Synthesizer:
             if not chunks:
                 return np.zeros(0, np.float32)
             audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
-            return _resample(audio, chunks[0].sample_rate, OUT_RATE)
+            return resample(audio, chunks[0].sample_rate, OUT_RATE)
         from perception.audio import decode_file
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "s.wav"
             subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
-            return _resample(decode_file(path), 16000, OUT_RATE)
-
-
-def _resample(x: np.ndarray, sr: int, to: int) -> np.ndarray:
-    if sr == to or len(x) == 0:
-        return x.astype(np.float32)
-    n = int(len(x) * to / sr)
-    return np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
+            return resample(decode_file(path), 16000, OUT_RATE)
 
 
 class Player:

@@ -1,5 +1,5 @@
 """Triton kernels for the streaming hot paths, one dispatch function per op, each with a torch reference
-(`kernels.ops`). CUDA tensors go to the Triton kernels when Triton is importable; everything else
+(`kernels.ops`, `kernels.reference`). CUDA tensors go to the Triton kernels when Triton is importable; everything else
 goes to the reference, so the CPU path never needs Triton."""
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def token_drop(cur: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.
     if _use_triton(cur):
         from kernels.ops import token_drop_triton
         return token_drop_triton(cur, ref, threshold)
-    return torch.nn.functional.cosine_similarity(cur.float(), ref.float(), dim=-1) < threshold
+    from kernels.reference import token_drop_ref
+    return token_drop_ref(cur, ref, threshold)
 
 
 def segment_scores(rep: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,8 @@ def segment_scores(rep: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     if _use_triton(rep):
         from kernels.ops import segment_scores_triton
         return segment_scores_triton(rep, q)
-    return rep.float() @ q.float()
+    from kernels.reference import segment_scores_ref
+    return segment_scores_ref(rep, q)
 
 
 def gather_rope(keys: torch.Tensor, rows: torch.Tensor, seg: torch.Tensor, deltas: torch.Tensor,
@@ -54,7 +56,7 @@ def gather_rope(keys: torch.Tensor, rows: torch.Tensor, seg: torch.Tensor, delta
     if _use_triton(keys):
         from kernels.ops import gather_rope_triton
         return gather_rope_triton(keys, rows, seg, deltas, inv_freq)
-    from kernels.ops import gather_rope_ref
+    from kernels.reference import gather_rope_ref
     return gather_rope_ref(keys, rows, seg, deltas, inv_freq)
 
 

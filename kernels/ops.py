@@ -1,4 +1,4 @@
-"""Triton kernels for the streaming hot paths, each beside its torch reference.
+"""Triton kernels for the streaming hot paths; their torch references are in `kernels.reference`.
 
     token_drop      cosine similarity of each visual token to the same patch's reference token, thresholded
     segment_scores  a question query against the representative keys of every segment (a GEMV), for top-k
@@ -16,12 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.reference import rope_table
+
 # -- token drop ---------------------------------------------------------------------------------
-
-
-def token_drop_ref(cur: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Keep mask (n,) bool: cosine(cur[i], ref[i]) < threshold."""
-    return torch.nn.functional.cosine_similarity(cur.float(), ref.float(), dim=-1) < threshold
 
 
 @triton.jit
@@ -58,11 +55,6 @@ def token_drop_triton(cur: torch.Tensor, ref: torch.Tensor, threshold: float) ->
 # -- segment scores -----------------------------------------------------------------------------
 
 
-def segment_scores_ref(rep: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """rep (S, K), q (K,) -> (S,) float32."""
-    return rep.float() @ q.float()
-
-
 @triton.jit
 def _gemv_kernel(rep, q, out, s, k: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
@@ -88,24 +80,6 @@ def segment_scores_triton(rep: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 # -- gather + RoPE shift ------------------------------------------------------------------------
-
-
-def rope_table(deltas: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (S, D/2) float32 for each segment's position delta, computed in float64 (a delta of
-    thousands of positions needs it) once per segment, not once per row."""
-    ang = deltas.double()[:, None] * inv_freq.double()[None, :]
-    return ang.cos().float().contiguous(), ang.sin().float().contiguous()
-
-
-def gather_rope_ref(keys: torch.Tensor, rows: torch.Tensor, seg: torch.Tensor, deltas: torch.Tensor,
-                    inv_freq: torch.Tensor) -> torch.Tensor:
-    """keys (N, D); rows (M,) indices into keys; seg (M,) which segment each row belongs to; deltas (S,)
-    the position shift of each segment. Returns (M, D): the gathered keys, rotated."""
-    cos, sin = rope_table(deltas, inv_freq)
-    x = keys[rows].float()
-    c, s = cos[seg], sin[seg]
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(keys.dtype)
 
 
 @triton.jit
@@ -139,15 +113,6 @@ def gather_rope_triton(keys: torch.Tensor, rows: torch.Tensor, seg: torch.Tensor
 
 
 # -- int8 ---------------------------------------------------------------------------------------
-
-
-def quantize_int8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127.0
-    return torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8), scale.to(torch.float16)
-
-
-def dequantize_int8_ref(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (q.float() * scale.float()).to(dtype)
 
 
 _ROW_CONFIGS = [triton.Config({"BLOCK_R": r}, num_warps=w) for r in (32, 64, 128) for w in (4, 8)]

@@ -73,6 +73,14 @@ def decode_file(path: str | Path) -> np.ndarray:
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
+def resample(x: np.ndarray, sr: int, to: int = SAMPLE_RATE) -> np.ndarray:
+    """Linear-interpolation resampling of mono float audio (speech, not music: good enough for Whisper)."""
+    if sr == to or len(x) == 0:
+        return x.astype(np.float32)
+    n = int(len(x) * to / sr)
+    return np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
+
+
 def blocks(samples: np.ndarray, t0: float = 0.0) -> Iterator[AudioBlock]:
     n = len(samples) // BLOCK
     for i in range(n):

@@ -162,6 +162,3 @@ class Hearing:
             self.asr_ms.append((time.monotonic() - start) * 1000)
             if text:
                 yield "utterance", (u.t0, u.t1, text)
-
-    def close(self) -> None:
-        pass

@@ -10,7 +10,7 @@ import torch
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
-from kernels import ops  # noqa: E402
+from kernels import ops, reference  # noqa: E402
 
 # every check runs twice: on the CPU through Triton's interpreter (the default test run) and on the GPU
 # (marker `cuda`, skipped without one)
@@ -35,14 +35,14 @@ def test_token_drop(n, d, dev):
     cur = torch.randn(n, d, device=dev)
     ref = cur + 0.5 * torch.randn(n, d, device=dev) * (torch.rand(n, 1, device=dev) > 0.5)
     got = ops.token_drop_triton(cur, ref, 0.95)
-    want = ops.token_drop_ref(cur, ref, 0.95)
+    want = reference.token_drop_ref(cur, ref, 0.95)
     assert torch.equal(got.cpu(), want.cpu()) and 0 < int(want.sum()) < n
 
 
 @pytest.mark.parametrize("s,k", [(100, 300), (1000, 64)])
 def test_segment_scores(s, k, dev):
     rep, q = torch.randn(s, k, device=dev), torch.randn(k, device=dev)
-    got, want = ops.segment_scores_triton(rep, q), ops.segment_scores_ref(rep, q)
+    got, want = ops.segment_scores_triton(rep, q), reference.segment_scores_ref(rep, q)
     assert _rel(got, want) < 1e-5
     assert torch.equal(torch.topk(got, 5).indices.cpu(), torch.topk(want, 5).indices.cpu())
 
@@ -57,7 +57,7 @@ def test_gather_rope(dtype, dev):
     deltas = torch.randint(-5000, 5000, (4,), device=dev)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, 64, 2, device=dev).float() / 64))
     got = ops.gather_rope_triton(keys, rows, seg, deltas, inv_freq)
-    want = ops.gather_rope_ref(keys, rows, seg, deltas, inv_freq)
+    want = reference.gather_rope_ref(keys, rows, seg, deltas, inv_freq)
     assert _rel(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
@@ -74,8 +74,8 @@ def test_gather_rope_matches_the_memory_rope_shift(dev):
 def test_int8_roundtrip(dev):
     x = torch.randn(3, 5, 17, 64, device=dev)
     q, s = ops.quantize_int8_triton(x)
-    rq, rs = ops.quantize_int8_ref(x)
+    rq, rs = reference.quantize_int8_ref(x)
     assert q.dtype == torch.int8 and s.shape == rs.shape
     assert torch.equal(s.cpu(), rs.cpu()) and float((q.int() - rq.int()).abs().max()) <= 1     # rounding ties
     back = ops.dequantize_int8_triton(q, s, torch.float32)
-    assert _rel(back, ops.dequantize_int8_ref(q, s, torch.float32)) < 1e-6 and _rel(back, x) < 0.01
+    assert _rel(back, reference.dequantize_int8_ref(q, s, torch.float32)) < 1e-6 and _rel(back, x) < 0.01

@@ -20,7 +20,8 @@ def _clip(path, question: str) -> float:
     chunks = list(voice.synthesize(question))
     sp = np.concatenate([c.audio_float_array for c in chunks])
     sr = chunks[0].sample_rate
-    sp = np.interp(np.linspace(0, len(sp) - 1, int(len(sp) * 16000 / sr)), np.arange(len(sp)), sp).astype(np.float32)
+    from perception.audio import resample
+    sp = resample(sp, sr)
     audio = np.concatenate([np.zeros(32000, np.float32), sp, np.zeros(48000, np.float32)])
     out = av.open(str(path), "w")
     vs = out.add_stream("mpeg4", rate=5)

