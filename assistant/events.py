@@ -1,7 +1,13 @@
-"""Every message that flows between threads. Small records, each with a monotonic `ts`.
+"""Every message that flows between threads: small `@dataclass(slots=True)` records with a monotonic `ts`.
 
-Data events (frames, observations) are ordered and may be dropped under load (counted); control
-events (StreamEnded, Shutdown) are never dropped.
+    data     ObservationEvent, TranscriptEvent         ordered; the runtime's data inbox is bounded and
+                                                       drops the oldest when the source is live (counted)
+    control  Question, Command, SpeechStarted,         never dropped, never queued behind data: the
+             StreamEnded, Shutdown                     runtime drains them first, every step
+    out      QuestionStarted, AnswerToken, Answer,     from the runtime to the printers, the TUI and the
+             Interrupted, SegmentSealed, Alert,        store; `assistant.output.to_record` gives each its
+             Narration, SearchResults, CommandDone,    JSON-lines shape
+             SessionEnded, SessionError, Summary
 """
 
 from __future__ import annotations
@@ -10,23 +16,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from perception.observation import Observation
+
 
 def _now() -> float:
     return time.monotonic()
 
 
+# -- data ---------------------------------------------------------------------------------------------
 @dataclass(slots=True)
-class FrameEvent:                 # a sampled frame, for backends that take frames (VLM)
-    frame: Any                    # perception.sources.VideoFrame
+class ObservationEvent:           # one sampled frame as perception saw it (the frame rides along for VLMs)
+    observation: Observation
+    repeat: bool = False          # nothing new against the previous observation (the lite path skips it)
     ts: float = field(default_factory=_now)
 
-
-@dataclass(slots=True)
-class ObservationEvent:           # lite perception's verdict on one sampled frame
-    t: float                      # stream time of the frame
-    text: str | None              # None: nothing new (repeat of the previous observation)
-    scene_change: float = 0.0
-    ts: float = field(default_factory=_now)
+    @property
+    def t(self) -> float:
+        return self.observation.t
 
 
 @dataclass(slots=True)
@@ -37,11 +43,57 @@ class TranscriptEvent:            # an utterance heard and written down (ASR)
     ts: float = field(default_factory=_now)
 
 
+DATA_EVENTS = (ObservationEvent, TranscriptEvent)
+
+
+# -- control ------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class Question:
     t: float | None               # stream time it refers to; None = "now" (the runtime fills it in)
     text: str
     question_id: int = 0
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class Command:                    # from the UI: watch | unwatch | search | mute
+    kind: str
+    arg: str = ""
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class SpeechStarted:              # the user started speaking (VAD); barge-in if the assistant talks
+    t: float
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class StreamEnded:                # the source is exhausted or failed
+    error: str | None = None
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class Shutdown:                   # stop now
+    reason: str = ""
+    ts: float = field(default_factory=_now)
+
+
+CONTROL_EVENTS = (Question, Command, SpeechStarted, StreamEnded, Shutdown)
+
+
+# -- out ----------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class QuestionStarted:            # a question's context is assembled and its answer starts decoding
+    question_id: int
+    t: float
+    question: str
+    context_tokens: int
+    time_ref: str | None
+    retrieved: list[tuple[float, float]]
+    recalled_t: list[float]
+    latest_observation_t: float | None
     ts: float = field(default_factory=_now)
 
 
@@ -64,6 +116,14 @@ class Answer:
 
 
 @dataclass(slots=True)
+class Interrupted:                # barge-in cancelled the answer being decoded
+    t: float
+    question: str
+    said: str
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
 class SegmentSealed:              # a segment left the recent window: its KV went to host RAM (or disk)
     t0: float
     t1: float
@@ -75,26 +135,50 @@ class SegmentSealed:              # a segment left the recent window: its KV wen
 
 
 @dataclass(slots=True)
-class SpeechStarted:              # control: the user started speaking (VAD); barge-in if the assistant talks
+class Alert:                      # a standing instruction fired
+    t: float                      # stream time of the frame it was seen in
+    condition: str
+    text: str
+    score: float
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class Narration:                  # narration mode: new text read or the scene changed
     t: float
+    text: str
     ts: float = field(default_factory=_now)
 
 
 @dataclass(slots=True)
-class Command:                    # control from the UI: watch | unwatch | search | mute
+class SearchResults:
+    query: str
+    results: list[tuple[float, float, str]]          # (t0, t1, text)
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
+class CommandDone:
     kind: str
-    arg: str = ""
+    arg: str
+    watches: list[str]
+    muted: bool
     ts: float = field(default_factory=_now)
 
 
 @dataclass(slots=True)
-class StreamEnded:                # control: the source is exhausted or failed
-    error: str | None = None
+class SessionEnded:
+    summary: str
     ts: float = field(default_factory=_now)
 
 
 @dataclass(slots=True)
-class Shutdown:                   # control: stop now
-    reason: str = ""
+class SessionError:
+    error: str
     ts: float = field(default_factory=_now)
 
+
+@dataclass(slots=True)
+class Summary:                    # the last record of a session
+    fields: dict[str, Any]
+    ts: float = field(default_factory=_now)

@@ -1,4 +1,5 @@
-"""Where runtime events go: JSON lines (headless) or plain console lines (a terminal, until the TUI).
+"""Where runtime events go: JSON lines (headless) or plain console lines. `to_record` is the one JSON shape
+of every event (the TUI reads the same records).
 
 Printers are called on the runtime thread; a lock keeps lines whole."""
 
@@ -9,29 +10,60 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from assistant.events import Answer, AnswerToken, ObservationEvent, SegmentSealed, TranscriptEvent
-from reasoning.prompts import format_time
-from reasoning.timing import Alert
+from assistant import events as ev
+from model.chunk import format_time
+from reasoning.prompts import observation_sentence
 
 
-def event_record(event: Any) -> dict | None:
-    """The headless JSON shape of an event, or None if it is not printed."""
-    if isinstance(event, ObservationEvent):
-        return {"type": "observation", "t": round(event.t, 3), "text": event.text}
-    if isinstance(event, Answer):
-        return {"type": "answer", "t": round(event.t, 3), "question": event.question, "text": event.text,
-                "ttft_ms": event.ttft_ms, "total_ms": event.total_ms}
-    if isinstance(event, SegmentSealed):
-        return {"type": "segment_sealed", "t0": round(event.t0, 3), "t1": round(event.t1, 3),
-                "tokens": event.num_tokens, "kept_tokens": event.kept_tokens, "tier": event.tier}
-    if isinstance(event, TranscriptEvent):
-        return {"type": "transcript", "t0": round(event.t0, 3), "t1": round(event.t1, 3), "text": event.text}
-    if isinstance(event, Alert):
-        return {"type": "alert", "t": round(event.t, 3), "condition": event.condition, "text": event.text,
-                "score": round(event.score, 3)}
-    if isinstance(event, dict):
-        return event
+def _r(x: float) -> float:
+    return round(x, 3)
+
+
+def to_record(event: Any) -> dict | None:
+    """The JSON-lines shape of an event, or None if it is not printed."""
+    match event:
+        case ev.ObservationEvent(observation=o, repeat=False):
+            return {"type": "observation", "t": _r(o.t), "text": observation_sentence(o) if o.perceived else None,
+                    "people": o.people, "faces": o.faces}
+        case ev.QuestionStarted():
+            return {"type": "question", "t": _r(event.t), "question": event.question,
+                    "context_tokens": event.context_tokens, "time_ref": event.time_ref,
+                    "retrieved": [[_r(a), _r(b)] for a, b in event.retrieved],
+                    "recalled_t": [_r(t) for t in event.recalled_t],
+                    "latest_observation_t": event.latest_observation_t}
+        case ev.AnswerToken():
+            return {"type": "token", "question_id": event.question_id, "text": event.text}
+        case ev.Answer():
+            return {"type": "answer", "t": _r(event.t), "question": event.question, "text": event.text,
+                    "ttft_ms": event.ttft_ms, "total_ms": event.total_ms}
+        case ev.Interrupted():
+            return {"type": "interrupted", "t": _r(event.t), "question": event.question, "said": event.said}
+        case ev.SegmentSealed():
+            return {"type": "segment_sealed", "t0": _r(event.t0), "t1": _r(event.t1), "text": event.text,
+                    "tokens": event.num_tokens, "kept_tokens": event.kept_tokens, "tier": event.tier}
+        case ev.TranscriptEvent():
+            return {"type": "transcript", "t0": _r(event.t0), "t1": _r(event.t1), "text": event.text}
+        case ev.Alert():
+            return {"type": "alert", "t": _r(event.t), "condition": event.condition, "text": event.text,
+                    "score": round(event.score, 3)}
+        case ev.Narration():
+            return {"type": "narration", "t": _r(event.t), "text": event.text}
+        case ev.SearchResults():
+            return {"type": "search", "query": event.query,
+                    "results": [{"t0": _r(a), "t1": _r(b), "text": text} for a, b, text in event.results]}
+        case ev.CommandDone():
+            return {"type": "command", "kind": event.kind, "arg": event.arg, "watches": event.watches,
+                    "muted": event.muted}
+        case ev.SessionEnded():
+            return {"type": "session_ended", "summary": event.summary}
+        case ev.SessionError():
+            return {"type": "session_error", "error": event.error}
+        case ev.Summary():
+            return {"type": "summary", **event.fields}
     return None
+
+
+_QUIET = {"token"}          # streamed to the UI, not written as JSON lines
 
 
 class JsonPrinter:
@@ -41,8 +73,8 @@ class JsonPrinter:
         self.records: list[dict] = []
 
     def __call__(self, event: Any) -> None:
-        rec = event_record(event)
-        if rec is None:
+        rec = to_record(event)
+        if rec is None or rec["type"] in _QUIET:
             return
         with self.lock:
             self.records.append(rec)
@@ -60,28 +92,36 @@ class ConsolePrinter:
         self._streaming: int | None = None
 
     def __call__(self, event: Any) -> None:
-        rec = event_record(event)
+        rec = to_record(event)
         with self.lock:
-            if rec is not None:
+            if rec is not None and rec["type"] not in _QUIET:
                 self.records.append(rec)
-            if isinstance(event, AnswerToken):
-                if self._streaming != event.question_id:
-                    self.out.write("  Onlooker: ")
-                    self._streaming = event.question_id
-                self.out.write(event.text)
-            elif isinstance(event, Answer):
-                if self._streaming != event.question_id:
-                    self.out.write(f"  Onlooker: {event.text}")
-                self.out.write(f"   ({event.ttft_ms:.0f} ms to first token)\n")
-                self._streaming = None
-            elif isinstance(event, Alert):
-                self.out.write(f"[{format_time(event.t)}] ALERT ({event.condition}): {event.text}\n")
-            elif isinstance(event, dict) and event.get("type") == "narration":
-                self.out.write(f"[{format_time(event['t'])}] Onlooker: {event['text']}\n")
-            elif isinstance(event, TranscriptEvent):
-                self.out.write(f"[{format_time(event.t0)}] heard: {event.text}\n")
-            elif isinstance(event, ObservationEvent):
-                self.out.write(f"[{format_time(event.t)}] saw: {event.text}\n")
-            elif isinstance(event, dict) and event.get("type") == "question":
-                self.out.write(f"[{format_time(event['t'])}] you: {event['question']}\n")
+            line = self._line(event)
+            if line:
+                self.out.write(line)
             self.out.flush()
+
+    def _line(self, event: Any) -> str:
+        match event:
+            case ev.AnswerToken():
+                head = "" if self._streaming == event.question_id else "  Onlooker: "
+                self._streaming = event.question_id
+                return head + event.text
+            case ev.Answer():
+                head = "" if self._streaming == event.question_id else f"  Onlooker: {event.text}"
+                self._streaming = None
+                return f"{head}   ({event.ttft_ms:.0f} ms to first token)\n"
+            case ev.Alert():
+                return f"[{format_time(event.t)}] ALERT ({event.condition}): {event.text}\n"
+            case ev.Narration():
+                return f"[{format_time(event.t)}] Onlooker: {event.text}\n"
+            case ev.TranscriptEvent():
+                return f"[{format_time(event.t0)}] heard: {event.text}\n"
+            case ev.ObservationEvent(observation=o, repeat=False) if o.perceived:
+                return f"[{format_time(o.t)}] saw: {observation_sentence(o)}\n"
+            case ev.QuestionStarted():
+                return f"[{format_time(event.t)}] you: {event.question}\n"
+            case ev.SearchResults():
+                hits = "; ".join(f"{format_time(a)}-{format_time(b)} {text}" for a, b, text in event.results)
+                return f"search {event.query!r}: {hits or 'nothing found'}\n"
+        return ""

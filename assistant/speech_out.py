@@ -3,9 +3,15 @@
     tokens ─► SentenceSplitter ─► Synthesizer (piper voice joe-us; the espeak-ng program as fallback)
            ─► Player (sounddevice output, 20 ms blocks) ─► speaker
 
-`Player.stop()` is the barge-in: the output callback plays silence from its next block on (20 ms),
-and everything queued is dropped. The agent state goes speaking -> listening. Synthesis runs on the
-speech thread, never on the runtime thread.
+`Speaker` is the one speech handle (LiveKit's SpeechHandle shape), with a lock around its state:
+
+    listening --begin_answer--> thinking --first audio--> speaking --playout ends--> listening
+                                    ^                        |        (thinking if the answer still decodes)
+                                    +------ interrupt() -----+--> listening
+
+`interrupt()` is the barge-in, callable from any thread (hearing, runtime): it acts only while speaking
+or thinking, and returns whether it did. The player plays silence from its next 20 ms block and
+everything queued is dropped. Synthesis runs on the speech thread, never on the runtime thread.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -29,6 +36,7 @@ log = logging.getLogger("onlooker.speech")
 
 OUT_RATE = 22050
 OUT_BLOCK = 441                  # 20 ms at 22.05 kHz
+AgentState = Literal["listening", "thinking", "speaking"]
 _SENTENCE_END = re.compile(r"([.!?;:,])(\s+)")      # commas too: the first phrase is spoken sooner
 
 
@@ -98,6 +106,7 @@ class Player:
         self.playing = False
         self.first_sample_at: float | None = None     # monotonic time the first non-silent block went out
         self.stream = None
+        self.on_drained: Callable[[], None] = lambda: None   # playout of everything queued has ended
 
     def enqueue(self, audio: np.ndarray) -> None:
         self._stop.clear()
@@ -127,7 +136,9 @@ class Player:
             out[n:n + k] = self._cur[:k]
             self._cur = self._cur[k:]
             n += k
-        self.playing = n > 0
+        was_playing, self.playing = self.playing, n > 0
+        if was_playing and not self.playing and not self._stop.is_set():
+            self.on_drained()
         if n and self.first_sample_at is None:
             self.first_sample_at = time.monotonic()
         outdata[:, 0] = out
@@ -147,49 +158,92 @@ class Player:
 
 
 class Speaker:
-    """The speech thread: sentences in, audio out; `interrupt()` is barge-in. State: listening | speaking."""
+    """The speech thread and the agent's speech state. Thread-safe: the runtime, the hearing thread and the
+    audio callback all call it."""
 
     def __init__(self, synth: Synthesizer, player: Player, on_state: Callable[[str], None] | None = None) -> None:
         self.synth = synth
         self.player = player
         self.on_state = on_state or (lambda s: None)
         self.sentences: queue.Queue[str | None] = queue.Queue()
-        self.state = "listening"
+        self._state: AgentState = "listening"
+        self._lock = threading.RLock()
         self._epoch = 0
+        self._answering = False           # an answer is still being decoded (more sentences may come)
+        self._pending = 0                 # sentences queued or being synthesized
+        player.on_drained = self._drained
         self.thread = threading.Thread(target=self._run, name="onlooker-speech", daemon=True)
+
+    @property
+    def state(self) -> AgentState:
+        with self._lock:
+            return self._state
 
     def start(self) -> Speaker:
         self.thread.start()
         return self
 
-    def say(self, sentence: str) -> None:
-        self.sentences.put(sentence)
+    def begin_answer(self) -> None:
+        with self._lock:
+            self._answering = True
+            if self._state == "listening":
+                self._set("thinking")
 
-    def interrupt(self) -> None:
-        self._epoch += 1
-        while True:
-            try:
-                self.sentences.get_nowait()
-            except queue.Empty:
-                break
-        self.player.stop()
-        self._set("listening")
+    def end_answer(self) -> None:
+        with self._lock:
+            self._answering = False
+            if self._state == "thinking" and self._pending == 0:
+                self._set("listening")
+
+    def say(self, sentence: str) -> None:
+        with self._lock:
+            self._pending += 1
+            self.sentences.put(sentence)
+
+    def interrupt(self) -> bool:
+        """Barge-in: stop speaking now and drop what is queued. Only while speaking or thinking; returns
+        whether it interrupted anything."""
+        with self._lock:
+            if self._state == "listening" and self._pending == 0:
+                return False
+            self._epoch += 1
+            while True:
+                try:
+                    self.sentences.get_nowait()
+                except queue.Empty:
+                    break
+            self._pending = 0
+            self._answering = False
+            self.player.stop()
+            self._set("listening")
+            return True
 
     def close(self) -> None:
+        """Stop the speech thread and the output device (idempotent)."""
         self.sentences.put(None)
+        self.player.close()
 
-    def _set(self, state: str) -> None:
-        if state != self.state:
-            self.state = state
+    def _set(self, state: AgentState) -> None:
+        if state != self._state:
+            self._state = state
             self.on_state(state)
+
+    def _drained(self) -> None:
+        with self._lock:
+            if self._state == "speaking" and self._pending == 0:
+                self._set("thinking" if self._answering else "listening")
 
     def _run(self) -> None:
         while True:
             s = self.sentences.get()
             if s is None:
                 return
-            epoch = self._epoch
+            with self._lock:
+                epoch = self._epoch
             audio = self.synth.synth(s)
-            if epoch == self._epoch:          # not interrupted while synthesizing
+            with self._lock:
+                if epoch != self._epoch:       # interrupted while synthesizing
+                    continue
+                self._pending = max(0, self._pending - 1)
                 self._set("speaking")
                 self.player.enqueue(audio)

@@ -1,11 +1,14 @@
 """Triton kernels for the streaming hot paths, one dispatch function per op, each with a torch reference
 (`kernels.ops`, `kernels.reference`). CUDA tensors go to the Triton kernels when Triton is importable; everything else
-goes to the reference, so the CPU path never needs Triton."""
+goes to the reference, so the CPU path never needs Triton. `references()` forces the references (tests,
+before/after measurements); so does ONLOOKER_NO_KERNELS=1 for a whole process."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -13,16 +16,30 @@ import torch
 _HAS_TRITON = importlib.util.find_spec("triton") is not None and os.environ.get("ONLOOKER_NO_KERNELS") != "1"
 
 
+_FORCE_REFERENCE = False
+
+
+@contextmanager
+def references() -> Iterator[None]:
+    """Inside the block every op runs its torch reference, even on CUDA tensors."""
+    global _FORCE_REFERENCE
+    before, _FORCE_REFERENCE = _FORCE_REFERENCE, True
+    try:
+        yield
+    finally:
+        _FORCE_REFERENCE = before
+
+
 def _use_triton(t: torch.Tensor) -> bool:
-    return _HAS_TRITON and t.is_cuda
+    return _HAS_TRITON and t.is_cuda and not _FORCE_REFERENCE
 
 
 def rope_shift(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.Tensor:
     """Rotate RoPE'd keys (..., tokens, head_dim) by a position delta: the Triton gather + RoPE kernel on a
-    GPU, `reasoning.backends.base.rope_shift` otherwise."""
+    GPU, `kernels.reference.rope_shift_ref` otherwise."""
     if not _use_triton(keys):
-        from reasoning.backends.base import rope_shift as ref
-        return ref(keys, delta, inv_freq)
+        from kernels.reference import rope_shift_ref
+        return rope_shift_ref(keys, delta, inv_freq)
     from kernels.ops import gather_rope_triton
     d = keys.shape[-1]
     flat = keys.reshape(-1, d)
@@ -64,13 +81,13 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if _use_triton(x):
         from kernels.ops import quantize_int8_triton
         return quantize_int8_triton(x)
-    from memory.segments import quantize_int8 as ref
-    return ref(x)
+    from kernels.reference import quantize_int8_ref
+    return quantize_int8_ref(x)
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if _use_triton(q):
         from kernels.ops import dequantize_int8_triton
         return dequantize_int8_triton(q, scale, dtype)
-    from memory.segments import dequantize_int8 as ref
-    return ref(q, scale, dtype)
+    from kernels.reference import dequantize_int8_ref
+    return dequantize_int8_ref(q, scale, dtype)

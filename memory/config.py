@@ -35,6 +35,8 @@ class MemoryConfig:
     disk_mb: float = 4096.0            # spilled segment files per session; past this the oldest KV is dropped
 
     def __post_init__(self) -> None:
+        if not (self.segment_seconds > 0) or self.segment_tokens < 1:
+            raise ValueError("segment_seconds must be > 0 and segment_tokens >= 1")
         if self.window_tokens < 16:
             raise ValueError(f"window_tokens must be >= 16, got {self.window_tokens}")
         if self.positions not in POSITIONS:
@@ -43,5 +45,5 @@ class MemoryConfig:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         if self.top_k < 0 or self.retrieve_tokens < 0:
             raise ValueError("top_k and retrieve_tokens must be >= 0")
-        if min(self.host_mb, self.disk_mb) < 0 or (self.device_mb is not None and self.device_mb <= 0):
+        if not (self.host_mb >= 0 and self.disk_mb >= 0) or (self.device_mb is not None and not self.device_mb > 0):
             raise ValueError("memory budgets must be positive")

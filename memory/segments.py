@@ -21,6 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from kernels.reference import dequantize_int8_ref, quantize_int8_ref
+
 
 class SegmentFileError(RuntimeError):
     """A spilled segment file is missing or unreadable; the message names the file."""
@@ -51,15 +53,8 @@ class SegmentKV:
                 dequantize_int8(self.values, self.value_scale, self.dtype))
 
 
-def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per row of the last dim: x ~ q * scale."""
-    scale = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127.0
-    q = torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8)
-    return q, scale.to(torch.float16)
-
-
-def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (q.float() * scale.float()).to(dtype)
+quantize_int8 = quantize_int8_ref          # one implementation: kernels.reference
+dequantize_int8 = dequantize_int8_ref
 
 
 def prune_by_value_norm(values: torch.Tensor, keep_ratio: float) -> torch.Tensor | None:

@@ -21,5 +21,15 @@ class PerceptionConfig:
     retry_backoff_s: float = 0.5       # first back-off; doubles each attempt
 
     def __post_init__(self) -> None:
-        if self.sample_fps <= 0:
-            raise ValueError(f"sample_fps must be > 0, got {self.sample_fps}")
+        # written as `not (x > 0)` so that NaN fails too
+        if not (0 < self.sample_fps <= 240):
+            raise ValueError(f"sample_fps must be in (0, 240] frames per second, got {self.sample_fps}")
+        if self.frame_queue < 1:
+            raise ValueError(f"frame_queue must be >= 1, got {self.frame_queue}")
+        for name in ("ocr_min_score", "scene_change_threshold"):
+            if not (0.0 <= getattr(self, name) <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_frame_side < 32:
+            raise ValueError(f"max_frame_side must be >= 32, got {self.max_frame_side}")
+        if not (self.stall_timeout_s > 0) or self.max_retries < 0 or not (self.retry_backoff_s >= 0):
+            raise ValueError("stall_timeout_s must be > 0, max_retries and retry_backoff_s >= 0")

@@ -1,21 +1,21 @@
-"""Lite perception: a frame becomes a short text observation.
+"""Lite perception: a frame becomes a typed `Observation` (perception.observation).
 
 What it reads: text in the frame (rapidocr), counts of people (OpenCV HOG) and frontal faces
 (OpenCV Haar cascade), and a scene-change score (mean absolute grey-level change against the
-previous sampled frame, 0..1). An observation identical to the previous one is not repeated:
-`process` returns None for it. The text is data from the scene, never an instruction; prompts
-mark it as observation.
+previous sampled frame, 0..1). An observation that says nothing new against the previous one is
+flagged as a repeat by `process`. The text is data from the scene, never an instruction; prompts
+quote it as observation.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from perception.config import PerceptionConfig
+from perception.observation import Observation
 from perception.sources import VideoFrame
 
 log = logging.getLogger("onlooker.perception")
@@ -23,16 +23,6 @@ log = logging.getLogger("onlooker.perception")
 
 class OcrMissingError(RuntimeError):
     pass
-
-
-@dataclass(slots=True)
-class Observation:
-    t: float                 # stream time of the frame, seconds
-    text: str                # what was seen, one line, no timestamp
-    scene_change: float      # 0..1 mean grey-level change against the previous sampled frame
-    ocr_text: str            # text read in the frame ("" if none)
-    people: int
-    faces: int
 
 
 def _load_ocr():
@@ -44,7 +34,7 @@ def _load_ocr():
 
 
 class LitePerceiver:
-    """Synchronous: `process(frame)` -> Observation | None (None = nothing new to say)."""
+    """Synchronous: `process(frame)` -> (Observation, repeat)."""
 
     def __init__(self, config: PerceptionConfig) -> None:
         self.config = config
@@ -56,7 +46,7 @@ class LitePerceiver:
             self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
             self._faces = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
         self._prev_grey: np.ndarray | None = None
-        self._last_text: str | None = None
+        self._last: Observation | None = None
         self.num_processed = 0
         self.num_repeats = 0
 
@@ -101,20 +91,15 @@ class LitePerceiver:
         change = self.scene_change(grey)
         text = self.read_text(image)
         people, faces = self.count_people(image, grey)
-        parts = [f'Text on screen: "{text}".' if text else "No text on screen."]
-        if people:
-            parts.append(f"{people} {'person' if people == 1 else 'people'} visible.")
-        if faces:
-            parts.append(f"{faces} {'face' if faces == 1 else 'faces'} visible.")
-        if change >= self.config.scene_change_threshold:
-            parts.append("The scene changed.")
-        return Observation(frame.t, " ".join(parts), change, text, people, faces)
+        return Observation(frame.t, text, people, faces, change, change >= self.config.scene_change_threshold)
 
-    def process(self, frame: VideoFrame) -> Observation | None:
+    def process(self, frame: VideoFrame) -> tuple[Observation, bool]:
+        """The frame's observation and whether it repeats the previous one (nothing new to say)."""
         obs = self.describe(frame)
         self.num_processed += 1
-        if obs.text == self._last_text:
+        repeat = obs.same_as(self._last)
+        if repeat:
             self.num_repeats += 1
-            return None
-        self._last_text = obs.text
-        return obs
+        else:
+            self._last = obs
+        return obs, repeat

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from reasoning.backends.base import Chunk, concat_chunks
+import kernels
+from model.chunk import Chunk, concat_chunks
 
 
 @dataclass
@@ -134,7 +135,6 @@ class VisualStream:
         if ref is None or ref.shape != embeds.shape or self.config.drop_threshold >= 1.0:
             self._ref = embeds.clone()
             return None
-        from kernels import token_drop
-        keep = torch.nonzero(token_drop(embeds, ref, self.config.drop_threshold)).squeeze(1)
+        keep = torch.nonzero(kernels.token_drop(embeds, ref, self.config.drop_threshold)).squeeze(1)
         self._ref[keep] = embeds[keep]
         return keep

@@ -1,5 +1,13 @@
-"""Answering: prefill a question on top of a memory context, then decode greedily, a few tokens per
-call, so the runtime can interleave ingest between calls. Text streams out as it is decoded."""
+"""The one answer recipe, used by the runtime, `onlooker ask` and the benchmarks:
+
+    memory.context(question, t)          -> a view: sink + retrieved segments + window (a fork)
+    restate rule                         -> what memory recalled (or the newest observation) beside the question
+    prompts.question_chunk               -> the question turn
+    AnswerJob.step(n)                    -> prefill once, then decode greedily, a few tokens per call
+
+Decoding a few tokens per call lets the runtime interleave ingest between calls. Text streams out as it
+is decoded.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memory.hierarchy import ContextView
-from reasoning.backends.base import Backend, Chunk
+from memory.manager import ContextView, HierarchicalMemory
+from model.backend import Backend
+from model.chunk import Chunk
+from reasoning import prompts
 
 
 @dataclass
@@ -19,6 +29,7 @@ class AnswerJob:
     question: Chunk
     max_new_tokens: int
     asked_at: float = field(default_factory=time.monotonic)   # monotonic, when the question arrived
+    recalled: list[tuple[float, str]] = field(default_factory=list)   # restated beside the question
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     done: bool = False
@@ -47,6 +58,12 @@ class AnswerJob:
             self._pos += 1
         return self._new_text()
 
+    def run(self, tokens_per_step: int = 16) -> str:
+        """Decode to the end; returns the whole answer."""
+        while not self.done:
+            self.step(tokens_per_step)
+        return self.text.strip()
+
     def _new_text(self) -> str:
         full = self.backend.detokenize(self.token_ids)
         if not self.done and full.endswith("\ufffd"):
@@ -59,3 +76,32 @@ class AnswerJob:
         self.done = True
         self.total_ms = (time.monotonic() - self.asked_at) * 1000
         self.context = None  # release the fork's tensors now, not when the job is dropped
+
+
+def recalled_lines(backend: Backend, view: ContextView, restate: bool) -> list[tuple[float, str]]:
+    """The restate rule: text observations that memory recalled go beside the question; a frame has no text
+    worth repeating, so the VLM path restates nothing."""
+    r = view.retrieval
+    if r is None or not restate or backend.accepts_frames:
+        return []
+    return [(c.t0, c.text) for c in r.recalled]
+
+
+def answer_job(backend: Backend, view: ContextView, question: str, t: float, *, latest: tuple[float, str] | None,
+               restate: bool, max_new_tokens: int, asked_at: float | None = None) -> AnswerJob:
+    """A question on top of a context view, ready to decode."""
+    recalled = recalled_lines(backend, view, restate)
+    chunk = prompts.question_chunk(backend, t, question, latest, recalled)
+    return AnswerJob(backend, view, chunk, max_new_tokens, asked_at=time.monotonic() if asked_at is None else asked_at,
+                     recalled=recalled)
+
+
+def answer(backend: Backend, memory: HierarchicalMemory, question: str, t: float, *,
+           latest: tuple[float, str] | None, restate: bool, max_new_tokens: int) -> tuple[AnswerJob, ContextView]:
+    """The whole recipe at once (no interleaving): retrieve, restate, decode to the end."""
+    asked_at = time.monotonic()
+    view = memory.context(question, t)
+    job = answer_job(backend, view, question, t, latest=latest, restate=restate, max_new_tokens=max_new_tokens,
+                     asked_at=asked_at)
+    job.run()
+    return job, view

@@ -9,12 +9,18 @@ The stream lives inside one open user turn that the sink opens:
     ...
     <|im_end|><|im_start|>user [0:12] question <|im_end|><|im_start|>assistant   <- question chunk
 
-Scene text (OCR, speech) is marked as observation, never as instruction.
+Scene text (OCR, speech) is marked as observation, never as instruction. This module is also the one
+place where a typed `Observation` becomes the sentence the lite LM reads, and where prompt text becomes
+a chunk (`*_chunk(backend, ...)`).
 """
 
 from __future__ import annotations
 
 import re
+
+from model.backend import Backend
+from model.chunk import Chunk, format_time
+from perception.observation import Observation
 
 SYSTEM_PROMPT = (
     "You are Onlooker, an assistant watching a live video stream. You receive timestamped "
@@ -24,14 +30,6 @@ SYSTEM_PROMPT = (
 )
 
 
-def format_time(t: float) -> str:
-    """Stream seconds as m:ss (h:mm:ss past an hour)."""
-    s = int(t)
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
 def sink_text(system: str = SYSTEM_PROMPT) -> str:
     return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
             f"Observations of the stream so far, oldest first:\n")
@@ -39,11 +37,6 @@ def sink_text(system: str = SYSTEM_PROMPT) -> str:
 
 def observation_text(t: float, text: str) -> str:
     return f"[{format_time(t)}] {text}\n"
-
-
-def frame_prefix(t: float) -> str:
-    """The time marker before a frame's visual tokens, so the model can answer 'when'."""
-    return f"[{format_time(t)}] "
 
 
 _MARKER = re.compile(r"^\[\d+(?::\d{2}){1,2}\]\s*")
@@ -72,3 +65,45 @@ def probe_text(t: float, condition: str) -> str:
     """A yes/no probe for a standing instruction, read from the next-token logits (never generated)."""
     return (f"<|im_end|>\n<|im_start|>user\nIt is now {format_time(t)}. Judging by the latest observation, is "
             f"this true right now: {condition.strip()}? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def observation_sentence(obs: Observation) -> str:
+    """The one sentence the lite LM reads for an observation, made from its fields."""
+    parts = [f'Text on screen: "{obs.text}".' if obs.text else "No text on screen."]
+    if obs.people:
+        parts.append(f"{obs.people} {'person' if obs.people == 1 else 'people'} visible.")
+    if obs.faces:
+        parts.append(f"{obs.faces} {'face' if obs.faces == 1 else 'faces'} visible.")
+    if obs.changed:
+        parts.append("The scene changed.")
+    return " ".join(parts)
+
+
+def heard_sentence(text: str) -> str:
+    return f'Heard: "{text}"'
+
+
+# -- chunks ---------------------------------------------------------------------------------------
+def system_chunk(backend: Backend, system: str = SYSTEM_PROMPT) -> Chunk:
+    return backend.text_chunk("system", sink_text(system), 0.0, 0.0)
+
+
+def text_observation_chunk(backend: Backend, t: float, sentence: str) -> Chunk:
+    return backend.text_chunk("observation", observation_text(t, sentence), t, t)
+
+
+def observation_chunk(backend: Backend, obs: Observation) -> Chunk:
+    return text_observation_chunk(backend, obs.t, observation_sentence(obs))
+
+
+def heard_chunk(backend: Backend, t: float, text: str) -> Chunk:
+    return text_observation_chunk(backend, t, heard_sentence(text))
+
+
+def question_chunk(backend: Backend, t: float, question: str, latest: tuple[float, str] | None = None,
+                   recalled: list[tuple[float, str]] | None = None) -> Chunk:
+    return backend.text_chunk("question", question_text(t, question, latest, recalled), t, t)
+
+
+def probe_chunk(backend: Backend, t: float, condition: str) -> Chunk:
+    return backend.text_chunk("probe", probe_text(t, condition), t, t)

@@ -4,8 +4,9 @@ After each ingested chunk, every standing instruction gets a score in [0, 1]:
 
     model     P(yes) read from the next-token logits of a yes/no probe prefilled on a fork of the
               current context (no generation, the cached stream is reused as it is)
-    evidence  what perception already knows, when the condition names it: a word it must read
-              (quoted or in capitals: 'the sign says "STOP"'), people or faces being visible
+    evidence  what perception already knows, read from the typed Observation's fields when the condition
+              names it: a word it must read (quoted or in capitals: 'the sign says "STOP"'), people or
+              faces being visible
     score     evidence_weight * evidence + (1 - evidence_weight) * model   (model alone without evidence)
 
 An alert fires when the score crosses `on` while armed; it re-arms only after the score has fallen
@@ -21,12 +22,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model.backend import Backend
+from perception.observation import Observation
 from reasoning import prompts
-from reasoning.backends.base import Backend
 
 _PEOPLE = re.compile(r"\b(person|people|someone|somebody|anyone|anybody|man|woman|human|visitor)s?\b")
 _FACE = re.compile(r"\bfaces?\b")
-_COUNT = re.compile(r"(\d+) (person|people|face|faces) visible")
 
 
 @dataclass
@@ -38,11 +39,12 @@ class TimingConfig:
 
 
 @dataclass(frozen=True)
-class Alert:
+class Fire:
+    """An instruction whose score crossed `on`: the runtime turns it into an alert event."""
     t: float
     condition: str
-    text: str
     score: float
+    evidence: float | None
 
 
 def condition_words(condition: str) -> list[str]:
@@ -53,18 +55,20 @@ def condition_words(condition: str) -> list[str]:
     return [w for w in re.findall(r"\b[A-Z][A-Z0-9]{1,}\b", condition)]
 
 
-def evidence(condition: str, observation: str) -> float | None:
-    """1.0 / 0.0 when perception can tell, None when the condition names nothing it reads."""
+def evidence(condition: str, obs: Observation | None) -> float | None:
+    """1.0 / 0.0 when perception can tell from the observation's fields, None when the condition names
+    nothing it reads (or no perceiver ran)."""
+    if obs is None or not obs.perceived:
+        return None
     checks: list[bool] = []
     words = condition_words(condition)
     if words:
-        text = observation.upper()
+        text = obs.text.upper()
         checks.append(all(re.search(rf"\b{re.escape(w)}\b", text) for w in words))
-    counts = {kind: int(n) for n, kind in _COUNT.findall(observation)}
     if _PEOPLE.search(condition.lower()):
-        checks.append(counts.get("person", 0) + counts.get("people", 0) > 0)
+        checks.append(obs.people > 0)
     elif _FACE.search(condition.lower()):
-        checks.append(counts.get("face", 0) + counts.get("faces", 0) > 0)
+        checks.append(obs.faces > 0)
     if not checks:
         return None
     return 1.0 if all(checks) else 0.0
@@ -114,18 +118,18 @@ class Watcher:
 
     def model_score(self, context, t: float, condition: str) -> float:
         """P(yes) of the probe on a fork of `context` (a memory ContextView); nothing is generated."""
-        chunk = self.backend.text_chunk("probe", prompts.probe_text(t, condition), t, t)
+        chunk = prompts.probe_chunk(self.backend, t, condition)
         logits = self.backend.prefill(chunk, context.cache, context.next_pos)
         self.probes += 1
         return p_yes(logits, self.yes, self.no)
 
-    def update(self, t: float, observation: str, context_fn) -> list[Alert]:
-        """Score every instruction after a new chunk at stream time `t`; returns the alerts that fire.
+    def update(self, t: float, obs: Observation | None, context_fn) -> list[Fire]:
+        """Score every instruction after a new chunk at stream time `t`; returns the ones that fire.
         `context_fn()` gives a fresh fork of the memory context (called once per instruction)."""
-        alerts = []
+        alerts: list[Fire] = []
         cfg = self.config
         for w in self.watches:
-            ev = evidence(w.condition, observation)
+            ev = evidence(w.condition, obs)
             model = self.model_score(context_fn(), t, w.condition)
             score = model if ev is None else cfg.evidence_weight * ev + (1 - cfg.evidence_weight) * model
             w.scores.append((t, score))
@@ -134,5 +138,5 @@ class Watcher:
             if w.armed and score >= cfg.on and t - w.last_alert_t >= cfg.cooldown_s:
                 w.armed = False
                 w.last_alert_t = t
-                alerts.append(Alert(t, w.condition, f"At {prompts.format_time(t)}: {observation.strip()}", score))
+                alerts.append(Fire(t, w.condition, score, ev))
         return alerts

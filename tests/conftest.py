@@ -22,8 +22,8 @@ BOTTLE = os.path.abspath(os.path.join(os.path.dirname(__file__), "data", "bottle
 
 @pytest.fixture(scope="session")
 def lite_backend():
-    from assistant.sessions import default_cache_dir
-    from reasoning.backends.lite import load_lite_backend
+    from assistant.store import default_cache_dir
+    from model.causal_lm import load_lite_backend
     return load_lite_backend(default_cache_dir())
 
 
@@ -51,7 +51,7 @@ def tiny_qwen(lite_tokenizer):
     """A tiny random Qwen2.5-VL (2 layers, width 64) with SmolLM2's tokenizer (ChatML tokens)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from reasoning.backends.qwen_vl import QwenVLBackend
+    from model.qwen_vl import QwenVLBackend
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config(len(lite_tokenizer))).eval()
     return QwenVLBackend(model, lite_tokenizer, "tiny-qwen2.5-vl", max_pixels=112 * 112)
@@ -77,7 +77,7 @@ def tiny_qwen3(lite_tokenizer):
     """A tiny random Qwen3-VL (deepstack into the first 2 LM layers) with SmolLM2's tokenizer."""
     from transformers import Qwen3VLForConditionalGeneration
 
-    from reasoning.backends.qwen_vl import QwenVLBackend
+    from model.qwen_vl import QwenVLBackend
     torch.manual_seed(0)
     model = Qwen3VLForConditionalGeneration(tiny_qwen3_config(len(lite_tokenizer))).eval()
     return QwenVLBackend(model, lite_tokenizer, "tiny-qwen3-vl", max_pixels=128 * 128)

@@ -1,9 +1,10 @@
 """The Onlooker terminal UI (Textual): live preview, chat, transcript, timeline, status.
 
-The app never calls the model. It talks to a session (tui.session) that runs the pipeline in its own
-threads: questions and commands go in through `session.submit`, runtime events come back through
-`post` (marshalled onto the UI thread with call_from_thread), and the status bar and preview poll
-snapshots the other threads leave behind. If the session dies, the app shows its error and exits 1.
+The app never calls the model and imports no other project package (but model.chunk's time format). It talks to a session
+(tui.protocol.SessionView) that runs in its own threads: questions and commands go in through
+`session.ask` / `session.command`, event records come back through `post` (marshalled onto the UI
+thread with call_from_thread), and the status bar and preview poll snapshots the other threads leave
+behind. If the session dies, the app shows its error and exits 1.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Label, ListItem, ListView, RichLog, Static
 
-from assistant.events import Answer, AnswerToken, Command, Question, SegmentSealed, TranscriptEvent
-from reasoning.prompts import format_time
-from reasoning.timing import Alert
+from model.chunk import format_time
+from tui.protocol import SessionView
 from tui.render import half_blocks
 
 HELP = """\
@@ -70,7 +70,7 @@ class OnlookerApp(App[int]):
                 Binding("ctrl+t", "focus_timeline", "Timeline"), Binding("a", "ask_segment", "Ask about segment",
                                                                          show=False)]
 
-    def __init__(self, session, preview_hz: float = 8.0) -> None:
+    def __init__(self, session: SessionView, preview_hz: float = 8.0) -> None:
         super().__init__()
         self.session = session
         self.preview_hz = preview_hz
@@ -103,47 +103,48 @@ class OnlookerApp(App[int]):
         self.refresh_status()
 
     # -- from the session's threads -------------------------------------------------------------
-    def post(self, event: Any) -> None:
+    def post(self, event: dict[str, Any]) -> None:
         try:
             self.call_from_thread(self.handle, event)
         except RuntimeError:        # the app is closing
             pass
 
-    def handle(self, event: Any) -> None:
+    def handle(self, event: dict[str, Any]) -> None:
         chat = self.query_one("#chat", RichLog)
-        if isinstance(event, AnswerToken):
-            self._answer[event.question_id] = self._answer.get(event.question_id, "") + event.text
-        elif isinstance(event, Answer):
-            self._answer.pop(event.question_id, None)
-            chat.write(Text.assemble(("Onlooker: ", "bold green"), event.text,
-                                     (f"  [{format_time(event.t)} · {event.ttft_ms:.0f} ms to first token]", "dim")))
-        elif isinstance(event, Alert):
-            chat.write(Text.assemble(("ALERT ", "bold white on red"), (f"({event.condition}) ", "bold red"),
-                                     event.text))
-        elif isinstance(event, TranscriptEvent):
-            self.query_one("#transcript", RichLog).write(f"[{format_time(event.t0)}] {event.text}")
-        elif isinstance(event, SegmentSealed):
-            self._add_segment(event.t0, event.t1, event.text)
-        elif isinstance(event, dict):
-            kind = event.get("type")
-            if kind == "question":
-                chat.write(Text.assemble(("you: ", "bold cyan"), event["question"],
-                                         (f"  [{format_time(event['t'])}]", "dim")))
-            elif kind == "search":
-                lines = [f"{format_time(r['t0'])}–{format_time(r['t1'])}  {r['text']}" for r in event["results"]]
-                chat.write(Text(f"search {event['query']!r}:\n" + ("\n".join(lines) or "  nothing found"),
-                                style="yellow"))
-            elif kind == "command":
-                chat.write(Text(f"/{event['kind']} {event['arg']}".strip() + f" → watching: "
-                                f"{', '.join(event['watches']) or 'nothing'}; muted: {event['muted']}", style="dim"))
-            elif kind == "interrupted":
-                chat.write(Text("(interrupted)", style="dim"))
-            elif kind == "narration":
-                chat.write(Text(event["text"], style="italic"))
-            elif kind == "session_error":
-                self.fail(event["error"])
-            elif kind == "session_ended":
-                chat.write(Text(f"stream ended: {event.get('summary', '')}", style="dim"))
+        kind = event.get("type")
+        if kind == "token":
+            qid = event["question_id"]
+            self._answer[qid] = self._answer.get(qid, "") + event["text"]
+        elif kind == "answer":
+            self._answer.clear()
+            chat.write(Text.assemble(("Onlooker: ", "bold green"), event["text"],
+                                     (f"  [{format_time(event['t'])} · {event['ttft_ms']:.0f} ms to first token]",
+                                      "dim")))
+        elif kind == "alert":
+            chat.write(Text.assemble(("ALERT ", "bold white on red"), (f"({event['condition']}) ", "bold red"),
+                                     event["text"]))
+        elif kind == "transcript":
+            self.query_one("#transcript", RichLog).write(f"[{format_time(event['t0'])}] {event['text']}")
+        elif kind == "segment_sealed":
+            self._add_segment(event["t0"], event["t1"], event["text"])
+        elif kind == "question":
+            chat.write(Text.assemble(("you: ", "bold cyan"), event["question"],
+                                     (f"  [{format_time(event['t'])}]", "dim")))
+        elif kind == "search":
+            lines = [f"{format_time(r['t0'])}–{format_time(r['t1'])}  {r['text']}" for r in event["results"]]
+            chat.write(Text(f"search {event['query']!r}:\n" + ("\n".join(lines) or "  nothing found"),
+                            style="yellow"))
+        elif kind == "command":
+            chat.write(Text(f"/{event['kind']} {event['arg']}".strip() + f" → watching: "
+                            f"{', '.join(event['watches']) or 'nothing'}; muted: {event['muted']}", style="dim"))
+        elif kind == "interrupted":
+            chat.write(Text("(interrupted)", style="dim"))
+        elif kind == "narration":
+            chat.write(Text(event["text"], style="italic"))
+        elif kind == "session_error":
+            self.fail(event["error"])
+        elif kind == "session_ended":
+            chat.write(Text(f"stream ended: {event.get('summary', '')}", style="dim"))
 
     def fail(self, error: str) -> None:
         self.error = error
@@ -166,11 +167,12 @@ class OnlookerApp(App[int]):
         def mb(k: str) -> str:
             return f"{s[k]:.0f}" if s.get(k) is not None else "-"
         kept = f"{s['kept_pct']:.0f}%" if s.get("kept_pct") is not None else "-"
+        behind = s.get("frames_dropped_behind") or 0
         ttft = f"{s['ttft_ms']:.0f} ms" if s.get("ttft_ms") is not None else "-"
         mic = s.get("mic_level")
         mic_s = "off" if mic is None else "▁▂▃▄▅▆▇█"[min(7, int(mic * 8))]
         line = (f" {s.get('source', '')} · {s.get('model', '')} · {format_time(s.get('stream_t', 0.0))} · "
-                f"{s.get('ingest_fps', 0.0):.1f} fps · dropped {s.get('frames_dropped', 0)} · tokens kept {kept} · "
+                f"{s.get('ingest_fps', 0.0):.1f} fps · dropped {s.get('frames_dropped', 0) + behind} · tokens kept {kept} · "
                 f"KV {mb('device_mb')}/{mb('host_mb')}/{mb('disk_mb')} MB · TTFT {ttft} · "
                 f"{s.get('state', 'starting')}{' (muted)' if s.get('muted') else ''} · mic {mic_s}")
         self.query_one("#status", Static).update(line)
@@ -184,7 +186,7 @@ class OnlookerApp(App[int]):
         if not text:
             return
         if not text.startswith("/"):
-            self.session.submit(Question(None, text))
+            self.session.ask(text)
             return
         cmd, _, arg = text[1:].partition(" ")
         arg = arg.strip()
@@ -195,7 +197,7 @@ class OnlookerApp(App[int]):
         elif cmd in ("watch", "search") and not arg:
             self.query_one("#chat", RichLog).write(Text(f"usage: /{cmd} TEXT", style="yellow"))
         elif cmd in ("watch", "unwatch", "search", "mute"):
-            self.session.submit(Command(cmd, arg))
+            self.session.command(cmd, arg)
         else:
             self.query_one("#chat", RichLog).write(Text(f"unknown command /{cmd}; /help lists them", style="yellow"))
 

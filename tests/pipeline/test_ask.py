@@ -7,11 +7,13 @@ import json
 import pytest
 
 from assistant.cli import main
-from assistant.events import ObservationEvent, StreamEnded
+from assistant.events import ObservationEvent, QuestionStarted, StreamEnded
+from assistant.output import to_record
 from assistant.runtime import Runtime
-from assistant.sessions import SessionStore
+from assistant.store import SessionStore
 from memory.config import MemoryConfig
-from memory.hierarchy import HierarchicalMemory
+from memory.manager import HierarchicalMemory
+from perception.observation import Observation
 from reasoning.config import ReasoningConfig
 
 WORDS = ["APPLE", "RIVER", "CANDLE", "FOREST", "PIANO", "MANGO", "ROCKET", "TIGER", "SILVER", "OCEAN"]
@@ -31,7 +33,7 @@ def stored_session(lite_backend, tmp_path, monkeypatch):
     rt = Runtime(lite_backend, mem, ReasoningConfig(max_new_tokens=32), out.append, store, sid,
                  asks=[(58.0, "What did the sign read at 0:20?")])
     for i, w in enumerate(WORDS):
-        rt.submit(ObservationEvent(6.0 * i + 1.0, f'Text on screen: "{w}".'))
+        rt.submit(ObservationEvent(Observation(6.0 * i + 1.0, f"{w}")))
     rt.submit(StreamEnded())
     rt.run()
     store.finish(sid, "{}")
@@ -40,7 +42,7 @@ def stored_session(lite_backend, tmp_path, monkeypatch):
 
 def test_live_question_about_the_past_is_answered_from_retrieved_memory(stored_session):
     store, sid, out = stored_session
-    q = next(e for e in out if isinstance(e, dict) and e.get("type") == "question")
+    q = next(to_record(e) for e in out if isinstance(e, QuestionStarted))
     assert q["time_ref"] == "point" and q["recalled_t"] == [19.0]
     assert [19.0, 25.0] in q["retrieved"]                     # placed back into the context from off the device
     answer = next(e for e in out if type(e).__name__ == "Answer")

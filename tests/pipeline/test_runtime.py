@@ -5,11 +5,22 @@ from __future__ import annotations
 import json
 
 from assistant.cli import DEMO_QUESTION, main
-from assistant.events import Answer, AnswerToken, ObservationEvent, Question, StreamEnded
+from assistant.events import (
+    Answer,
+    AnswerToken,
+    Narration,
+    ObservationEvent,
+    Question,
+    QuestionStarted,
+    StreamEnded,
+)
+from assistant.output import to_record
 from assistant.runtime import Runtime
 from memory.config import MemoryConfig
-from memory.hierarchy import HierarchicalMemory
+from memory.manager import HierarchicalMemory
+from perception.observation import Observation
 from perception.synthetic import SyntheticScene
+from reasoning import prompts
 from reasoning.config import ReasoningConfig
 from tests.conftest import BOTTLE
 
@@ -24,16 +35,16 @@ def _runtime(backend, asks=None, tokens_per_step=2):
 def test_scheduled_question_sees_the_stream_up_to_its_time(lite_backend):
     rt, out = _runtime(lite_backend, asks=[(9.0, DEMO_QUESTION)])
     for t, w in [(0.0, "APPLE"), (8.0, "RIVER"), (16.0, "TIGER")]:
-        rt.submit(ObservationEvent(t, f'Text on screen: "{w}".'))
+        rt.submit(ObservationEvent(Observation(t, f"{w}")))
     rt.submit(StreamEnded())
     while not rt.finished:
         rt.step()
     answers = [e for e in out if isinstance(e, Answer)]
     assert len(answers) == 1 and answers[0].t == 9.0 and answers[0].text
-    started = next(e for e in out if isinstance(e, dict) and e.get("type") == "question")
+    started = next(to_record(e) for e in out if isinstance(e, QuestionStarted))
     # asked at 9 s: the context holds the sink and the observations at 0 s and 8 s, not the one at 16 s
-    sink = lite_backend.system_chunk().num_tokens
-    obs = [lite_backend.observation_chunk(t, f'Text on screen: "{w}".').num_tokens
+    sink = prompts.system_chunk(lite_backend).num_tokens
+    obs = [prompts.text_observation_chunk(lite_backend, t, f'Text on screen: "{w}".').num_tokens
            for t, w in [(0.0, "APPLE"), (8.0, "RIVER")]]
     assert started["context_tokens"] == sink + sum(obs) and started["latest_observation_t"] == 8.0
     assert rt.summary()["questions"] == 1 and rt.summary()["observations"] == 3
@@ -42,11 +53,11 @@ def test_scheduled_question_sees_the_stream_up_to_its_time(lite_backend):
 def test_ingest_interleaves_with_decoding(lite_backend):
     """An answer in flight never holds up the stream: frames are ingested between its decode steps."""
     rt, out = _runtime(lite_backend, tokens_per_step=1)
-    rt.submit(ObservationEvent(0.0, 'Text on screen: "APPLE".'))
+    rt.submit(ObservationEvent(Observation(0.0, "APPLE")))
     rt.step()
     rt.submit(Question(1.0, "Describe the scene in detail."))
     for i in range(1, 6):
-        rt.submit(ObservationEvent(1.0 + i, f'Text on screen: "WORD{i}".'))
+        rt.submit(ObservationEvent(Observation(1.0 + i, f"WORD{i}")))
     rt.submit(StreamEnded())
     while not rt.finished:
         rt.step()
@@ -114,7 +125,7 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, tmp_path, monkeypatch):
 
 
 def test_missing_lite_model_names_the_command(capsys, monkeypatch, tmp_path):
-    import reasoning.backends.lite as lite
+    import model.causal_lm as lite
     monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("ONLOOKER_CACHE_DIR", str(tmp_path / "cache"))   # nothing converted there
     monkeypatch.setattr(lite, "lite_package_dir", lambda: None)        # and no package installed
@@ -140,26 +151,26 @@ def test_vlm_backend_from_a_local_path_runs_the_frame_path(capsys, monkeypatch, 
     assert s["frames_sampled"] == 12 and s["observations"] == 6       # frames go in as pairs
     assert s["visual_groups"] == 6 and s["vit_groups"] + s["vit_reused_groups"] == 6
     assert 0 < s["visual_tokens_kept_pct"] <= 100
-    assert started["context_tokens"] > tiny_qwen.system_chunk().num_tokens
+    assert started["context_tokens"] > prompts.system_chunk(tiny_qwen).num_tokens
 
 
 def test_watch_alerts_once_at_the_stream_time_it_is_seen(lite_backend):
-    from reasoning.timing import Alert
+    from assistant.events import Alert
     out: list = []
     rt = Runtime(lite_backend, HierarchicalMemory(lite_backend, MemoryConfig()), ReasoningConfig(max_new_tokens=8),
                  out.append, watches=['the sign says "STOP"'], narrate=True)
     for t, w in [(0.0, "GO"), (3.0, "STOP"), (4.0, "STOP"), (9.0, "GO"), (20.0, "STOP")]:
-        rt.submit(ObservationEvent(t, f'Text on screen: "{w}".'))
+        rt.submit(ObservationEvent(Observation(t, f"{w}")))
     rt.submit(Question(4.5, "Describe the scene in detail."))
     rt.submit(StreamEnded())
     while not rt.finished:
         rt.step()
     alerts = [e for e in out if isinstance(e, Alert)]
     assert [a.t for a in alerts] == [3.0, 20.0] and "STOP" in alerts[0].text
-    from assistant.output import event_record
-    rec = event_record(alerts[0])
+    from assistant.output import to_record
+    rec = to_record(alerts[0])
     assert rec["type"] == "alert" and rec["t"] == 3.0 and rec["condition"] == 'the sign says "STOP"'
-    narr = [e["t"] for e in out if isinstance(e, dict) and e.get("type") == "narration"]
+    narr = [e.t for e in out if isinstance(e, Narration)]
     assert narr == [0.0, 3.0, 9.0, 20.0]                    # new text only; the repeat at 4 s says nothing
     s = rt.summary()
     assert s["alerts"] == 2 and s["probe_ms_median"] > 0 and "max_ingest_stall_answering_ms" in s
@@ -176,18 +187,18 @@ def test_bench_timing_smallest_run(tmp_path, capsys):
 
 def test_heard_speech_is_remembered_and_a_wake_word_asks(lite_backend):
     from assistant.events import TranscriptEvent
-    from assistant.output import event_record
+    from assistant.output import to_record
     out: list = []
     rt = Runtime(lite_backend, HierarchicalMemory(lite_backend, MemoryConfig()), ReasoningConfig(max_new_tokens=8),
                  out.append)
-    rt.submit(ObservationEvent(0.0, 'Text on screen: "TIGER".'))
+    rt.submit(ObservationEvent(Observation(0.0, "TIGER")))
     rt.submit(TranscriptEvent(1.0, 2.5, "The delivery is at noon."))
     rt.submit(TranscriptEvent(4.0, 5.2, "Onlooker, what is on the sign?"))
     rt.submit(TranscriptEvent(6.0, 7.0, "Lunch is in the fridge."))
     rt.submit(StreamEnded())
     while not rt.finished:
         rt.step()
-    records = [r for r in map(event_record, out) if r]
+    records = [r for r in map(to_record, out) if r]
     heard = [r for r in records if r["type"] == "transcript"]
     assert [h["text"] for h in heard] == ["The delivery is at noon.", "Onlooker, what is on the sign?",
                                           "Lunch is in the fridge."]

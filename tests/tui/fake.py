@@ -1,12 +1,10 @@
-"""A session without a model: answers and results come back on another thread, like the real one."""
+"""A session without a model: event records come back on another thread, like the real one."""
 
 from __future__ import annotations
 
 import threading
 
-from assistant.events import Answer, AnswerToken, Command, Question, SegmentSealed, TranscriptEvent
 from perception.synthetic import SyntheticScene
-from reasoning.timing import Alert
 
 
 class FakeSession:
@@ -27,31 +25,35 @@ class FakeSession:
 
     def start(self, post) -> None:
         self.post = post
-        events = [SegmentSealed(0.0, 4.0, '[0:00] Text on screen: "APPLE".', 12, 12, "host"),
-                  SegmentSealed(4.0, 8.0, '[0:04] Text on screen: "RIVER".', 12, 12, "host"),
-                  TranscriptEvent(5.0, 6.2, "The delivery is at noon.")]
+        events = [{"type": "segment_sealed", "t0": 0.0, "t1": 4.0, "text": '[0:00] Text on screen: "APPLE".'},
+                  {"type": "segment_sealed", "t0": 4.0, "t1": 8.0, "text": '[0:04] Text on screen: "RIVER".'},
+                  {"type": "transcript", "t0": 5.0, "t1": 6.2, "text": "The delivery is at noon."}]
         if self.fail:
             self.error = self.fail
             events.append({"type": "session_error", "error": self.fail})
         self._later(*events)
 
-    def submit(self, event) -> None:
-        self.submitted.append(event)
-        if isinstance(event, Question):
-            self._qid += 1
-            q = self._qid
-            self._later({"type": "question", "t": 9.0, "question": event.text},
-                        AnswerToken(q, "The sign "), AnswerToken(q, "reads RIVER."),
-                        Answer(q, 9.0, event.text, "The sign reads RIVER.", 120.0, 300.0))
-        elif isinstance(event, Command) and event.kind == "search":
-            self._later({"type": "search", "query": event.arg,
+    def ask(self, text: str) -> None:
+        self.submitted.append(("ask", text))
+        self._qid += 1
+        q = self._qid
+        self._later({"type": "question", "t": 9.0, "question": text},
+                    {"type": "token", "question_id": q, "text": "The sign "},
+                    {"type": "token", "question_id": q, "text": "reads RIVER."},
+                    {"type": "answer", "t": 9.0, "question": text, "text": "The sign reads RIVER.", "ttft_ms": 120.0,
+                     "total_ms": 300.0})
+
+    def command(self, kind: str, arg: str) -> None:
+        self.submitted.append((kind, arg))
+        if kind == "search":
+            self._later({"type": "search", "query": arg,
                          "results": [{"t0": 4.0, "t1": 8.0, "text": '[0:04] Text on screen: "RIVER".'}]})
-        elif isinstance(event, Command):
-            watches = [event.arg] if event.kind == "watch" else []
-            self._later({"type": "command", "kind": event.kind, "arg": event.arg, "watches": watches,
-                         "muted": event.kind == "mute"})
-            if event.kind == "watch":
-                self._later(Alert(10.0, event.arg, 'At 0:10: Text on screen: "STOP".', 0.9))
+            return
+        watches = [arg] if kind == "watch" else []
+        self._later({"type": "command", "kind": kind, "arg": arg, "watches": watches, "muted": kind == "mute"})
+        if kind == "watch":
+            self._later({"type": "alert", "t": 10.0, "condition": arg, "text": 'At 0:10: Text on screen: "STOP".',
+                         "score": 0.9})
 
     def status(self) -> dict:
         return {"source": "synthetic:short", "model": "fake", "stream_t": 9.0, "ingest_fps": 1.0,

@@ -6,12 +6,15 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from kernels.reference import rope_shift_ref as rope_shift
 from memory.config import MemoryConfig
-from memory.hierarchy import HierarchicalMemory
+from memory.kv_cache import fork_cache
+from memory.manager import HierarchicalMemory
+from model.chunk import Chunk, concat_chunks
+from model.qwen_vl import patchify
 from perception.synthetic import SyntheticScene
+from reasoning import prompts
 from reasoning.answerer import AnswerJob
-from reasoning.backends.base import Chunk, concat_chunks, fork_cache, rope_shift
-from reasoning.backends.qwen_vl import patchify
 
 
 def _ingest(backend, chunks):
@@ -29,9 +32,9 @@ def _concat(chunks: list[Chunk], backend) -> Chunk:
 
 def _qwen_chunks(backend):
     scene = SyntheticScene("short")
-    return [backend.system_chunk(), backend.frame_chunk(scene.render(0), 0.0),
-            backend.observation_chunk(0.5, 'Text on screen: "TIGER".'), backend.frame_chunk(scene.render(10), 2.0),
-            backend.frame_chunk(scene.render(20), 4.0), backend.question_chunk(4.0, "What is on the sign?")]
+    return [prompts.system_chunk(backend), backend.frame_chunk(scene.render(0), 0.0),
+            prompts.text_observation_chunk(backend, 0.5, 'Text on screen: "TIGER".'), backend.frame_chunk(scene.render(10), 2.0),
+            backend.frame_chunk(scene.render(20), 4.0), prompts.question_chunk(backend, 4.0, "What is on the sign?")]
 
 
 def test_qwen_chunked_ingest_equals_full_prefill(tiny_qwen):
@@ -64,7 +67,7 @@ def test_qwen3_vl_chunked_ingest_matches_transformers_full_forward(tiny_qwen3):
     chunks = _qwen_chunks(b)
     assert chunks[1].deepstack is not None and len(chunks[1].deepstack) == 2
     chunked, _ = _ingest(b, chunks)
-    from reasoning.backends.base import concat_chunks
+    from model.chunk import concat_chunks
     one, _ = _ingest(b, [concat_chunks(chunks, b._embed)])
     torch.testing.assert_close(chunked, one, rtol=1e-5, atol=1e-5)
     scene = SyntheticScene("short")
@@ -78,9 +81,9 @@ def test_qwen3_vl_chunked_ingest_matches_transformers_full_forward(tiny_qwen3):
 
 def test_lite_chunked_ingest_equals_full_prefill(lite_backend):
     b = lite_backend
-    chunks = [b.system_chunk()] + [b.observation_chunk(t, f'Text on screen: "{w}".')
+    chunks = [prompts.system_chunk(b)] + [prompts.text_observation_chunk(b, t, f'Text on screen: "{w}".')
                                    for t, w in [(0, "APPLE"), (8, "RIVER"), (16, "TIGER")]]
-    chunks.append(b.question_chunk(17.0, "What word is on the sign?"))
+    chunks.append(prompts.question_chunk(b, 17.0, "What word is on the sign?"))
     chunked, _ = _ingest(b, chunks)
     full, _ = _ingest(b, [_concat(chunks, b)])
     torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-4)
@@ -88,7 +91,7 @@ def test_lite_chunked_ingest_equals_full_prefill(lite_backend):
 
 def test_rope_shift_moves_keys_exactly(lite_backend, tiny_qwen):
     for b in (lite_backend, tiny_qwen):
-        chunk = b.observation_chunk(3.0, 'Text on screen: "LEMON".')
+        chunk = prompts.text_observation_chunk(b, 3.0, 'Text on screen: "LEMON".')
         at_0, at_40 = DynamicCache(), DynamicCache()
         b.prefill(chunk, at_0, 0)
         b.prefill(chunk, at_40, 40)
@@ -100,12 +103,12 @@ def test_rope_shift_moves_keys_exactly(lite_backend, tiny_qwen):
 def test_window_evicts_oldest_and_repositions(lite_backend):
     b = lite_backend
     mem = HierarchicalMemory(b, MemoryConfig(window_tokens=40, positions="contiguous", segment_seconds=1.0))
-    mem.set_sink(b.system_chunk())
+    mem.set_sink(prompts.system_chunk(b))
     sink_keys = [layer.keys.clone() for layer in mem.cache.layers]
     evicted = []
     words = ["APPLE", "RIVER", "TIGER", "PIANO", "LEMON", "CASTLE"]
     for i, w in enumerate(words):
-        evicted += mem.append(b.observation_chunk(i * 4.0, f'Text on screen: "{w}".')).sealed
+        evicted += mem.append(prompts.text_observation_chunk(b, i * 4.0, f'Text on screen: "{w}".')).sealed
     assert [r.text.split('"')[1] for r in evicted] == words[: len(evicted)] and len(evicted) >= 2
     assert mem.window_tokens <= 40 and mem.stats.segments_sealed == len(evicted)
     assert [s.t1 for s in evicted] == [s.t0 + 4.0 for s in evicted]     # a segment lasts until the next one
@@ -115,7 +118,7 @@ def test_window_evicts_oldest_and_repositions(lite_backend):
         torch.testing.assert_close(layer.keys[:, :, : before.shape[2]], before)   # the sink is untouched
     # the re-positioned window is the same cache one gets by prefilling the kept chunks right after the sink
     fresh = HierarchicalMemory(b, MemoryConfig(window_tokens=10_000))
-    fresh.set_sink(b.system_chunk())
+    fresh.set_sink(prompts.system_chunk(b))
     for w in mem.window:
         for r in w.chunks:
             fresh.append(b.text_chunk(r.kind, r.text, r.t0, r.t1))
@@ -126,23 +129,23 @@ def test_window_evicts_oldest_and_repositions(lite_backend):
 def test_fork_is_isolated(lite_backend):
     b = lite_backend
     mem = HierarchicalMemory(b, MemoryConfig())
-    mem.set_sink(b.system_chunk())
+    mem.set_sink(prompts.system_chunk(b))
     view = mem.context()
     n = view.num_tokens
-    b.prefill(b.question_chunk(0.0, "hi"), view.cache, view.next_pos)
+    b.prefill(prompts.question_chunk(b, 0.0, "hi"), view.cache, view.next_pos)
     assert mem.num_tokens == n and view.cache.get_seq_length() > n
-    mem.append(b.observation_chunk(1.0, "No text on screen."))
+    mem.append(prompts.text_observation_chunk(b, 1.0, "No text on screen."))
     assert fork_cache(mem.cache).get_seq_length() == mem.num_tokens
 
 
 def test_answer_through_common_interface(lite_backend, tiny_qwen):
     scene = SyntheticScene("short")
-    for b, chunk in ((lite_backend, lite_backend.observation_chunk(1.0, 'Text on screen: "PIANO".')),
+    for b, chunk in ((lite_backend, prompts.text_observation_chunk(lite_backend, 1.0, 'Text on screen: "PIANO".')),
                      (tiny_qwen, tiny_qwen.frame_chunk(scene.render(0), 0.0))):
         mem = HierarchicalMemory(b, MemoryConfig())
-        mem.set_sink(b.system_chunk())
+        mem.set_sink(prompts.system_chunk(b))
         mem.append(chunk)
-        job = AnswerJob(b, mem.context(), b.question_chunk(1.0, "What word is on the sign?",
+        job = AnswerJob(b, mem.context(), prompts.question_chunk(b, 1.0, "What word is on the sign?",
                                                            (1.0, 'Text on screen: "PIANO".')), 8)
         pieces = []
         while not job.done:

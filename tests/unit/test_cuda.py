@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from reasoning import prompts
 from tests.conftest import tiny_qwen_config
 
 pytestmark = pytest.mark.cuda
@@ -18,7 +19,7 @@ def _tokenizer():
     from transformers import AutoTokenizer
     path = os.environ.get("ONLOOKER_TEST_TOKENIZER")
     if not path:
-        from assistant.sessions import default_cache_dir
+        from assistant.store import default_cache_dir
         path = str(default_cache_dir() / "models" / "smollm2-135m-instruct")
     if not os.path.isdir(path):
         pytest.skip("no ChatML tokenizer: set ONLOOKER_TEST_TOKENIZER or run onlooker download lite")
@@ -31,7 +32,7 @@ def gpu_qwen():
         pytest.skip("no CUDA GPU")
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from reasoning.backends.qwen_vl import QwenVLBackend
+    from model.qwen_vl import QwenVLBackend
     tok = _tokenizer()
     torch.manual_seed(0)
     cfg = tiny_qwen_config(len(tok))
@@ -58,7 +59,7 @@ def test_gpu_batched_ingest_matches_one_group_at_a_time(gpu_qwen):
     results = []
     for chunks in (a, c):
         cache, pos, logits = DynamicCache(), 0, None
-        for ch in [b.system_chunk(), *chunks]:
+        for ch in [prompts.system_chunk(b), *chunks]:
             logits = b.prefill(ch, cache, pos)
             pos += ch.pos_span
         results.append(logits)
@@ -70,18 +71,18 @@ def test_gpu_hierarchy_seals_to_host_and_restores_exactly(gpu_qwen, tmp_path):
     """Everything retrieved, nothing pruned: the assembled context gives the full-context logits, with the
     sealed KV moved to the host, spilled to disk and moved back (bf16 round trip is exact)."""
     from memory.config import MemoryConfig
-    from memory.hierarchy import HierarchicalMemory
+    from memory.manager import HierarchicalMemory
     b = gpu_qwen
     chunks = [b.frame_chunk(f, t) for f, t in _frames(6)]
-    question = b.question_chunk(5.0, "What was on the sign at 0:01?")
+    question = prompts.question_chunk(b, 5.0, "What was on the sign at 0:01?")
     cache, pos = DynamicCache(), 0
-    for ch in [b.system_chunk(), *chunks]:
+    for ch in [prompts.system_chunk(b), *chunks]:
         b.prefill(ch, cache, pos)
         pos += ch.pos_span
     ref = b.prefill(question, cache, pos)
     mem = HierarchicalMemory(b, MemoryConfig(window_tokens=10_000, host_mb=0.0, segment_seconds=0.1),
                              spill_dir=tmp_path / "kv")
-    mem.set_sink(b.system_chunk())
+    mem.set_sink(prompts.system_chunk(b))
     for ch in chunks:
         mem.append(ch)
     total = mem.window_tokens
@@ -98,10 +99,10 @@ def test_gpu_hierarchy_seals_to_host_and_restores_exactly(gpu_qwen, tmp_path):
 
 def test_gpu_int8_sealing_happens_on_the_device(gpu_qwen):
     from memory.config import MemoryConfig
-    from memory.hierarchy import HierarchicalMemory
+    from memory.manager import HierarchicalMemory
     b = gpu_qwen
     mem = HierarchicalMemory(b, MemoryConfig(window_tokens=64, quantize=True, segment_seconds=0.1))
-    mem.set_sink(b.system_chunk())
+    mem.set_sink(prompts.system_chunk(b))
     for f, t in _frames(6):
         mem.append(b.frame_chunk(f, t))
     seg = mem.segments[0]
@@ -115,8 +116,8 @@ def test_gpu_qwen3_vl_deepstack_chunk_prefills_in_bf16(tmp_path):
         pytest.skip("no CUDA GPU")
     from transformers import Qwen3VLForConditionalGeneration
 
+    from model.qwen_vl import QwenVLBackend
     from perception.visual import VisualConfig, VisualStream
-    from reasoning.backends.qwen_vl import QwenVLBackend
     from tests.conftest import tiny_qwen3_config
     tok = _tokenizer()
     torch.manual_seed(0)

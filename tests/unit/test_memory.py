@@ -11,23 +11,25 @@ import torch
 from transformers import DynamicCache
 
 from memory.config import MemoryConfig
-from memory.hierarchy import HierarchicalMemory, segments_from_files, segments_from_index
 from memory.index import SegmentIndex
+from memory.manager import HierarchicalMemory
 from memory.retrieval import Candidate, lexical_scores, retrieve
 from memory.segments import dequantize_int8, prune_by_value_norm, quantize_int8, read_segment_kv
+from memory.stored import open_stored, segments_from_files, segments_from_index
 from memory.timeref import TimeRef, parse_time_ref
 from perception.synthetic import SyntheticScene
+from reasoning import prompts
 
 WORDS = ["APPLE", "RIVER", "CANDLE", "FOREST", "PIANO", "MANGO", "ROCKET", "TIGER", "SILVER", "OCEAN"]
 
 
 def _obs_chunks(b, words=WORDS, dt=5.0):
-    return [b.observation_chunk(dt * i, f'Text on screen: "{w}".') for i, w in enumerate(words)]
+    return [prompts.text_observation_chunk(b, dt * i, f'Text on screen: "{w}".') for i, w in enumerate(words)]
 
 
 def _full_logits(b, chunks, question):
     cache, pos = DynamicCache(), 0
-    for c in [b.system_chunk(), *chunks]:
+    for c in [prompts.system_chunk(b), *chunks]:
         b.prefill(c, cache, pos)
         pos += c.pos_span
     return b.prefill(question, cache, pos)
@@ -37,7 +39,7 @@ def _staged_memory(b, chunks, cfg, tmp_path):
     """Ingest everything with a window large enough to hold it (so every chunk's KV is the full-context KV),
     then seal it in stages, each stage re-positioning what is left, then flush: every segment has moved."""
     mem = HierarchicalMemory(b, cfg, spill_dir=tmp_path / "kv")
-    mem.set_sink(b.system_chunk())
+    mem.set_sink(prompts.system_chunk(b))
     for c in chunks:
         mem.append(c)
     total = mem.window_tokens
@@ -53,7 +55,7 @@ def _staged_memory(b, chunks, cfg, tmp_path):
 def test_everything_retrieved_equals_full_context_lite(lite_backend, tmp_path, positions, host_mb):
     b = lite_backend
     chunks = _obs_chunks(b)
-    question = b.question_chunk(60.0, "What did the sign read at 0:25?")
+    question = prompts.question_chunk(b, 60.0, "What did the sign read at 0:25?")
     ref = _full_logits(b, chunks, question)
     mem = _staged_memory(b, chunks, MemoryConfig(window_tokens=10_000, positions=positions, host_mb=host_mb,
                                                  segment_seconds=1.0), tmp_path)
@@ -72,7 +74,7 @@ def test_everything_retrieved_equals_full_context_qwen_frames(tiny_qwen, tmp_pat
     b = tiny_qwen
     scene = SyntheticScene("short")
     chunks = [b.frame_chunk(scene.render(i * 5), i * 1.0) for i in range(6)]
-    question = b.question_chunk(9.0, "What word was on the sign at 0:02?")
+    question = prompts.question_chunk(b, 9.0, "What word was on the sign at 0:02?")
     ref = _full_logits(b, chunks, question)
     mem = _staged_memory(b, chunks, MemoryConfig(window_tokens=10_000, positions=positions, host_mb=0.0,
                                                  segment_seconds=1.0), tmp_path)
@@ -87,10 +89,10 @@ def test_streaming_window_keeps_device_flat_and_counts_every_move(lite_backend, 
     seg_mb = 16 * b.kv_bytes_per_token() / (1 << 20)                   # about one observation
     cfg = MemoryConfig(window_tokens=48, segment_seconds=1.0, host_mb=3 * seg_mb, disk_mb=8 * seg_mb)
     mem = HierarchicalMemory(b, cfg, index=index, spill_dir=tmp_path / "kv")
-    mem.set_sink(b.system_chunk())
+    mem.set_sink(prompts.system_chunk(b))
     device = []
     for i in range(30):
-        mem.append(b.observation_chunk(2.0 * i, f'Text on screen: "WORD{i}".'))
+        mem.append(prompts.text_observation_chunk(b, 2.0 * i, f'Text on screen: "WORD{i}".'))
         device.append(mem.device_bytes())
     per_token = b.kv_bytes_per_token()
     assert max(device) <= (mem.sink_tokens + 48 + 20) * per_token        # flat: sink + window (+ one segment)
@@ -114,7 +116,7 @@ def test_streaming_window_keeps_device_flat_and_counts_every_move(lite_backend, 
 def test_int8_and_pruning_compress_and_stay_close(lite_backend, tmp_path):
     b = lite_backend
     chunks = _obs_chunks(b)
-    question = b.question_chunk(60.0, "What did the sign read at 0:25?")
+    question = prompts.question_chunk(b, 60.0, "What did the sign read at 0:25?")
     ref = _full_logits(b, chunks, question)
     plain = _staged_memory(b, chunks, MemoryConfig(window_tokens=10_000, segment_seconds=1.0), tmp_path / "a")
     small = _staged_memory(b, chunks, MemoryConfig(window_tokens=10_000, segment_seconds=1.0, quantize=True,
@@ -163,13 +165,13 @@ def test_index_roundtrip_rebuilds_a_memory(lite_backend, tmp_path):
     index = SegmentIndex(sqlite_utils.Database(tmp_path / "i.db"), "s")
     mem = HierarchicalMemory(b, MemoryConfig(window_tokens=40, segment_seconds=1.0), index=index,
                              spill_dir=tmp_path / "kv")
-    mem.set_sink(b.system_chunk())
+    mem.set_sink(prompts.system_chunk(b))
     for c in _obs_chunks(b):
         mem.append(c)
     mem.flush(50.0)
     segs = segments_from_index(index, b.kv_shape)
     assert [(s.t0, s.t1, s.text) for s in segs] == [(s.t0, s.t1, s.text) for s in mem.segments]
-    again = HierarchicalMemory.from_segments(b, MemoryConfig(), segs)
+    again = open_stored(b, MemoryConfig(), segs, prompts.system_chunk(b))
     view = again.context("What did the sign read at 0:27?", 50.0)
     assert view.retrieval is not None and [c.t0 for c in view.retrieval.recalled] == [25.0]
     assert 25.0 in [s.t0 for s in view.placed]
@@ -242,9 +244,9 @@ def test_model_qk_and_embedding_signals_rank_the_matching_segment(lite_backend):
     from memory.embed import load_embedder
     b = lite_backend
     mem = HierarchicalMemory(b, MemoryConfig(window_tokens=16, segment_seconds=1.0, use_embeddings=False))
-    mem.set_sink(b.system_chunk())
+    mem.set_sink(prompts.system_chunk(b))
     for i, t in enumerate(QK_TEXTS):
-        mem.append(b.observation_chunk(5.0 * i, t))
+        mem.append(prompts.text_observation_chunk(b, 5.0 * i, t))
     mem.flush(50.0)
     cands = mem.candidates()
     ranks = []
@@ -266,7 +268,7 @@ def test_model_qk_and_embedding_signals_rank_the_matching_segment(lite_backend):
 def test_out_of_device_memory_undoes_the_append_shrinks_the_window_and_goes_on(lite_backend, monkeypatch):
     b = lite_backend
     mem = HierarchicalMemory(b, MemoryConfig(window_tokens=200, segment_seconds=1.0))
-    mem.set_sink(b.system_chunk())
+    mem.set_sink(prompts.system_chunk(b))
     for c in _obs_chunks(b):
         mem.append(c)
     real = b.prefill_keys
@@ -283,7 +285,7 @@ def test_out_of_device_memory_undoes_the_append_shrinks_the_window_and_goes_on(l
 
     monkeypatch.setattr(b, "prefill_keys", oom_once)
     sealed_before = mem.stats.segments_sealed
-    mem.append(b.observation_chunk(60.0, 'Text on screen: "LAST".'))
+    mem.append(prompts.text_observation_chunk(b, 60.0, 'Text on screen: "LAST".'))
     assert len(calls) == 2 and mem.stats.oom_shrinks == 1 and mem.window_budget == 100
     assert mem.stats.segments_sealed > sealed_before and mem.window_tokens <= 100
     lengths = {layer.keys.shape[2] for layer in mem.cache.layers}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from assistant.queues import CLOSED, FrameQueue
-from assistant.sessions import SessionNotFound, SessionStore
+from assistant.store import SessionNotFound, SessionStore
 from memory.segments import Segment
 
 

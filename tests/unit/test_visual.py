@@ -6,14 +6,15 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from model.chunk import concat_chunks
 from perception.synthetic import SyntheticScene
 from perception.visual import VisualConfig, VisualStream
-from reasoning.backends.base import concat_chunks
+from reasoning import prompts
 
 
 def _prefill_all(b, chunks):
     cache, pos, logits = DynamicCache(), 0, None
-    for c in [b.system_chunk(), *chunks]:
+    for c in [prompts.system_chunk(b), *chunks]:
         logits = b.prefill(c, cache, pos)
         pos += c.pos_span
     return logits, pos

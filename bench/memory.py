@@ -33,9 +33,10 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm import tqdm
 
-from assistant.bench_common import write_rows
+from bench.common import write_rows
 from memory.config import MemoryConfig
-from memory.hierarchy import HierarchicalMemory
+from memory.manager import HierarchicalMemory
+from reasoning import prompts
 from reasoning.answerer import AnswerJob
 from reasoning.prompts import format_time
 
@@ -127,10 +128,10 @@ def configurations(window: int) -> dict[str, MemoryConfig]:
 def run_config(name: str, cfg: MemoryConfig, backend, embedder, stream, probes, now: float,
                max_new_tokens: int) -> dict:
     mem = HierarchicalMemory(backend, cfg, embedder=embedder if cfg.retrieval else None, label=name)
-    mem.set_sink(backend.system_chunk())
+    mem.set_sink(prompts.system_chunk(backend))
     t_start = time.monotonic()
     for t, w in tqdm(stream, desc=f"{name}: ingest", unit="obs", file=sys.stderr, leave=False):
-        mem.append(backend.observation_chunk(t, observation(w)))
+        mem.append(prompts.text_observation_chunk(backend, t, observation(w)))
     ingest_s = time.monotonic() - t_start
     resident_device = mem.device_bytes()
     hits, recalled_hits, ttft, total = [], [], [], []
@@ -141,7 +142,7 @@ def run_config(name: str, cfg: MemoryConfig, backend, embedder, stream, probes, 
         view = mem.context(p.question, now) if cfg.retrieval else mem.context()
         r = view.retrieval
         recalled = [(c.t0, c.text) for c in r.recalled] if r is not None and cfg.restate else []
-        chunk = backend.question_chunk(now, p.question, None, recalled)
+        chunk = prompts.question_chunk(backend, now, p.question, None, recalled)
         job = AnswerJob(backend, view, chunk, max_new_tokens, asked_at=asked)
         while not job.done:
             job.step(16)
@@ -184,9 +185,9 @@ def run_config(name: str, cfg: MemoryConfig, backend, embedder, stream, probes, 
 
 
 def run_memory_bench(args) -> int:
-    from assistant.sessions import default_cache_dir
+    from assistant.store import default_cache_dir
     from memory.embed import load_embedder
-    from reasoning.backends.lite import load_lite_backend
+    from model.causal_lm import load_lite_backend
 
     if args.observations < 20 or args.questions < 1:
         raise ValueError("bench memory needs --observations >= 20 and --questions >= 1")
@@ -201,7 +202,7 @@ def run_memory_bench(args) -> int:
     unknown = [n for n in names if n not in configs]
     if unknown:
         raise ValueError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(configs)}")
-    tokens = sum(backend.observation_chunk(t, observation(w)).num_tokens for t, w in stream)
+    tokens = sum(prompts.text_observation_chunk(backend, t, observation(w)).num_tokens for t, w in stream)
     header = (f"bench memory: SmolLM2-135M-Instruct (CPU, {torch.get_num_threads()} threads, {platform.machine()}), "
               f"{len(stream)} observations ({tokens} tokens, {format_time(now)} of stream), {len(probes)} questions, "
               f"window {args.window} tokens, seed {args.seed}")

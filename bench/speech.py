@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-from assistant.bench_common import write_rows
+from bench.common import write_rows
+from reasoning import prompts
 
 QUESTIONS = [
     "Onlooker, what word is on the sign?",
@@ -38,22 +39,22 @@ QUESTIONS = [
 
 
 def run_speech_bench(args) -> int:
-    from assistant.sessions import default_cache_dir
     from assistant.speech_out import OUT_RATE, SentenceSplitter, Synthesizer
+    from assistant.store import default_cache_dir
     from memory.config import MemoryConfig
-    from memory.hierarchy import HierarchicalMemory
+    from memory.manager import HierarchicalMemory
+    from model.causal_lm import load_lite_backend
     from perception.audio import SAMPLE_RATE, blocks, resample
     from perception.speech import Transcriber, VadSegmenter, addressed_question, wake_question, whisper_dir
     from reasoning.answerer import AnswerJob
-    from reasoning.backends.lite import load_lite_backend
 
     backend = load_lite_backend(default_cache_dir())
     transcriber = Transcriber(whisper_dir(default_cache_dir()))
     synth = Synthesizer()
     mem = HierarchicalMemory(backend, MemoryConfig(use_embeddings=False))
-    mem.set_sink(backend.system_chunk())
+    mem.set_sink(prompts.system_chunk(backend))
     for i, w in enumerate(["APPLE", "TIGER", "LEMON", "RIVER", "PIANO"]):
-        mem.append(backend.observation_chunk(8.0 * i, f'Text on screen: "{w}".' + (" 1 person visible." if i % 2
+        mem.append(prompts.text_observation_chunk(backend, 8.0 * i, f'Text on screen: "{w}".' + (" 1 person visible." if i % 2
                                                                                      else "")))
     now = 40.0
     rows = []
@@ -81,7 +82,7 @@ def run_speech_bench(args) -> int:
         asr_ms = (time.monotonic() - t) * 1000
         question = addressed_question(heard) or heard
         t = time.monotonic()
-        job = AnswerJob(backend, mem.context(question, now), backend.question_chunk(now, question), 48, asked_at=t)
+        job = AnswerJob(backend, mem.context(question, now), prompts.question_chunk(backend, now, question), 48, asked_at=t)
         splitter = SentenceSplitter()
         first = None
         while not job.done and first is None:

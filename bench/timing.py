@@ -28,11 +28,12 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from assistant.bench_common import write_rows
 from assistant.events import ObservationEvent, StreamEnded
 from assistant.runtime import Runtime
+from bench.common import write_rows
 from memory.config import MemoryConfig
-from memory.hierarchy import HierarchicalMemory
+from memory.manager import HierarchicalMemory
+from reasoning import prompts
 from reasoning.answerer import AnswerJob
 from reasoning.config import ReasoningConfig
 from reasoning.prompts import probe_text
@@ -122,10 +123,10 @@ def run_watcher(backend, stream: Stream, evidence: bool) -> tuple[list[tuple[str
 
 def run_fixed_interval(backend, stream: Stream) -> tuple[list[tuple[str, float]], float]:
     mem = HierarchicalMemory(backend, MemoryConfig(window_tokens=512, use_embeddings=False))
-    mem.set_sink(backend.system_chunk())
+    mem.set_sink(prompts.system_chunk(backend))
     alerts, last_yes, times = [], dict.fromkeys(CONDITIONS, False), []
     for t, text in stream.observations:
-        mem.append(backend.observation_chunk(t, text))
+        mem.append(prompts.text_observation_chunk(backend, t, text))
         start = time.monotonic()
         for cond in CONDITIONS:
             job = AnswerJob(backend, mem.context(), backend.text_chunk("question", probe_text(t, cond), t, t), 3)
@@ -140,8 +141,8 @@ def run_fixed_interval(backend, stream: Stream) -> tuple[list[tuple[str, float]]
 
 
 def run_timing_bench(args) -> int:
-    from assistant.sessions import default_cache_dir
-    from reasoning.backends.lite import load_lite_backend
+    from assistant.store import default_cache_dir
+    from model.causal_lm import load_lite_backend
     backend = load_lite_backend(default_cache_dir())
     streams = [make_stream(args.seed + i, args.duration) for i in range(args.streams)]
     n_events = sum(len(v) for s in streams for v in s.events.values())

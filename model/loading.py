@@ -1,4 +1,4 @@
-"""Backend selection: `--model lite | HUB_ID | PATH` -> a Backend, or one clear BackendError."""
+"""Loading: `--model lite | HUB_ID | PATH` -> a Backend, or one clear BackendError (never a traceback)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from reasoning.backends.base import Backend, BackendError
+from model.backend import Backend, BackendError
 
 log = logging.getLogger("onlooker.models")
 
@@ -45,7 +45,7 @@ def load_backend(model: str, device: str, cache_dir: Path) -> Backend:
     hf_logging.disable_progress_bar()      # stderr is for our logs; loading takes about a second
     check_device(device)
     if model == "lite":
-        from reasoning.backends.lite import load_lite_backend
+        from model.causal_lm import load_lite_backend
         if device != "cpu":
             log.warning("the lite backend runs on the CPU; ignoring --device %s", device)
         return load_lite_backend(cache_dir)
@@ -54,11 +54,19 @@ def load_backend(model: str, device: str, cache_dir: Path) -> Backend:
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
     if not has_weights:
         raise BackendError(f"{model}: config found but no weights (*.safetensors) in {path}")
-    if family in VLM_FAMILIES:
-        from reasoning.backends.qwen_vl import QwenVLBackend
-        return QwenVLBackend.from_dir(path, device, family)
-    if family in TEXT_FAMILIES:
-        from reasoning.backends.lite import CausalLMBackend
-        return CausalLMBackend.from_dir(path, path.name, device)
+    try:
+        if family in VLM_FAMILIES:
+            from model.qwen_vl import QwenVLBackend
+            return QwenVLBackend.from_dir(path, device, family)
+        if family in TEXT_FAMILIES:
+            from model.causal_lm import CausalLMBackend
+            return CausalLMBackend.from_dir(path, path.name, device)
+    except BackendError:
+        raise
+    except torch.OutOfMemoryError:
+        raise BackendError(f"{model}: the model does not fit in {device} memory") from None
+    except Exception as e:   # garbage or mismatched weights, a broken tokenizer: one line, not a traceback
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise BackendError(f"{model}: cannot load the model from {path} ({type(e).__name__}: {first})") from None
     raise BackendError(f"{model}: model family {family!r} is not supported (supported: "
                        f"{', '.join(sorted(VLM_FAMILIES | TEXT_FAMILIES))})")

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from assistant.bench_common import write_rows
+from bench.common import write_rows
 from memory.config import MemoryConfig
-from memory.hierarchy import HierarchicalMemory
+from memory.manager import HierarchicalMemory
+from model.qwen_vl import attention_for
 from perception.visual import VisualConfig, VisualStream
+from reasoning import prompts
 from reasoning.answerer import AnswerJob
-from reasoning.backends.qwen_vl import attention_for
 
 log = logging.getLogger("onlooker.bench")
 
@@ -63,7 +64,7 @@ MARKS_S = (60, 600, 3600)
 def build_backend(size: str, device: str, tokenizer_dir: Path):
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from reasoning.backends.qwen_vl import QwenVLBackend
+    from model.qwen_vl import QwenVLBackend
     spec = QWEN25_VL_7B if size == "7b" else TINY
     cfg = Qwen2_5_VLConfig(**spec, bos_token_id=None, eos_token_id=None)
     cfg._attn_implementation = attention_for(device)
@@ -158,7 +159,7 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
     vcfg = VisualConfig(batch_groups=batch, drop_threshold=0.95 if onl else 1.0, reuse_threshold=0.02 if onl else 0.0)
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)
-    mem.set_sink(backend.system_chunk())
+    mem.set_sink(prompts.system_chunk(backend))
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -228,7 +229,7 @@ def question_ttft(backend, mem: HierarchicalMemory, now: float, device: str) -> 
         _sync(device)
         asked = time.monotonic()
         view = mem.context(q, now)
-        job = AnswerJob(backend, view, backend.question_chunk(now, q), 4, asked_at=asked)
+        job = AnswerJob(backend, view, prompts.question_chunk(backend, now, q), 4, asked_at=asked)
         job.step(1)
         _sync(device)
         times.append(job.ttft_ms or 0.0)
@@ -236,13 +237,13 @@ def question_ttft(backend, mem: HierarchicalMemory, now: float, device: str) -> 
 
 
 def run_ingest_bench(args) -> int:
-    from assistant.models import check_device
-    from reasoning.backends.base import BackendError
+    from model.backend import BackendError
+    from model.loading import check_device
     check_device(args.device)
     tok = Path(args.tokenizer) if args.tokenizer else None
     if tok is None:
-        from assistant.sessions import default_cache_dir
-        from reasoning.backends.lite import lite_model_dir
+        from assistant.store import default_cache_dir
+        from model.causal_lm import lite_model_dir
         try:
             tok = lite_model_dir(default_cache_dir(), convert=False)
         except BackendError:

@@ -4,11 +4,15 @@
     <data_dir>/sessions/<id>/kv/    spilled segment KV, one safetensors file each (mode 0700 dir, 0600 files)
 
 Owner-only permissions: a camera assistant records people. Writes happen on the runtime thread
-only; the store is not shared between threads.
+only; the store is not shared between threads. Opening fails with `StoreError` (one line a user can act
+on: not writable, owned by another user, read-only, damaged). A write that fails mid-run (disk full)
+switches writing off with one warning; what was written stays.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import sqlite3
@@ -20,11 +24,29 @@ from pathlib import Path
 import sqlite_utils
 
 from memory.index import SegmentIndex, create_segment_table
-from reasoning.prompts import format_time
+from model.chunk import format_time
+
+log = logging.getLogger("onlooker.store")
 
 
 class SessionNotFound(KeyError):
     pass
+
+
+class StoreError(Exception):
+    """The session store cannot be used; the message is one line a user can act on."""
+
+
+def _os_reason(e: OSError) -> str:
+    if e.errno == errno.EROFS:
+        return "it is on a read-only filesystem"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if e.errno == errno.ENOSPC:
+        return "the disk is full"
+    if e.errno == errno.ENOTDIR:
+        return "a file is in the way of the directory"
+    return e.strerror or str(e)
 
 
 def default_data_dir() -> Path:
@@ -51,15 +73,45 @@ class SessionInfo:
 class SessionStore:
     def __init__(self, data_dir: Path | str) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.data_dir, 0o700)
+        self.write_error: str | None = None
         path = self.data_dir / "onlooker.db"
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-        os.chmod(path, 0o600)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            st = self.data_dir.stat()
+            if hasattr(os, "getuid") and st.st_uid != os.getuid():
+                raise StoreError(f"the data directory {self.data_dir} belongs to another user (uid {st.st_uid}); "
+                                 f"use your own (ONLOOKER_DATA_DIR)")
+            os.chmod(self.data_dir, 0o700)
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+            os.close(fd)
+            os.chmod(path, 0o600)
+            probe = self.data_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise StoreError(f"cannot store sessions in {self.data_dir}: {_os_reason(e)} "
+                             f"(set ONLOOKER_DATA_DIR to a writable directory)") from None
         # created on the main thread, written by the runtime thread, never by two at once
-        self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
-        self._create_tables()
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False)
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=normal")
+            self.db = sqlite_utils.Database(conn)
+            self._create_tables()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"the session index {path} is damaged ({e}); move it aside to start a new one "
+                             f"(`onlooker ask` can still read the old sessions' segment files)") from None
+
+    def _write(self, what: str, fn, *args, **kwargs) -> None:
+        """A write that may fail mid-run (disk full): warn once, stop writing, keep going."""
+        if self.write_error is not None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except (sqlite3.Error, OSError) as e:
+            self.write_error = f"{what}: {e}"
+            log.warning("could not store %s (%s); nothing more is written this session, what was written stays",
+                        what, e)
 
     def _create_tables(self) -> None:
         columns = {"id": str, "started": float, "ended": float, "source": str, "model": str, "model_spec": str,
@@ -78,12 +130,17 @@ class SessionStore:
     # -- writing ------------------------------------------------------------------------------
     def start(self, source: str, model: str, model_spec: str = "lite") -> str:
         session_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        self.db["sessions"].insert({"id": session_id, "started": time.time(), "ended": None,
-                                    "source": source, "model": model, "model_spec": model_spec,
-                                    "summary": None})
-        d = self.session_dir(session_id)
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
+        try:
+            self.db["sessions"].insert({"id": session_id, "started": time.time(), "ended": None,
+                                        "source": source, "model": model, "model_spec": model_spec,
+                                        "summary": None})
+            d = self.session_dir(session_id)
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+        except OSError as e:
+            raise StoreError(f"cannot start a session in {self.data_dir}: {_os_reason(e)}") from None
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot start a session in {self.data_dir}: {e}") from None
         return session_id
 
     def segment_index(self, session_id: str) -> SegmentIndex:
@@ -91,15 +148,17 @@ class SessionStore:
 
     def add_answer(self, session_id: str, t: float, question: str, answer: str, ttft_ms: float,
                    total_ms: float) -> None:
-        self.db["questions"].insert({"session_id": session_id, "t": t, "question": question, "answer": answer,
-                                     "ttft_ms": ttft_ms, "total_ms": total_ms, "asked_wall": time.time()})
+        self._write("an answer", self.db["questions"].insert,
+                    {"session_id": session_id, "t": t, "question": question, "answer": answer,
+                     "ttft_ms": ttft_ms, "total_ms": total_ms, "asked_wall": time.time()})
 
     def add_alert(self, session_id: str, t: float, condition: str, text: str) -> None:
-        self.db["alerts"].insert({"session_id": session_id, "t": t, "condition": condition, "text": text,
-                                  "wall": time.time()})
+        self._write("an alert", self.db["alerts"].insert,
+                    {"session_id": session_id, "t": t, "condition": condition, "text": text, "wall": time.time()})
 
     def finish(self, session_id: str, summary: str) -> None:
-        self.db["sessions"].update(session_id, {"ended": time.time(), "summary": summary})
+        self._write("the session summary", self.db["sessions"].update, session_id,
+                    {"ended": time.time(), "summary": summary})
 
     # -- reading ------------------------------------------------------------------------------
     def session_dir(self, session_id: str) -> Path:
@@ -133,7 +192,8 @@ class SessionStore:
     def questions(self, session_id: str) -> list[dict]:
         return list(self.db["questions"].rows_where("session_id = ?", [session_id], order_by="id"))
 
-    def remove(self, session_id: str) -> None:
+    def remove(self, session_id: str) -> list[str]:
+        """Delete a session: its rows, then its files. Returns what could not be deleted (empty: all gone)."""
         session_id = self.resolve(session_id)
         with self.db.conn:
             self.db["segments"].delete_where("session_id = ?", [session_id])
@@ -141,7 +201,15 @@ class SessionStore:
             if "alerts" in self.db.table_names():
                 self.db["alerts"].delete_where("session_id = ?", [session_id])
             self.db["sessions"].delete(session_id)
-        shutil.rmtree(self.session_dir(session_id), ignore_errors=True)
+        failed: list[str] = []
+
+        def onerror(_fn, path, exc_info) -> None:
+            failed.append(f"{path} ({_os_reason(exc_info[1]) if isinstance(exc_info[1], OSError) else exc_info[1]})")
+
+        d = self.session_dir(session_id)
+        if d.exists():
+            shutil.rmtree(d, onerror=onerror)
+        return failed
 
 
 def format_session_list(infos: list[SessionInfo]) -> str:

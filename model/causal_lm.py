@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from reasoning.backends.base import Backend, BackendError, Chunk
+from model.backend import Backend, BackendError
+from model.chunk import Chunk
 
 log = logging.getLogger("onlooker.backend")
 

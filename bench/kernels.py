@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from assistant.bench_common import write_rows
+from bench.common import write_rows
 
 
 def _bench(fn, warmup: int = 10, rep: int = 50) -> float:

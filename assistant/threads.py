@@ -1,14 +1,15 @@
-"""Wiring: capture thread -> frame queue -> perception thread -> runtime thread.
+"""The session's threads: capture -> frame queue -> perception -> runtime; hearing beside them.
 
     capture  : source.frames() -> sample -> pace -> FrameQueue (drops oldest when live; blocks with --fast)
-    perceive : FrameQueue -> LitePerceiver -> runtime.submit(ObservationEvent)   (lite backend)
-               FrameQueue -> runtime.submit(FrameEvent)                           (VLM backend)
+    perceive : FrameQueue -> LitePerceiver (when there is one) -> typed Observation, the frame riding along
+               -> runtime.submit(ObservationEvent)
     hear     : audio blocks (the file's audio track, paced by the frames; or the microphone) -> VAD -> ASR
                -> runtime.submit(TranscriptEvent); speech starting while the assistant talks is barge-in
-    runtime  : Runtime.run(), the only thread that owns the LM and its cache
+    runtime  : Runtime.run(), the only thread that owns the model and its cache
 
-Capture and perception never touch torch. Every thread is named, tracked, and joined with a
-bounded wait on shutdown. A source failure ends the stream with its one-line error.
+Capture and perception never touch torch. Every thread is named, tracked, and joined with a bounded wait
+on shutdown. A source failure ends the stream with its one-line error; the end of a live source ends the
+session even while the microphone is on.
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from assistant.events import FrameEvent, ObservationEvent, Shutdown, SpeechStarted, StreamEnded, TranscriptEvent
+import cv2
+import numpy as np
+
+from assistant.events import ObservationEvent, Shutdown, SpeechStarted, StreamEnded, TranscriptEvent
 from assistant.queues import CLOSED, FrameQueue
 from assistant.runtime import Runtime
 from perception.config import PerceptionConfig
 from perception.lite import LitePerceiver
+from perception.observation import Observation
 from perception.sources import Clock, RealClock, Source, SourceError, pace, sample
+from perception.speech import Hearing
 
 log = logging.getLogger("onlooker.pipeline")
 
@@ -36,30 +43,33 @@ class PipelineResult:
     frames_dropped: int
     wall_s: float
     threads_alive: list[str] = field(default_factory=list)
+    interrupted: bool = False
 
 
 class Pipeline:
     def __init__(self, source: Source, runtime: Runtime, config: PerceptionConfig,
-                 perceiver: LitePerceiver | None, clock: Clock | None = None, hearing=None) -> None:
+                 perceiver: LitePerceiver | None, clock: Clock | None = None, hearing: Hearing | None = None) -> None:
         self.source = source
         self.runtime = runtime
         self.config = config
         self.perceiver = perceiver
         self.clock = clock or RealClock()
         # live sources drop the oldest frame under load; files/synthetic with --fast never drop
-        drop = source.live or config.realtime
-        self.frames = FrameQueue(config.frame_queue, drop_oldest=drop)
+        self.frames = FrameQueue(config.frame_queue, drop_oldest=source.live or config.realtime)
         self._stop = threading.Event()
+        self._hearing_stop = threading.Event()   # set with _stop, or when a live source ends
         self._error: str | None = None
         self._frames_sampled = 0
         self._threads: list[threading.Thread] = []
-        self.hearing = hearing                 # Hearing (audio source + VAD + ASR) or None
-        self._stream_t = 0.0                   # latest sampled frame's stream time (paces a file's audio)
+        self.hearing = hearing
+        self._stream_t = 0.0                     # latest sampled frame's stream time (paces a file's audio)
         self._capture_done = threading.Event()
-        self.latest_frame = None               # for a UI preview: the newest sampled frame (read-only elsewhere)
-        self.thumbnails: dict[int, object] = {}  # whole stream second -> a small copy of its first frame
+        self.latest_frame: np.ndarray | None = None   # for a UI preview: the newest sampled frame
+        self.thumbnails: dict[int, np.ndarray] = {}   # whole stream second -> a small copy of its first frame
+        self.mic_level: float | None = None      # RMS of the last audio block, 0..1 (None: not hearing)
         self._producers = 2 if hearing is not None else 1
         self._producers_lock = threading.Lock()
+        self.interrupted = False
 
     def _producer_done(self) -> None:
         """The stream ends when both the frames and the audio are through."""
@@ -80,7 +90,6 @@ class Pipeline:
                 self.latest_frame = frame.image
                 sec = int(frame.t)
                 if sec not in self.thumbnails and len(self.thumbnails) < 7200:
-                    import cv2
                     self.thumbnails[sec] = cv2.resize(frame.image, (48, 27), interpolation=cv2.INTER_AREA)
                 self.frames.put(frame)
         except SourceError as e:
@@ -90,6 +99,8 @@ class Pipeline:
             self._error = f"capture failed: {e}"
         finally:
             self._capture_done.set()
+            if self.source.live:               # the microphone must not keep a dead stream's session open
+                self._hearing_stop.set()
             self.source.close()
             self.frames.close()
 
@@ -102,11 +113,12 @@ class Pipeline:
                 if frame is None:
                     continue
                 if self.perceiver is None:
-                    self.runtime.submit(FrameEvent(frame))
+                    obs, repeat = Observation(frame.t, perceived=False), False
                 else:
-                    obs = self.perceiver.process(frame)
-                    self.runtime.submit(ObservationEvent(frame.t, obs.text if obs else None,
-                                                         obs.scene_change if obs else 0.0))
+                    obs, repeat = self.perceiver.process(frame)
+                if self.runtime.backend.accepts_frames:
+                    obs.image = frame.image
+                self.runtime.submit(ObservationEvent(obs, repeat))
         except Exception as e:
             log.exception("perception failed")
             self._error = self._error or f"perception failed: {e}"
@@ -115,27 +127,30 @@ class Pipeline:
 
     def _hear(self) -> None:
         h = self.hearing
+        assert h is not None
         try:
-            for block in h.blocks(self._stop):
+            for block in h.blocks(self._hearing_stop):
                 if h.paced_by_frames:      # a file's audio never runs ahead of its frames
                     while block.t > self._stream_t + 0.5 and not self._capture_done.is_set() \
-                            and not self._stop.is_set():
+                            and not self._hearing_stop.is_set():
                         time.sleep(0.01)
-                if self._stop.is_set():
+                if self._hearing_stop.is_set():
                     break
+                self.mic_level = min(1.0, float(np.sqrt(np.mean(block.samples ** 2))) * 4) if len(block.samples) \
+                    else 0.0
                 for kind, payload in h.feed(block):
                     if kind == "start":
                         speaker = self.runtime.speaker
-                        if speaker is not None and speaker.state == "speaking":
+                        if speaker is not None:
                             speaker.interrupt()            # here, not on the runtime thread: < 200 ms
                         self.runtime.submit(SpeechStarted(payload))
                     else:
                         t0, t1, text = payload
                         self.runtime.submit(TranscriptEvent(t0, t1, text))
         except Exception as e:
-            log.exception("hearing failed")
             log.warning("audio is off from here on: %s", e)
         finally:
+            self.mic_level = None
             self._producer_done()
 
     def _run_runtime(self) -> None:
@@ -143,17 +158,18 @@ class Pipeline:
             self.runtime.run()
         except Exception as e:
             log.exception("runtime failed")
-            self._error = self._error or f"runtime failed: {e}"
+            self._error = self._error or f"runtime failed: {type(e).__name__}: {e}"
             self._stop.set()
+            self._hearing_stop.set()
             self.frames.close()
 
     def run(self) -> PipelineResult:
         start = time.monotonic()
-        self._threads = [threading.Thread(target=self._capture, name="onlooker-capture", daemon=True),
-                         threading.Thread(target=self._perceive, name="onlooker-perceive", daemon=True),
-                         threading.Thread(target=self._run_runtime, name="onlooker-runtime", daemon=True)]
+        targets: list[tuple[Any, str]] = [(self._capture, "capture"), (self._perceive, "perceive"),
+                                          (self._run_runtime, "runtime")]
         if self.hearing is not None:
-            self._threads.append(threading.Thread(target=self._hear, name="onlooker-hear", daemon=True))
+            targets.append((self._hear, "hear"))
+        self._threads = [threading.Thread(target=fn, name=f"onlooker-{name}", daemon=True) for fn, name in targets]
         for th in self._threads:
             th.start()
         try:
@@ -161,19 +177,24 @@ class Pipeline:
                 self._threads[2].join(0.2)
         except KeyboardInterrupt:
             log.warning("interrupted; stopping")
+            self.interrupted = True
             self.stop()
         return self._finish(start)
 
     def stop(self) -> None:
         self._stop.set()
+        self._hearing_stop.set()
         self.frames.close()
+        self.runtime.data.close()
         self.runtime.submit(Shutdown("stop"))
 
     def _finish(self, start: float) -> PipelineResult:
         self._stop.set()
+        self._hearing_stop.set()
         self.frames.close()
+        self.runtime.data.close()
         for th in self._threads:
             th.join(timeout=5.0)
         return PipelineResult(self._error, self.source.stats.frames_read, self._frames_sampled,
                               self.frames.num_dropped, round(time.monotonic() - start, 3),
-                              [th.name for th in self._threads if th.is_alive()])
+                              [th.name for th in self._threads if th.is_alive()], self.interrupted)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, DynamicCache
 
-from reasoning import prompts
-from reasoning.backends.base import Backend, Chunk, text_positions
+from model.backend import Backend
+from model.chunk import Chunk, format_time, text_positions
 
 IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)     # Qwen2-VL / Qwen2.5-VL (CLIP)
 IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
@@ -67,6 +67,11 @@ def patchify(image_bgr: np.ndarray | list[np.ndarray], patch_size: int, merge_si
     x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
     flat = x.reshape(gh * gw, c * temporal_patch_size * patch_size * patch_size)
     return torch.from_numpy(np.ascontiguousarray(flat)), torch.tensor([1, gh, gw])
+
+
+def frame_marker(t: float) -> str:
+    """The time marker before a frame's visual tokens, so the model can answer 'when'."""
+    return f"[{format_time(t)}] "
 
 
 def vision_positions(start: int, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -168,7 +173,7 @@ class QwenVLBackend(Backend):
         """A time marker and one frame group's merged tokens: all of them, or only those at the indices
         `keep` (pruned tokens leave gaps; every kept token keeps its own (t, h, w) position)."""
         gh, gw = grid
-        prefix = self.tokenizer(prompts.frame_prefix(t0), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        prefix = self.tokenizer(frame_marker(t0), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         k = int(prefix.shape[0]) + 1                                           # marker + <|vision_start|>
         head = torch.cat([prefix, torch.tensor([self.vision_start_id])])
         tail = self._frame_tail
@@ -191,7 +196,7 @@ class QwenVLBackend(Backend):
             mask = torch.cat([torch.zeros(k, dtype=torch.bool), torch.ones(n_img, dtype=torch.bool),
                               torch.zeros(n_tail, dtype=torch.bool)])
         kept = f"{n_img}/{gh * gw} tokens" if keep is not None else f"{n_img} tokens"
-        return Chunk("frame", t0, t1, f"[{prompts.format_time(t0)}] <frame {kept}>", pos,
+        return Chunk("frame", t0, t1, f"[{format_time(t0)}] <frame {kept}>", pos,
                      k + m + n_tail, input_ids=ids, inputs_embeds=inputs_embeds, visual_mask=mask, deepstack=deep)
 
     @torch.inference_mode()

@@ -1,0 +1,70 @@
+"""The runtime's counters and the session summary built from them (plain data, no threads)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from memory.manager import HierarchicalMemory
+from perception.visual import VisualStream
+
+
+@dataclass
+class RuntimeStats:
+    frames_sampled: int = 0        # stream events seen (one per sampled frame)
+    observations: int = 0          # chunks ingested into memory
+    repeats: int = 0               # sampled frames whose observation repeated the previous one
+    segments_sealed: int = 0
+    questions: int = 0
+    ingest_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
+    answer_ms: list[float] = field(default_factory=list)
+    max_ingest_wait_ms: float = 0.0   # longest a stream event waited in the inbox behind other work
+    max_ingest_stall_answering_ms: float = 0.0   # the same, for events that arrived while an answer was decoding
+    alerts: int = 0
+    transcripts: int = 0
+    barge_ins: int = 0
+    probe_ms: list[float] = field(default_factory=list)
+
+
+def _med(xs: list[float]) -> float | None:
+    return round(statistics.median(xs), 1) if xs else None
+
+
+def memory_summary(memory: HierarchicalMemory) -> dict:
+    st = memory.stats
+    return {"tokens_in_memory": memory.num_tokens, "device_kv_bytes": memory.device_bytes(),
+            "device_peak_kv_bytes": st.device_peak_bytes, "host_kv_bytes": st.host_bytes,
+            "disk_kv_bytes": st.disk_bytes, "segments_spilled": st.segments_spilled,
+            "segments_dropped": st.segments_dropped, "segment_read_errors": st.segment_read_errors,
+            "tokens_pruned": st.tokens_pruned, "oom_window_shrinks": st.oom_shrinks,
+            "storage_error": st.storage_error}
+
+
+def visual_summary(visual: VisualStream) -> dict:
+    st = visual.stats
+    return {"visual_groups": st.groups, "vit_groups": st.vit_groups, "vit_reused_groups": st.reused_groups,
+            "visual_tokens_kept_pct": round(100 * st.kept_fraction, 1)}
+
+
+def runtime_summary(s: RuntimeStats, memory: HierarchicalMemory, visual: VisualStream | None, stream_t: float,
+                    inbox_dropped: int) -> dict:
+    return {
+        "frames_sampled": s.frames_sampled,
+        "observations": s.observations,
+        "repeats_skipped": s.repeats,
+        "segments_sealed": s.segments_sealed,
+        **memory_summary(memory),
+        **({} if visual is None else visual_summary(visual)),
+        "questions": s.questions,
+        "ttft_ms_median": _med(s.ttft_ms),
+        "ttft_ms_max": round(max(s.ttft_ms), 1) if s.ttft_ms else None,
+        "answer_ms_median": _med(s.answer_ms),
+        "ingest_ms_median": _med(s.ingest_ms),
+        "max_ingest_wait_ms": round(s.max_ingest_wait_ms, 1),
+        "max_ingest_stall_answering_ms": round(s.max_ingest_stall_answering_ms, 1),
+        "frames_dropped_behind": inbox_dropped,
+        "alerts": s.alerts, "probe_ms_median": _med(s.probe_ms), "transcripts": s.transcripts,
+        "barge_ins": s.barge_ins,
+        "stream_t": round(stream_t, 3),
+    }

@@ -1,0 +1,97 @@
+"""The only code that touches transformers' cache internals (`DynamicCache.layers`, `DynamicLayer`).
+
+Everything above works with whole caches and stacked tensors shaped (layers, kv heads, tokens, head_dim).
+The device cache is laid out as
+
+    [ sink: s tokens ][ window: oldest segment ... newest segment ]
+                      ^ `take_front` slices segments off here and closes the gap
+
+Forks share tensors: `DynamicLayer.update` concatenates into a new tensor rather than writing in place,
+so later appends to either cache never touch the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+Rotate = Callable[[torch.Tensor, int], torch.Tensor]    # (keys, position delta) -> rotated keys
+
+
+def new_cache() -> DynamicCache:
+    return DynamicCache()
+
+
+def fork_cache(cache: DynamicCache) -> DynamicCache:
+    """A new cache sharing the same tensors (free)."""
+    new = DynamicCache()
+    for layer in cache.layers:
+        nl = DynamicLayer()
+        if layer.is_initialized:
+            nl.lazy_initialization(layer.keys, layer.values)
+            nl.keys, nl.values = layer.keys, layer.values
+        new.layers.append(nl)
+    return new
+
+
+def cache_from_layers(keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache:
+    """A cache from per-layer (1, Hkv, n, D) keys and values."""
+    cache = DynamicCache()
+    for k, v in zip(keys, values, strict=True):
+        layer = DynamicLayer()
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+        cache.layers.append(layer)
+    return cache
+
+
+def layer_lengths(cache: DynamicCache) -> list[int]:
+    return [int(layer.keys.shape[2]) if layer.is_initialized else 0 for layer in cache.layers]
+
+
+def truncate(cache: DynamicCache, lengths: list[int]) -> None:
+    """Undo a partial append: cut every layer that grew back to its length in `lengths`."""
+    for layer, n in zip(cache.layers, lengths, strict=False):
+        if layer.is_initialized and layer.keys.shape[2] > n:
+            layer.keys, layer.values = layer.keys[:, :, :n], layer.values[:, :, :n]
+
+
+def cache_bytes(cache: DynamicCache) -> int:
+    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers if layer.is_initialized)
+
+
+def cache_dtype(cache: DynamicCache) -> torch.dtype:
+    return cache.layers[0].keys.dtype
+
+
+def take_front(cache: DynamicCache, start: int, n: int, rotate: Rotate | None, delta: int) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """Remove tokens [start, start+n) from every layer and return them stacked, (L, Hkv, n, D) each. The keys
+    after them are rotated by `delta` positions when `rotate` is given (closing the gap)."""
+    keys = torch.stack([layer.keys[0, :, start:start + n] for layer in cache.layers])     # (L, Hkv, n, D)
+    values = torch.stack([layer.values[0, :, start:start + n] for layer in cache.layers])
+    for layer in cache.layers:
+        rest = layer.keys[:, :, start + n:]
+        if rotate is not None and rest.shape[2]:
+            rest = rotate(rest, delta)
+        layer.keys = torch.cat([layer.keys[:, :, :start], rest], dim=2)
+        layer.values = torch.cat([layer.values[:, :, :start], layer.values[:, :, start + n:]], dim=2)
+    return keys, values
+
+
+def splice(cache: DynamicCache, start: int, pieces: list[tuple[torch.Tensor, torch.Tensor]], rotate: Rotate | None,
+           delta: int) -> DynamicCache:
+    """A new cache: `cache`[:start] + pieces (each (L, Hkv, k, D) keys and values) + `cache`[start:], the tail's
+    keys rotated by `delta` when `rotate` is given. `cache` itself is untouched."""
+    keys, values = [], []
+    for li, layer in enumerate(cache.layers):
+        tail = layer.keys[:, :, start:]
+        if rotate is not None and delta and tail.shape[2]:
+            tail = rotate(tail, delta)
+        keys.append(torch.cat([layer.keys[:, :, :start], *(k[li].unsqueeze(0) for k, _ in pieces), tail], dim=2))
+        values.append(torch.cat([layer.values[:, :, :start], *(v[li].unsqueeze(0) for _, v in pieces),
+                                 layer.values[:, :, start:]], dim=2))
+    return cache_from_layers(keys, values)

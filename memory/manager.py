@@ -1,0 +1,321 @@
+"""The hierarchical KV memory's policy: window, seal, retrieve, assemble (vLLM's KVCacheManager role).
+
+    device  [ sink ][ recent window: segments of chunks, full detail ]          flat: window_tokens
+    host    [ sealed segments: KV (pruned, optionally int8) + mean key ]        memory.segment_store
+    disk    [ spilled segments: one safetensors file each ] + index rows        memory.segment_store
+
+`append` prefills a chunk on top of the device cache; earlier context is never recomputed. Chunks gather
+into segments (memory.window). When the window passes its budget, its oldest segments are sealed: their
+KV is sliced off the device (memory.kv_cache), compressed, and handed to the segment store.
+
+`context(question, now)` retrieves what a question needs (memory.retrieval) and assembles
+
+    sink + retrieved segments (time order) + recent window        -> the question is prefilled on top
+
+as a new cache (the device cache itself is untouched). Positions: "contiguous" rotates each piece's keys
+by the delta to where it now sits (RoPE shift; M-RoPE axes move together); "original" leaves every key
+where it was ingested. With every segment retrieved and nothing pruned, both give full-context logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+import kernels
+from memory import kv_cache
+from memory.config import MemoryConfig
+from memory.embed import TextEmbedder
+from memory.index import SegmentIndex
+from memory.retrieval import Candidate, Retrieval, retrieve
+from memory.segment_store import MB, MemoryStats, SegmentStore
+from memory.segments import Segment, SegmentFileError, SegmentKV, prune_by_value_norm
+from memory.timeref import parse_time_ref
+from memory.window import ChunkRecord, WindowSegment
+from model.backend import Backend
+from model.chunk import Chunk
+
+log = logging.getLogger("onlooker.memory")
+
+__all__ = ["HierarchicalMemory", "ContextView", "AppendResult", "MemoryStats", "SearchHit"]
+
+
+@dataclass
+class AppendResult:
+    logits: torch.Tensor                                   # next-token logits after the chunk, (vocab,)
+    sealed: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class ContextView:
+    cache: DynamicCache      # the caller may grow it freely
+    next_pos: int            # position of the next token
+    num_tokens: int
+    retrieval: Retrieval | None = None
+    placed: list[Segment] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)          # e.g. segments whose KV could not be read
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    t0: float
+    t1: float
+    text: str
+
+
+class HierarchicalMemory:
+    """Owned by the runtime thread; not thread-safe."""
+
+    def __init__(self, backend: Backend, config: MemoryConfig, *, embedder: TextEmbedder | None = None,
+                 index: SegmentIndex | None = None, spill_dir: Path | None = None, label: str = "") -> None:
+        self.backend = backend
+        self.config = config
+        self.embedder = embedder if config.use_embeddings else None
+        self.label = label or (index.session_id if index else "memory")
+        self.stats = MemoryStats()
+        self.store = SegmentStore(config.host_mb, config.disk_mb, self.stats, index=index, spill_dir=spill_dir,
+                                  label=self.label)
+        self.cache = kv_cache.new_cache()
+        self.sink: ChunkRecord | None = None
+        self.window: list[WindowSegment] = []
+        self.next_pos = 0              # position of the next token in the device cache
+        self.stream_pos = 0            # position it would have had with nothing ever moved
+        self.window_budget = config.window_tokens
+
+    @property
+    def segments(self) -> list[Segment]:
+        return self.store.segments
+
+    # -- sizes ----------------------------------------------------------------------------------
+    @property
+    def sink_tokens(self) -> int:
+        return self.sink.num_tokens if self.sink else 0
+
+    @property
+    def window_tokens(self) -> int:
+        return sum(w.num_tokens for w in self.window)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.cache.get_seq_length()
+
+    def device_bytes(self) -> int:
+        return kv_cache.cache_bytes(self.cache)
+
+    def host_bytes(self) -> int:
+        return self.stats.host_bytes
+
+    def disk_bytes(self) -> int:
+        return self.stats.disk_bytes
+
+    def _rotate(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
+        return kernels.rope_shift(keys, delta, self.backend.inv_freq)
+
+    # -- ingest ---------------------------------------------------------------------------------
+    def set_sink(self, chunk: Chunk) -> torch.Tensor:
+        if self.sink is not None:
+            raise RuntimeError("sink already set")
+        logits = self.backend.prefill(chunk, self.cache, self.next_pos)
+        self.sink = ChunkRecord(chunk.kind, chunk.t0, chunk.t1, chunk.text, chunk.num_tokens, 0, chunk.pos_span)
+        self.next_pos = self.stream_pos = chunk.pos_span
+        if self.config.device_mb is not None:
+            fit = int(self.config.device_mb * MB) // self.backend.kv_bytes_per_token()
+            fit -= self.sink_tokens + (self.config.retrieve_tokens if self.config.retrieval else 0)
+            if fit < 16:
+                raise ValueError(f"device_mb={self.config.device_mb} leaves no room for a recent window "
+                                 f"(sink {self.sink_tokens} tokens, retrieval {self.config.retrieve_tokens})")
+            self.window_budget = min(self.config.window_tokens, fit)
+        return logits
+
+    def append(self, chunk: Chunk) -> AppendResult:
+        if self.sink is None:
+            raise RuntimeError("set_sink() first")
+        logits, key_sum = self._prefill_or_shrink(chunk)
+        rec = ChunkRecord(chunk.kind, chunk.t0, chunk.t1, chunk.text, chunk.num_tokens, self.next_pos, chunk.pos_span)
+        last = self.window[-1] if self.window else None
+        if (last is not None and chunk.t0 - last.t0 < self.config.segment_seconds
+                and last.num_tokens + chunk.num_tokens <= self.config.segment_tokens):
+            last.chunks.append(rec)
+            last.key_sum += key_sum
+            last.embedding = None
+        else:
+            self.window.append(WindowSegment([rec], key_sum, self.stream_pos))
+        self.next_pos += chunk.pos_span
+        self.stream_pos += chunk.pos_span
+        return AppendResult(logits, self._evict())
+
+    def _prefill_or_shrink(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill; if the device runs out of memory, undo the partial append, halve the window (sealing what
+        no longer fits), log it and try again, until the window cannot shrink further."""
+        while True:
+            lengths = kv_cache.layer_lengths(self.cache)
+            try:
+                return self.backend.prefill_keys(chunk, self.cache, self.next_pos)
+            except torch.OutOfMemoryError:
+                kv_cache.truncate(self.cache, lengths)
+                if not self.config.shrink_on_oom or self.window_budget <= 16 or len(self.window) <= 1:
+                    raise
+                self.stats.oom_shrinks += 1
+                log.warning("%s: out of device memory; shrinking the window from %d tokens", self.label,
+                            self.window_budget)
+                self.shrink_window(self.window_budget // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+    def shrink_window(self, tokens: int) -> list[Segment]:
+        """Lower the window budget (e.g. the device ran out of memory) and seal what no longer fits."""
+        self.window_budget = max(16, min(self.window_budget, tokens))
+        log.warning("%s: recent window shrunk to %d tokens", self.label, self.window_budget)
+        return self._evict()
+
+    def flush(self, t_end: float) -> list[Segment]:
+        """Seal the whole window and write every host segment to disk (end of a stored session)."""
+        sealed = self._evict(everything=True, t_end=t_end)
+        if self.store.spill_dir is not None:
+            self.store.spill_all()
+        return sealed
+
+    def _evict(self, everything: bool = False, t_end: float = 0.0) -> list[Segment]:
+        out: list[WindowSegment] = []
+        while self.window and (everything or (len(self.window) > 1 and self.window_tokens > self.window_budget)):
+            out.append(self.window.pop(0))
+        if not out:
+            return []
+        n = sum(w.num_tokens for w in out)
+        pos_delta = sum(w.pos_span for w in out)
+        contiguous = self.config.positions == "contiguous"
+        keys, values = kv_cache.take_front(self.cache, self.sink_tokens, n, self._rotate if contiguous else None,
+                                           -pos_delta)                                   # (L, Hkv, n, D)
+        sealed, offset = [], 0
+        for i, w in enumerate(out):
+            nxt = out[i + 1].t0 if i + 1 < len(out) else (self.window[0].t0 if self.window else max(t_end, w.t1))
+            k = keys[:, :, offset:offset + w.num_tokens]
+            v = values[:, :, offset:offset + w.num_tokens]
+            sealed.append(self._seal(w, k, v, max(w.t1, nxt)))
+            offset += w.num_tokens
+        if contiguous:
+            for w in self.window:
+                for c in w.chunks:
+                    c.pos_start -= pos_delta
+            self.next_pos -= pos_delta
+        return sealed
+
+    def _seal(self, w: WindowSegment, keys: torch.Tensor, values: torch.Tensor, t1: float) -> Segment:
+        st = self.stats
+        if not self.config.retain:          # window-only memory: the KV is dropped, the drop is counted
+            st.segments_dropped += 1
+            st.tokens_sealed += w.num_tokens
+            return Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span, w.rep_key)
+        kept = prune_by_value_norm(values, self.config.keep_ratio) if self.config.keep_ratio < 1.0 else None
+        if kept is not None:
+            keys, values = keys[:, :, kept.to(keys.device)], values[:, :, kept.to(values.device)]
+        if self.config.quantize:            # on the device (fast), then only int8 crosses to the host
+            qk, sk = kernels.quantize_int8(keys)
+            qv, sv = kernels.quantize_int8(values)
+            kv = SegmentKV(qk.cpu(), qv.cpu(), sk.cpu(), sv.cpu(), keys.dtype)
+        else:
+            kv = SegmentKV(keys.to("cpu", copy=True), values.to("cpu", copy=True), dtype=keys.dtype)
+        seg = Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
+                      w.rep_key, kept, kv)
+        seg.embedding = w.embedding if w.embedding is not None else self._embed_text(seg.text)
+        st.segments_sealed += 1
+        st.tokens_sealed += seg.num_tokens
+        st.tokens_pruned += seg.num_tokens - seg.kept_tokens
+        self.store.add(seg)
+        return seg
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- retrieval ------------------------------------------------------------------------------
+    def _embed_text(self, text: str) -> torch.Tensor | None:
+        return self.embedder.encode([text])[0] if self.embedder is not None else None
+
+    def candidates(self) -> list[Candidate]:
+        cands = [Candidate(i, s.t0, s.t1, s.text, s.kept_tokens, s.tier == "dropped", s.rep_key, s.embedding)
+                 for i, s in enumerate(self.segments)]
+        for j, w in enumerate(self.window):
+            if w.embedding is None:
+                w.embedding = self._embed_text(w.text)
+            t1 = self.window[j + 1].t0 if j + 1 < len(self.window) else w.t1
+            cands.append(Candidate(-1 - j, w.t0, max(t1, w.t1), w.text, 0, True, w.rep_key, w.embedding))
+        return cands
+
+    def _retrieve(self, question: str, now: float, cands: list[Candidate], use_model: bool, top_k: int,
+                  max_tokens: int) -> Retrieval:
+        query = None
+        if use_model and self.config.use_qk and cands:
+            # the question's own words, without the chat template: template tokens dominate a mean query
+            probe = self.backend.text_chunk("question", question, now, now)
+            query = self.backend.question_query(probe, kv_cache.fork_cache(self.cache), self.next_pos)
+        embed = self._embed_text if self.embedder is not None else None
+        return retrieve(question, now, cands, query=query, embed=embed, top_k=top_k, max_tokens=max_tokens)
+
+    def context(self, question: str | None = None, now: float | None = None) -> ContextView:
+        """The context a question is answered from. Without a question (or with retrieval off): sink + window."""
+        if question is None or not self.config.retrieval:
+            return self.assemble([])
+        now = self.segments[-1].t1 if now is None and self.segments else (now or 0.0)
+        ref = parse_time_ref(question, now)
+        if ref is not None and ref.kind == "now":     # about the present: the window has it, skip the search
+            view = self.assemble([])
+            view.retrieval = Retrieval(ref, [], [])
+            return view
+        r = self._retrieve(question, now, self.candidates(), True, self.config.top_k, self.config.retrieve_tokens)
+        placed = [self.segments[c.key] for c in r.selected if c.key >= 0 and self.segments[c.key].tier != "dropped"]
+        view = self.assemble(placed)
+        view.retrieval = r
+        self.stats.retrieved_segments += len(view.placed)
+        return view
+
+    def search(self, text: str, now: float, k: int = 5) -> list[SearchHit]:
+        """Segments (sealed and in the window) best matching `text`, by time reference or content; no model call."""
+        cands = self.candidates()
+        r = self._retrieve(text, now, cands, False, k, 10**9)
+        by_key = {c.key: c for c in cands}
+        order = [c.key for c in r.recalled] + [key for sig in r.scores.values() for key in sig[:k]]
+        seen: set[int] = set()
+        out: list[SearchHit] = []
+        for key in order:
+            if key not in seen and len(out) < k:
+                seen.add(key)
+                out.append(SearchHit(by_key[key].t0, by_key[key].t1, by_key[key].text))
+        return out
+
+    def assemble(self, segments: list[Segment]) -> ContextView:
+        """sink + `segments` (time order) + window, as a new cache."""
+        if not segments:
+            view = ContextView(kv_cache.fork_cache(self.cache), self.next_pos, self.num_tokens)
+            self.stats.device_peak_bytes = max(self.stats.device_peak_bytes, self.device_bytes())
+            return view
+        contiguous = self.config.positions == "contiguous"
+        pos = self.sink.pos_span if self.sink else 0
+        pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+        placed: list[Segment] = []
+        notes: list[str] = []
+        dtype = kv_cache.cache_dtype(self.cache)
+        for seg in sorted(segments, key=lambda x: x.t0):
+            try:
+                k, v = self.store.load_kv(seg, self.backend.device, dtype)
+            except SegmentFileError as e:
+                self.stats.segment_read_errors += 1
+                notes.append(f"{self.label}: segment {seg.seg_id} [{seg.t0:.1f}-{seg.t1:.1f} s]: {e}; "
+                             f"answering without it")
+                log.warning("%s", notes[-1])
+                continue
+            target = pos if contiguous else seg.orig_pos
+            if target != seg.pos_start:
+                k = self._rotate(k, target - seg.pos_start)
+            pieces.append((k, v))
+            placed.append(seg)
+            pos += seg.pos_span
+        window_start = self.window[0].pos_start if self.window else self.next_pos
+        w_delta = (pos - window_start) if contiguous else 0
+        cache = kv_cache.splice(self.cache, self.sink_tokens, pieces, self._rotate, w_delta)
+        view = ContextView(cache, self.next_pos + w_delta, cache.get_seq_length(), placed=placed, notes=notes)
+        self.stats.device_peak_bytes = max(self.stats.device_peak_bytes, kv_cache.cache_bytes(cache))
+        return view

@@ -1,0 +1,164 @@
+"""The host and disk tiers of sealed segments: RAM, files, budgets and the index rows.
+
+    host  [ sealed segments' KV in RAM ]            past host_mb the oldest spill to disk
+    disk  [ one safetensors file per segment ]      past disk_mb the oldest KV is dropped (row and text stay)
+
+Every move is counted in `MemoryStats`; drops are logged. If writing fails (the disk is full, the
+directory vanished), storage switches off for the rest of the session with one warning: segments stay
+in RAM up to the host budget, past it their KV is dropped and counted, and answering goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import kernels
+from memory.index import SegmentIndex
+from memory.segments import Segment, read_segment_kv, write_segment_file
+
+log = logging.getLogger("onlooker.memory")
+
+MB = 1 << 20
+
+
+@dataclass
+class MemoryStats:
+    segments_sealed: int = 0
+    segments_spilled: int = 0
+    segments_dropped: int = 0         # KV removed by a budget (text kept in the index)
+    segment_read_errors: int = 0      # spilled files that could not be read back
+    tokens_sealed: int = 0
+    tokens_pruned: int = 0
+    host_bytes: int = 0
+    disk_bytes: int = 0
+    device_peak_bytes: int = 0        # largest assembled context (sink + retrieved + window)
+    retrieved_segments: int = 0
+    oom_shrinks: int = 0              # times the window was halved after running out of device memory
+    storage_error: str | None = None  # why writing stopped, if it did
+
+
+class SegmentStore:
+    """Owns sealed segments off the device. Not thread-safe (the runtime thread owns it)."""
+
+    def __init__(self, host_mb: float, disk_mb: float, stats: MemoryStats, *, index: SegmentIndex | None = None,
+                 spill_dir: Path | None = None, label: str = "memory") -> None:
+        self.host_budget = int(host_mb * MB)
+        self.disk_budget = int(disk_mb * MB)
+        self.disk_mb = disk_mb
+        self.stats = stats
+        self.index = index
+        self.spill_dir = spill_dir
+        self.label = label
+        self.segments: list[Segment] = []
+        self._tmp_dir: tempfile.TemporaryDirectory | None = None
+
+    # -- writing --------------------------------------------------------------------------------
+    def _storage_failed(self, what: str, e: Exception) -> None:
+        if self.stats.storage_error is None:
+            self.stats.storage_error = f"{what}: {e}"
+            log.warning("%s: %s failed (%s); storage is off for the rest of the session, answering goes on "
+                        "from memory", self.label, what, e)
+
+    def _index_write(self, fn, *args, **kwargs):
+        if self.index is None or self.stats.storage_error is not None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except (sqlite3.Error, OSError) as e:
+            self._storage_failed("writing the session index", e)
+            return None
+
+    def add(self, seg: Segment) -> None:
+        """A newly sealed segment, in host RAM."""
+        self.segments.append(seg)
+        if seg.kv is not None:
+            self.stats.host_bytes += seg.kv.nbytes
+        if self.index is not None:
+            seg.index_id = self._index_write(self.index.add, seg, seg.tier)
+        self.enforce_budgets()
+
+    def _segment_path(self, seg: Segment) -> Path:
+        if self.spill_dir is None:
+            self._tmp_dir = tempfile.TemporaryDirectory(prefix="onlooker-kv-")
+            self.spill_dir = Path(self._tmp_dir.name)
+            log.info("%s: no session directory; spilling segments to %s", self.label, self.spill_dir)
+        return self.spill_dir / f"segment-{seg.seg_id:06d}.safetensors"
+
+    def spill(self, seg: Segment) -> bool:
+        assert seg.kv is not None
+        if self.stats.storage_error is not None:
+            return False
+        path = self._segment_path(seg)
+        try:
+            size = write_segment_file(path, seg)
+        except OSError as e:
+            self._storage_failed(f"writing {path.name}", e)
+            return False
+        self.stats.host_bytes -= seg.kv.nbytes
+        self.stats.disk_bytes += size
+        self.stats.segments_spilled += 1
+        seg.kv, seg.file = None, path
+        seg.extra["file_bytes"] = size
+        if seg.index_id is not None and self.index is not None:
+            self._index_write(self.index.update, seg.index_id, tier="disk", kv_file=str(path), kv_bytes=size)
+        return True
+
+    def _drop_host(self, seg: Segment) -> None:
+        assert seg.kv is not None
+        self.stats.host_bytes -= seg.kv.nbytes
+        seg.kv = None
+        self.stats.segments_dropped += 1
+        log.warning("%s: host budget reached with storage off: dropped the KV of segment %d [%.1f-%.1f s]",
+                    self.label, seg.seg_id, seg.t0, seg.t1)
+
+    def enforce_budgets(self) -> None:
+        for seg in self.segments:
+            if self.stats.host_bytes <= self.host_budget:
+                break
+            if seg.kv is not None and not self.spill(seg):
+                self._drop_host(seg)
+        for seg in self.segments:
+            if self.stats.disk_bytes <= self.disk_budget:
+                break
+            if seg.file is not None and seg.kv is None:
+                size = seg.extra.pop("file_bytes", 0)
+                seg.file.unlink(missing_ok=True)
+                seg.file = None
+                self.stats.disk_bytes -= size
+                self.stats.segments_dropped += 1
+                log.warning("%s: disk budget (%.0f MB) reached: dropped the KV of segment %d [%.1f-%.1f s]; its "
+                            "text stays in the index", self.label, self.disk_mb, seg.seg_id, seg.t0, seg.t1)
+                if seg.index_id is not None and self.index is not None:
+                    self._index_write(self.index.update, seg.index_id, tier="dropped", kv_file=None, kv_bytes=0)
+
+    def spill_all(self) -> None:
+        """Write every host segment to disk (end of a stored session)."""
+        for seg in self.segments:
+            if seg.kv is not None:
+                self.spill(seg)
+        self.enforce_budgets()
+
+    # -- reading --------------------------------------------------------------------------------
+    def load_kv(self, seg: Segment, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The segment's keys and values on `device`, (L, Hkv, k, D); int8 crosses over and is dequantized there.
+        Raises SegmentFileError when its file is missing or unreadable."""
+        kv = seg.kv
+        if kv is None:
+            assert seg.file is not None
+            kv = read_segment_kv(seg.file)
+        if kv.quantized:
+            assert kv.key_scale is not None and kv.value_scale is not None
+            return (kernels.dequantize_int8(kv.keys.to(device), kv.key_scale.to(device), dtype),
+                    kernels.dequantize_int8(kv.values.to(device), kv.value_scale.to(device), dtype))
+        return kv.keys.to(device, dtype), kv.values.to(device, dtype)
+
+    def close(self) -> None:
+        if self._tmp_dir is not None:
+            self._tmp_dir.cleanup()
+            self._tmp_dir = None
