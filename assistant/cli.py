@@ -206,7 +206,12 @@ def cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
                          f"python -m bench.{args.name}")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    return int(importlib.import_module(f"bench.{args.name}").main(rest) or 0)
+    module = importlib.import_module(f"bench.{args.name}")
+    common = importlib.import_module("bench.common")
+    try:
+        return int(module.main(rest) or 0)
+    except common.BenchError as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

@@ -12,3 +12,7 @@ def write_rows(path: str | None, header: str, rows: list[dict]) -> None:
     with open(path, "w") as f:
         for r in rows:
             f.write(json.dumps({"header": header, **r}) + "\n")
+
+
+class BenchError(Exception):
+    """Bad input for a benchmark; the launcher prints one line and exits 2."""

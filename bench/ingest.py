@@ -18,6 +18,8 @@ against the measured bf16 matmul peak.
 
 from __future__ import annotations
 
+import argparse
+
 import logging
 import platform
 import sys
@@ -28,13 +30,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.common import write_rows
+from bench.common import BenchError, write_rows
 from memory.config import MemoryConfig
 from memory.manager import HierarchicalMemory
 from model.qwen_vl import attention_for
 from perception.visual import VisualConfig, VisualStream
 from reasoning import prompts
-from reasoning.answerer import AnswerJob
+from reasoning.answerer import answer_job
 
 log = logging.getLogger("onlooker.bench")
 
@@ -229,11 +231,32 @@ def question_ttft(backend, mem: HierarchicalMemory, now: float, device: str) -> 
         _sync(device)
         asked = time.monotonic()
         view = mem.context(q, now)
-        job = AnswerJob(backend, view, prompts.question_chunk(backend, now, q), 4, asked_at=asked)
+        job = answer_job(backend, view, q, now, latest=None, restate=mem.config.restate, max_new_tokens=4,
+                         asked_at=asked)
         job.step(1)
         _sync(device)
         times.append(job.ttft_ms or 0.0)
     return float(np.median(times))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="onlooker bench ingest", description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=["7b", "tiny"], default="7b", help="Qwen2.5-VL architecture size")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    p.add_argument("--minutes", type=float, default=60.0, help="stream length in minutes")
+    p.add_argument("--stream-fps", type=float, default=2.0, help="frames per second of stream time")
+    p.add_argument("--batch", type=int, default=4, help="frame pairs per vision/prefill batch")
+    p.add_argument("--window", type=int, default=4096, help="recent window in tokens")
+    p.add_argument("--configs", default="naive,window,onlooker", help="comma-separated configurations")
+    p.add_argument("--naive-wall-s", type=float, default=90.0, help="time cap for the naive run")
+    p.add_argument("--max-wall-s", type=float, default=240.0, help="time cap for the other runs")
+    p.add_argument("--tokenizer", help="a ChatML tokenizer directory (default: the lite model's)")
+    p.add_argument("--media", default=str(Path(__file__).resolve().parents[1] / "tests" / "data"),
+                   help="a folder of .mp4 files to loop (default: tests/data of this repository)")
+    p.add_argument("--media-limit-s", type=float, help="use only the first seconds of each video")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the rows as JSON lines to this file")
+    return run_ingest_bench(p.parse_args(argv))
 
 
 def run_ingest_bench(args) -> int:
@@ -247,7 +270,7 @@ def run_ingest_bench(args) -> int:
         try:
             tok = lite_model_dir(default_cache_dir(), convert=False)
         except BackendError:
-            raise ValueError("bench ingest needs a ChatML tokenizer: --tokenizer DIR, or run onlooker download lite")\
+            raise BenchError("bench ingest needs a ChatML tokenizer: --tokenizer DIR, or run onlooker download lite")\
                 from None
     media_dir = Path(args.media) if args.media else None
     media = sorted(media_dir.glob("*.mp4")) if media_dir else []
@@ -272,7 +295,7 @@ def run_ingest_bench(args) -> int:
     rows = []
     for name in [c.strip() for c in args.configs.split(",")]:
         if name not in ("naive", "window", "onlooker"):
-            raise ValueError(f"unknown configuration {name!r} (naive, window, onlooker)")
+            raise BenchError(f"unknown configuration {name!r} (naive, window, onlooker)")
         row = run_config(name, backend, groups, minutes=args.minutes, fps=args.stream_fps, device=args.device,
                          window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
                          param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s)

@@ -12,6 +12,8 @@ a large device-to-device copy, counting bytes read plus written, measured in the
 
 from __future__ import annotations
 
+import argparse
+
 import sys
 
 import torch
@@ -58,10 +60,17 @@ def measure_bandwidth() -> float:
     return 2 * x.numel() / t
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="onlooker bench kernels", description=__doc__.splitlines()[0])
+    p.add_argument("--out", help="also write the rows as JSON lines to this file")
+    return run_kernel_bench(p.parse_args(argv))
+
+
 def run_kernel_bench(args) -> int:
     from kernels import ops, reference
     if not torch.cuda.is_available():
-        raise ValueError("bench kernels needs a CUDA GPU")
+        print("onlooker: error: bench kernels needs a CUDA GPU", file=sys.stderr)
+        return 2
     torch.manual_seed(0)
     bw = measure_bandwidth()
     dev = "cuda"

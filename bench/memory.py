@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import argparse
 import random
 import re
 import statistics
@@ -33,11 +34,11 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm import tqdm
 
-from bench.common import write_rows
+from bench.common import BenchError, write_rows
 from memory.config import MemoryConfig
 from memory.manager import HierarchicalMemory
 from reasoning import prompts
-from reasoning.answerer import AnswerJob
+from reasoning.answerer import answer_job
 from reasoning.prompts import format_time
 
 log = logging.getLogger("onlooker.bench")
@@ -141,11 +142,9 @@ def run_config(name: str, cfg: MemoryConfig, backend, embedder, stream, probes, 
         asked = time.monotonic()
         view = mem.context(p.question, now) if cfg.retrieval else mem.context()
         r = view.retrieval
-        recalled = [(c.t0, c.text) for c in r.recalled] if r is not None and cfg.restate else []
-        chunk = prompts.question_chunk(backend, now, p.question, None, recalled)
-        job = AnswerJob(backend, view, chunk, max_new_tokens, asked_at=asked)
-        while not job.done:
-            job.step(16)
+        job = answer_job(backend, view, p.question, now, latest=None, restate=cfg.restate,
+                         max_new_tokens=max_new_tokens, asked_at=asked)
+        job.run()
         ok = correct(p, job.text)
         hits.append(ok)
         by_kind.setdefault(p.kind, []).append(ok)
@@ -184,13 +183,25 @@ def run_config(name: str, cfg: MemoryConfig, backend, embedder, stream, probes, 
     return row
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="onlooker bench memory", description=__doc__.splitlines()[0])
+    p.add_argument("--observations", type=int, default=320, help="observations in the stream")
+    p.add_argument("--questions", type=int, default=120)
+    p.add_argument("--window", type=int, default=256, help="recent window in tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap")
+    p.add_argument("--configs", help="comma-separated subset of the configurations")
+    p.add_argument("--out", help="also write the rows as JSON lines to this file")
+    return run_memory_bench(p.parse_args(argv))
+
+
 def run_memory_bench(args) -> int:
     from assistant.store import default_cache_dir
     from memory.embed import load_embedder
     from model.causal_lm import load_lite_backend
 
     if args.observations < 20 or args.questions < 1:
-        raise ValueError("bench memory needs --observations >= 20 and --questions >= 1")
+        raise BenchError("bench memory needs --observations >= 20 and --questions >= 1")
     torch.manual_seed(args.seed)
     backend = load_lite_backend(default_cache_dir())
     embedder = load_embedder()
@@ -201,7 +212,7 @@ def run_memory_bench(args) -> int:
     names = [c.strip() for c in args.configs.split(",")] if args.configs else list(configs)
     unknown = [n for n in names if n not in configs]
     if unknown:
-        raise ValueError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(configs)}")
+        raise BenchError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(configs)}")
     tokens = sum(prompts.text_observation_chunk(backend, t, observation(w)).num_tokens for t, w in stream)
     header = (f"bench memory: SmolLM2-135M-Instruct (CPU, {torch.get_num_threads()} threads, {platform.machine()}), "
               f"{len(stream)} observations ({tokens} tokens, {format_time(now)} of stream), {len(probes)} questions, "

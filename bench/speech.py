@@ -15,6 +15,8 @@ after another). The sound device adds its block (20 ms) on top. Prints one table
 
 from __future__ import annotations
 
+import argparse
+
 import statistics
 import sys
 import time
@@ -38,6 +40,14 @@ QUESTIONS = [
 ]
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="onlooker bench speech", description=__doc__.splitlines()[0])
+    p.add_argument("--questions", type=int, default=20, help="spoken utterances")
+    p.add_argument("--min-silence-ms", type=int, default=300, help="silence that ends an utterance")
+    p.add_argument("--out", help="also write the rows as JSON lines to this file")
+    return run_speech_bench(p.parse_args(argv))
+
+
 def run_speech_bench(args) -> int:
     from assistant.speech_out import OUT_RATE, SentenceSplitter, Synthesizer
     from assistant.store import default_cache_dir
@@ -46,7 +56,7 @@ def run_speech_bench(args) -> int:
     from model.causal_lm import load_lite_backend
     from perception.audio import SAMPLE_RATE, blocks, resample
     from perception.speech import Transcriber, VadSegmenter, addressed_question, wake_question, whisper_dir
-    from reasoning.answerer import AnswerJob
+    from reasoning.answerer import answer_job
 
     backend = load_lite_backend(default_cache_dir())
     transcriber = Transcriber(whisper_dir(default_cache_dir()))
@@ -82,7 +92,8 @@ def run_speech_bench(args) -> int:
         asr_ms = (time.monotonic() - t) * 1000
         question = addressed_question(heard) or heard
         t = time.monotonic()
-        job = AnswerJob(backend, mem.context(question, now), prompts.question_chunk(backend, now, question), 48, asked_at=t)
+        job = answer_job(backend, mem.context(question, now), question, now, latest=None, restate=mem.config.restate,
+                         max_new_tokens=48, asked_at=t)
         splitter = SentenceSplitter()
         first = None
         while not job.done and first is None:

@@ -20,6 +20,7 @@ its instruction; other alerts are false positives. Configurations, in one run:
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 import sys
@@ -28,16 +29,17 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from assistant.events import ObservationEvent, StreamEnded
+from assistant.events import Alert, ObservationEvent, StreamEnded
+from perception.observation import Observation
 from assistant.runtime import Runtime
-from bench.common import write_rows
+from bench.common import BenchError, write_rows
 from memory.config import MemoryConfig
 from memory.manager import HierarchicalMemory
 from reasoning import prompts
 from reasoning.answerer import AnswerJob
 from reasoning.config import ReasoningConfig
 from reasoning.prompts import probe_text
-from reasoning.timing import Alert, TimingConfig
+from reasoning.timing import TimingConfig
 
 CONDITIONS = ['the sign says "STOP"', "a person appears"]
 WORDS = ["APPLE", "RIVER", "CANDLE", "FOREST", "PIANO", "MANGO", "ROCKET", "TIGER", "SILVER", "OCEAN", "GARDEN",
@@ -46,7 +48,7 @@ WORDS = ["APPLE", "RIVER", "CANDLE", "FOREST", "PIANO", "MANGO", "ROCKET", "TIGE
 
 @dataclass
 class Stream:
-    observations: list[tuple[float, str]]        # (t, text), one per change
+    observations: list[Observation]              # one per change, typed as perception gives them
     events: dict[str, list[float]]               # condition -> event times
     duration: float
 
@@ -74,14 +76,11 @@ def make_stream(seed: int, duration: float = 300.0) -> Stream:
                 cur = v
         return cur
 
-    obs, last = [], None
+    obs: list[Observation] = []
     for s in range(int(duration)):
-        word, count = at(sign, s), at(people, s)
-        seen = f" {count} {'person' if count == 1 else 'people'} visible." if count else ""
-        text = f'Text on screen: "{word}".' + seen
-        if text != last:
-            obs.append((float(s), text))
-            last = text
+        o = Observation(float(s), at(sign, s), people=at(people, s))
+        if not o.same_as(obs[-1] if obs else None):
+            obs.append(o)
     events = {CONDITIONS[0]: [ts for i, (ts, w) in enumerate(sign) if w == "STOP" and ts < duration],
               CONDITIONS[1]: [ts for i, (ts, c) in enumerate(people) if c > 0 and (i == 0 or people[i - 1][1] == 0)]}
     return Stream(obs, events, duration)
@@ -112,8 +111,8 @@ def run_watcher(backend, stream: Stream, evidence: bool) -> tuple[list[tuple[str
     timing = TimingConfig(evidence_weight=0.7 if evidence else 0.0)
     mem = HierarchicalMemory(backend, MemoryConfig(window_tokens=512, use_embeddings=False))
     rt = Runtime(backend, mem, ReasoningConfig(), out.append, watches=CONDITIONS, timing=timing)
-    for t, text in stream.observations:
-        rt.submit(ObservationEvent(t, text))
+    for o in stream.observations:
+        rt.submit(ObservationEvent(o))
     rt.submit(StreamEnded())
     while not rt.finished:
         rt.step()
@@ -125,11 +124,12 @@ def run_fixed_interval(backend, stream: Stream) -> tuple[list[tuple[str, float]]
     mem = HierarchicalMemory(backend, MemoryConfig(window_tokens=512, use_embeddings=False))
     mem.set_sink(prompts.system_chunk(backend))
     alerts, last_yes, times = [], dict.fromkeys(CONDITIONS, False), []
-    for t, text in stream.observations:
-        mem.append(prompts.text_observation_chunk(backend, t, text))
+    for o in stream.observations:
+        t = o.t
+        mem.append(prompts.observation_chunk(backend, o))
         start = time.monotonic()
         for cond in CONDITIONS:
-            job = AnswerJob(backend, mem.context(), backend.text_chunk("question", probe_text(t, cond), t, t), 3)
+            job = AnswerJob(backend, mem.context(), prompts.probe_chunk(backend, t, cond), 3)
             while not job.done:
                 job.step(3)
             yes = job.text.strip().lower().startswith("yes")
@@ -138,6 +138,17 @@ def run_fixed_interval(backend, stream: Stream) -> tuple[list[tuple[str, float]]
             last_yes[cond] = yes
         times.append((time.monotonic() - start) * 1000)
     return alerts, statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="onlooker bench timing", description=__doc__.splitlines()[0])
+    p.add_argument("--streams", type=int, default=3, help="synthetic streams")
+    p.add_argument("--duration", type=float, default=300.0, help="seconds of stream each")
+    p.add_argument("--tolerance", type=float, default=3.0, help="seconds after an event an alert may come")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", help="comma-separated subset of onlooker,probe-only,fixed-interval")
+    p.add_argument("--out", help="also write the rows as JSON lines to this file")
+    return run_timing_bench(p.parse_args(argv))
 
 
 def run_timing_bench(args) -> int:
@@ -157,7 +168,7 @@ def run_timing_bench(args) -> int:
     rows = []
     for name in names:
         if name not in configs:
-            raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(configs)}")
+            raise BenchError(f"unknown configuration {name!r}; choose from {', '.join(configs)}")
         total = {"tp": 0, "fp": 0, "fn": 0, "delays": []}
         probe_ms, wall = [], time.monotonic()
         for s in tqdm(streams, desc=name, unit="stream", file=sys.stderr, leave=False):
