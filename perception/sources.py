@@ -140,6 +140,16 @@ class FileSource(Source):
         self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
         self.num_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
 
+    @classmethod
+    def from_capture(cls, name: str, cap: cv2.VideoCapture) -> FileSource:
+        """A finite stream already opened elsewhere (a complete video file served over HTTP): read to its end
+        like a local file, paced the same way, never reconnected."""
+        src = cls(name)
+        src.cap = cap
+        src.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        src.num_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        return src
+
     def frames(self) -> Iterator[VideoFrame]:
         assert self.cap is not None, "open() first"
         i = 0
@@ -198,6 +208,13 @@ class LiveSource(Source):
             raise SourceError(f"stream {self.target} did not answer (unreachable host, wrong URL, or not "
                               f"a video stream)")
 
+    def finite(self) -> bool:
+        """True for a complete video file behind a URL (it declares a frame count and a rate); a live stream
+        declares neither."""
+        if self.cap is None or isinstance(self.target, int):
+            return False
+        return (self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) > 0 and (self.cap.get(cv2.CAP_PROP_FPS) or 0) > 0
+
     def frames(self) -> Iterator[VideoFrame]:
         assert self.cap is not None, "open() first"
         start = self.clock.monotonic()
@@ -250,7 +267,13 @@ def open_source(spec: str, config: PerceptionConfig, clock: Clock | None = None)
             raise SourceError(f"bad camera spec {spec!r}: expected camera:N with N a device index, e.g. camera:0")
         src = LiveSource(int(idx), spec, config, clock)
     elif spec.startswith(("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")):
-        src = LiveSource(spec, spec, config, clock)
+        live = LiveSource(spec, spec, config, clock)
+        live.open()
+        if spec.startswith(("http://", "https://")) and live.finite():
+            assert live.cap is not None
+            log.info("%s is a complete video file: reading it to its end like a local file", spec)
+            return FileSource.from_capture(spec, live.cap)
+        return live
     elif "://" in spec:
         raise SourceError(f"unsupported source {spec!r}: use camera:N, rtsp://, http(s)://, a video file, "
                           f"or synthetic:NAME")
