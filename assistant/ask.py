@@ -97,6 +97,7 @@ def ask_stored(cfg: AssistantConfig, session: str, question: str, model: str | N
         store.add_answer(sid, now, question, text, job.ttft_ms or 0.0, job.total_ms or 0.0)
         record_error = store.write_error
     r = view.retrieval
-    return StoredAnswer(sid, round(now, 3), question, text, None if r is None or r.time_ref is None else r.time_ref.kind,
+    time_ref = None if r is None or r.time_ref is None else r.time_ref.kind
+    return StoredAnswer(sid, round(now, 3), question, text, time_ref,
                         [[round(s.t0, 3), round(s.t1, 3)] for s in view.placed], len(view.notes),
                         round(job.ttft_ms or 0.0, 1), round(job.total_ms or 0.0, 1), record_error)

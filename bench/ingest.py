@@ -19,7 +19,6 @@ against the measured bf16 matmul peak.
 from __future__ import annotations
 
 import argparse
-
 import logging
 import platform
 import sys
@@ -326,3 +325,7 @@ def format_table(header: str, rows: list[dict]) -> str:
                      f"{r['tokens_total_per_frame']:.0f} | {r['vit_groups']} ({r['vit_reused']}) | {at} | "
                      f"{gb(r['gpu_peak_gb'])} | {covered} | {ttft} | {100 * r['mfu']:.1f}% |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,6 @@ a large device-to-device copy, counting bytes read plus written, measured in the
 from __future__ import annotations
 
 import argparse
-
 import sys
 
 import torch
@@ -129,3 +128,7 @@ def run_kernel_bench(args) -> int:
               f"{r['speedup']:.2f}x | {r['gbps']:.0f} | {100 * r['bw_frac']:.0f}% |")
     write_rows(args.out, header, rows)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,9 +21,9 @@ recalled beside the question unless `restate` is off. Prints one table; `--out` 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import platform
-import argparse
 import random
 import re
 import statistics
@@ -256,3 +256,7 @@ def format_table(header: str, rows: list[dict]) -> str:
         lines.append("content signals alone, target in top 3 for 'when' questions (" + r["config"] + "): " +
                      ", ".join(f"{k} {v:.0%}" for k, v in r["signal_hit_at_3_when"].items()))
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,7 +16,6 @@ after another). The sound device adds its block (20 ms) on top. Prints one table
 from __future__ import annotations
 
 import argparse
-
 import statistics
 import sys
 import time
@@ -55,6 +54,7 @@ def run_speech_bench(args) -> int:
     from memory.manager import HierarchicalMemory
     from model.causal_lm import load_lite_backend
     from perception.audio import SAMPLE_RATE, blocks, resample
+    from perception.observation import Observation
     from perception.speech import Transcriber, VadSegmenter, addressed_question, wake_question, whisper_dir
     from reasoning.answerer import answer_job
 
@@ -64,8 +64,7 @@ def run_speech_bench(args) -> int:
     mem = HierarchicalMemory(backend, MemoryConfig(use_embeddings=False))
     mem.set_sink(prompts.system_chunk(backend))
     for i, w in enumerate(["APPLE", "TIGER", "LEMON", "RIVER", "PIANO"]):
-        mem.append(prompts.text_observation_chunk(backend, 8.0 * i, f'Text on screen: "{w}".' + (" 1 person visible." if i % 2
-                                                                                     else "")))
+        mem.append(prompts.observation_chunk(backend, Observation(8.0 * i, w, people=i % 2)))
     now = 40.0
     rows = []
     questions = (QUESTIONS * ((args.questions + len(QUESTIONS) - 1) // len(QUESTIONS)))[:args.questions]
@@ -129,3 +128,7 @@ def run_speech_bench(args) -> int:
           f"utterances missed by the VAD: {len(rows) - len(ok)}")
     write_rows(args.out, header, rows)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

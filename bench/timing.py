@@ -30,15 +30,14 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from assistant.events import Alert, ObservationEvent, StreamEnded
-from perception.observation import Observation
 from assistant.runtime import Runtime
 from bench.common import BenchError, write_rows
 from memory.config import MemoryConfig
 from memory.manager import HierarchicalMemory
+from perception.observation import Observation
 from reasoning import prompts
 from reasoning.answerer import AnswerJob
 from reasoning.config import ReasoningConfig
-from reasoning.prompts import probe_text
 from reasoning.timing import TimingConfig
 
 CONDITIONS = ['the sign says "STOP"', "a person appears"]
@@ -203,3 +202,7 @@ def format_table(header: str, rows: list[dict]) -> str:
                      f"{r['fp']} / {r['fn']} | {s(r['delay_mean_s'])} | {s(r['delay_median_s'])} | "
                      f"{r['check_ms_median']:.0f} |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

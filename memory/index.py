@@ -27,7 +27,7 @@ COLUMNS = {"id": int, "session_id": str, "t0": float, "t1": float, "text": str, 
 
 
 def create_segment_table(db: sqlite_utils.Database) -> None:
-    table = db["segments"]
+    table = db.table("segments")
     fks = [("session_id", "sessions", "id")] if "sessions" in db.table_names() else None
     table.create(COLUMNS, pk="id", foreign_keys=fks, if_not_exists=True)
     have = table.columns_dict
@@ -61,10 +61,10 @@ class SegmentIndex:
                "rep_key": tensor_to_blob(seg.rep_key, np.float16),
                "rep_shape": ",".join(str(s) for s in seg.rep_key.shape),
                "kv_file": str(seg.file) if seg.file else None, "kv_bytes": 0, "tier": tier}
-        return int(self.db["segments"].insert(row).last_pk)
+        return int(self.db.table("segments").insert(row).last_pk or 0)
 
     def update(self, row_id: int, **fields) -> None:
-        self.db["segments"].update(row_id, fields)
+        self.db.table("segments").update(row_id, fields)
 
     def rows(self) -> list[dict]:
         return list(self.db["segments"].rows_where("session_id = ?", [self.session_id], order_by="t0"))

@@ -13,12 +13,18 @@ so later appends to either cache never touch the other.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 Rotate = Callable[[torch.Tensor, int], torch.Tensor]    # (keys, position delta) -> rotated keys
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's layers (DynamicLayer: `.keys`, `.values` (1, Hkv, n, D), `.is_initialized`)."""
+    return list(cache.layers)
 
 
 def new_cache() -> DynamicCache:
@@ -28,7 +34,7 @@ def new_cache() -> DynamicCache:
 def fork_cache(cache: DynamicCache) -> DynamicCache:
     """A new cache sharing the same tensors (free)."""
     new = DynamicCache()
-    for layer in cache.layers:
+    for layer in _layers(cache):
         nl = DynamicLayer()
         if layer.is_initialized:
             nl.lazy_initialization(layer.keys, layer.values)
@@ -49,31 +55,31 @@ def cache_from_layers(keys: list[torch.Tensor], values: list[torch.Tensor]) -> D
 
 
 def layer_lengths(cache: DynamicCache) -> list[int]:
-    return [int(layer.keys.shape[2]) if layer.is_initialized else 0 for layer in cache.layers]
+    return [int(layer.keys.shape[2]) if layer.is_initialized else 0 for layer in _layers(cache)]
 
 
 def truncate(cache: DynamicCache, lengths: list[int]) -> None:
     """Undo a partial append: cut every layer that grew back to its length in `lengths`."""
-    for layer, n in zip(cache.layers, lengths, strict=False):
+    for layer, n in zip(_layers(cache), lengths, strict=False):
         if layer.is_initialized and layer.keys.shape[2] > n:
             layer.keys, layer.values = layer.keys[:, :, :n], layer.values[:, :, :n]
 
 
 def cache_bytes(cache: DynamicCache) -> int:
-    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers if layer.is_initialized)
+    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in _layers(cache) if layer.is_initialized)
 
 
 def cache_dtype(cache: DynamicCache) -> torch.dtype:
-    return cache.layers[0].keys.dtype
+    return _layers(cache)[0].keys.dtype
 
 
 def take_front(cache: DynamicCache, start: int, n: int, rotate: Rotate | None, delta: int) -> tuple[
         torch.Tensor, torch.Tensor]:
     """Remove tokens [start, start+n) from every layer and return them stacked, (L, Hkv, n, D) each. The keys
     after them are rotated by `delta` positions when `rotate` is given (closing the gap)."""
-    keys = torch.stack([layer.keys[0, :, start:start + n] for layer in cache.layers])     # (L, Hkv, n, D)
-    values = torch.stack([layer.values[0, :, start:start + n] for layer in cache.layers])
-    for layer in cache.layers:
+    keys = torch.stack([layer.keys[0, :, start:start + n] for layer in _layers(cache)])     # (L, Hkv, n, D)
+    values = torch.stack([layer.values[0, :, start:start + n] for layer in _layers(cache)])
+    for layer in _layers(cache):
         rest = layer.keys[:, :, start + n:]
         if rotate is not None and rest.shape[2]:
             rest = rotate(rest, delta)
@@ -87,7 +93,7 @@ def splice(cache: DynamicCache, start: int, pieces: list[tuple[torch.Tensor, tor
     """A new cache: `cache`[:start] + pieces (each (L, Hkv, k, D) keys and values) + `cache`[start:], the tail's
     keys rotated by `delta` when `rotate` is given. `cache` itself is untouched."""
     keys, values = [], []
-    for li, layer in enumerate(cache.layers):
+    for li, layer in enumerate(_layers(cache)):
         tail = layer.keys[:, :, start:]
         if rotate is not None and delta and tail.shape[2]:
             tail = rotate(tail, delta)

@@ -209,7 +209,8 @@ class HierarchicalMemory:
         if not self.config.retain:          # window-only memory: the KV is dropped, the drop is counted
             st.segments_dropped += 1
             st.tokens_sealed += w.num_tokens
-            return Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span, w.rep_key)
+            return Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
+                           w.rep_key)
         kept = prune_by_value_norm(values, self.config.keep_ratio) if self.config.keep_ratio < 1.0 else None
         if kept is not None:
             keys, values = keys[:, :, kept.to(keys.device)], values[:, :, kept.to(values.device)]
@@ -252,7 +253,8 @@ class HierarchicalMemory:
             # the question's own words, without the chat template: template tokens dominate a mean query
             probe = self.backend.text_chunk("question", question, now, now)
             query = self.backend.question_query(probe, kv_cache.fork_cache(self.cache), self.next_pos)
-        embed = self._embed_text if self.embedder is not None else None
+        embedder = self.embedder
+        embed = (lambda text: embedder.encode([text])[0]) if embedder is not None else None
         return retrieve(question, now, cands, query=query, embed=embed, top_k=top_k, max_tokens=max_tokens)
 
     def context(self, question: str | None = None, now: float | None = None) -> ContextView:

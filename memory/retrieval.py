@@ -128,12 +128,14 @@ def retrieve(question: str, now: float, cands: list[Candidate], *, query: torch.
     rankings: dict[str, list[int]] = {}
     lex = lexical_scores(question, texts)
     rankings["text_words"] = _ranking(lex, keys, positive_only=True)
-    has_emb = embed is not None and all(c.embedding is not None for c in cands)
-    if has_emb:
-        emb = torch.stack([c.embedding for c in cands]) @ embed(question)
+    embeddings = [c.embedding for c in cands if c.embedding is not None]
+    has_emb = embed is not None and len(embeddings) == len(cands)
+    if embed is not None and has_emb:
+        emb = torch.stack(embeddings) @ embed(question)
         rankings["text_embedding"] = _ranking(emb, keys)
-    if query is not None and all(c.rep_key is not None for c in cands):
-        rankings["model_qk"] = _ranking(qk_scores(query, torch.stack([c.rep_key for c in cands])), keys)
+    rep_keys = [c.rep_key for c in cands if c.rep_key is not None]
+    if query is not None and len(rep_keys) == len(cands):
+        rankings["model_qk"] = _ranking(qk_scores(query, torch.stack(rep_keys)), keys)
     fused: dict[int, float] = {}
     for ranking in rankings.values():
         for r, k in enumerate(ranking):
@@ -143,8 +145,8 @@ def retrieve(question: str, now: float, cands: list[Candidate], *, query: torch.
     anchor_scores = None
     if ref is not None and ref.kind == "anchor":
         anchor_scores = lexical_scores(ref.anchor, texts)
-        if float(anchor_scores.max()) <= 0 and has_emb:
-            anchor_scores = torch.stack([c.embedding for c in cands]) @ embed(ref.anchor)
+        if float(anchor_scores.max()) <= 0 and embed is not None and has_emb:
+            anchor_scores = torch.stack(embeddings) @ embed(ref.anchor)
     timed = resolve_time(ref, cands, anchor_scores) if ref is not None else []
 
     if timed:

@@ -16,9 +16,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
-from torch import nn
 from transformers import DynamicCache
 
 from model.chunk import Chunk, text_positions
@@ -51,7 +51,7 @@ class Backend(ABC):
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads)
 
     @abstractmethod
-    def language_model(self) -> nn.Module:
+    def language_model(self) -> Any:
         """The decoder stack (has `.layers[i].self_attn.{q,k}_proj` and `.config`)."""
 
     @property

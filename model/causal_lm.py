@@ -37,14 +37,14 @@ def lite_package_dir() -> Path | None:
     return d if (d / LITE_GGUF).exists() else None
 
 
-def convert_lite_model(target: Path) -> Path:
+def convert_lite_model(target: Path, src: Path | None = None) -> Path:
     """Dequantise the packaged GGUF once into `target` (config, tokenizer, model.safetensors).
 
     Written into a temporary directory and renamed, so an interrupted conversion leaves nothing
     half-written behind."""
     from safetensors.torch import save_model
 
-    src = lite_package_dir()
+    src = src or lite_package_dir()
     if src is None:
         raise BackendError(f"the lite model package ({LITE_PACKAGE}) is not installed; run: {LITE_DOWNLOAD_COMMAND}")
     log.warning("converting %s to safetensors (once; later starts take seconds)", LITE_GGUF)
@@ -88,7 +88,8 @@ class CausalLMBackend(Backend):
     def from_dir(cls, path: Path | str, name: str, device: str = "cpu") -> CausalLMBackend:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        model = model.to(device)  # type: ignore[arg-type]
         return cls(model, tokenizer, name)
 
     def language_model(self):

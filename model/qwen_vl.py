@@ -118,7 +118,8 @@ class QwenVLBackend(Backend):
         model_cls = Qwen3VLForConditionalGeneration if family == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
         model = model_cls.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                          attn_implementation=attention_for(device)).to(device)
+                                          attn_implementation=attention_for(device))
+        model = model.to(device)  # type: ignore[arg-type]
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         return cls(model, tokenizer, Path(path).name)
 

@@ -43,8 +43,10 @@ class LitePerceiver:
         self._faces: cv2.CascadeClassifier | None = None
         if config.detect_people:
             self._hog = cv2.HOGDescriptor()
-            self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
-            self._faces = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+            detector = cv2.HOGDescriptor_getDefaultPeopleDetector()  # type: ignore[attr-defined]
+            self._hog.setSVMDetector(detector)
+            cascades = cv2.data.haarcascades  # type: ignore[attr-defined]
+            self._faces = cv2.CascadeClassifier(cascades + "haarcascade_frontalface_default.xml")
         self._prev_grey: np.ndarray | None = None
         self._last: Observation | None = None
         self.num_processed = 0

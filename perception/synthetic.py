@@ -8,7 +8,10 @@ function of (scene, frame index): the same name always gives the same pixels.
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -92,4 +95,114 @@ class SyntheticScene:
         for k in range(self.boxes_at(t)):
             y = 180 + 36 * k
             cv2.rectangle(img, (590, y), (618, y + 28), (200, 200, 200), -1)
+        return img
+
+
+# -- scenes for the small VLM (training, tests, eval) -------------------------------------------------
+# Word splits, fixed by a hash of the word so that no list needs to be kept in sync:
+#   crc32 % 10 == 0  "heldout"  the tests and the benchmarks of the small VLM; never trained on
+#   crc32 % 10 == 1  "eval"     reserved for `onlooker eval`; never trained on, never used to tune anything
+#   otherwise        "train"    training only
+# The list itself is the 4-7 letter words of SmolLM2's vocabulary (perception/data/words.txt).
+WORD_FILE = Path(__file__).with_name("data") / "words.txt"
+BOARD_COLOURS: dict[str, tuple[int, int, int]] = {          # name -> BGR
+    "red": (40, 40, 210), "green": (60, 170, 60), "blue": (210, 100, 40), "yellow": (40, 215, 235),
+    "white": (245, 245, 245), "orange": (30, 140, 250), "purple": (170, 60, 150)}
+SHAPE_COLOURS = {k: v for k, v in BOARD_COLOURS.items() if k != "white"}
+
+
+def word_split(word: str) -> str:
+    h = zlib.crc32(word.upper().encode()) % 10
+    return "heldout" if h == 0 else ("eval" if h == 1 else "train")
+
+
+@lru_cache(maxsize=1)
+def all_words() -> tuple[str, ...]:
+    return tuple(w.strip() for w in WORD_FILE.read_text().split() if w.strip())
+
+
+def words(split: str) -> list[str]:
+    return [w for w in all_words() if word_split(w) == split]
+
+
+@dataclass(frozen=True)
+class Sign:
+    t0: float
+    t1: float
+    word: str
+    board: str                 # colour name
+    shapes: tuple[tuple[str, str, float, float], ...]   # (kind, colour, phase, speed) of each moving shape
+
+
+@dataclass
+class SignScene:
+    """A random scene for the small VLM: a sign whose word and board colour change, 0-4 moving shapes, and a
+    person-like figure that walks in and out. `render(t)` is a pure function of (scene, t)."""
+
+    seed: int
+    duration_s: float
+    signs: list[Sign]
+    people: list[tuple[float, float]]          # intervals with the figure in view
+    background: tuple[int, int, int]
+    width: int = 224
+    height: int = 224
+
+    @classmethod
+    def random(cls, seed: int, duration_s: float = 60.0, split: str = "train", period_s: tuple[float, float] = (6, 12),
+               size: int = 224) -> SignScene:
+        rng = random.Random(seed)
+        pool = words(split)
+        signs, t, prev = [], 0.0, ""
+        while t < duration_s:
+            t1 = min(duration_s, t + rng.uniform(*period_s))
+            word = rng.choice([w for w in rng.sample(pool, 4) if w != prev])
+            shapes = tuple((rng.choice(["ball", "box"]), rng.choice(list(SHAPE_COLOURS)), rng.uniform(0, 6.28),
+                            rng.uniform(0.4, 1.2)) for _ in range(rng.randint(0, 4)))
+            signs.append(Sign(t, t1, word, rng.choice(list(BOARD_COLOURS)), shapes))
+            t, prev = t1, word
+        people, t = [], rng.uniform(3, 15)
+        while t < duration_s:
+            stay = rng.uniform(4, 10)
+            people.append((t, min(duration_s, t + stay)))
+            t += stay + rng.uniform(5, 20)
+        bg = tuple(int(c) for c in rng.choice([(70, 90, 60), (90, 70, 60), (60, 60, 60), (110, 110, 90)]))
+        return cls(seed, duration_s, signs, people, (bg[0], bg[1], bg[2]), size, size)
+
+    def sign_at(self, t: float) -> Sign:
+        return next((s for s in self.signs if s.t0 <= t < s.t1), self.signs[-1])
+
+    def person_at(self, t: float) -> bool:
+        return any(a <= t < b for a, b in self.people)
+
+    def render(self, t: float) -> np.ndarray:
+        w, h = self.width, self.height
+        img = np.full((h, w, 3), self.background, np.uint8)           # (H, W, 3) BGR
+        sign = self.sign_at(t)
+        colour = BOARD_COLOURS[sign.board]
+        ink = (0, 0, 0) if sign.board in ("white", "yellow", "orange", "green") else (255, 255, 255)
+        x0, y0, x1, y1 = int(0.06 * w), int(0.05 * h), int(0.94 * w), int(0.36 * h)
+        cv2.rectangle(img, (x0, y0), (x1, y1), colour, -1)
+        cv2.rectangle(img, (x0, y0), (x1, y1), (20, 20, 20), 2)
+        scale = 1.0
+        (tw, th), _ = cv2.getTextSize(sign.word, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
+        scale = min(1.2, 0.9 * (x1 - x0) / tw)
+        (tw, th), _ = cv2.getTextSize(sign.word, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
+        cv2.putText(img, sign.word, ((w - tw) // 2, (y0 + y1 + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, 2,
+                    cv2.LINE_AA)
+        for i, (kind, name, phase, speed) in enumerate(sign.shapes):
+            cx = int(w * (0.5 + 0.4 * np.sin(speed * t + phase)))
+            cy = int(h * (0.5 + 0.09 * i + 0.03 * np.sin(1.7 * speed * t + phase)))
+            r = max(6, w // 28)
+            if kind == "ball":
+                cv2.circle(img, (cx, cy), r, SHAPE_COLOURS[name], -1)
+            else:
+                cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), SHAPE_COLOURS[name], -1)
+        for a, b in self.people:
+            if a <= t < b:                      # a figure walking from left to right while in view
+                px = int(w * (0.1 + 0.8 * (t - a) / max(b - a, 1e-6)))
+                s = h / 224
+                cv2.circle(img, (px, int(150 * s)), int(9 * s), (180, 200, 230), -1)                  # head
+                cv2.rectangle(img, (px - int(8 * s), int(160 * s)), (px + int(8 * s), int(190 * s)), (90, 40, 30), -1)
+                cv2.line(img, (px - int(4 * s), int(190 * s)), (px - int(9 * s), int(215 * s)), (50, 50, 50), 3)
+                cv2.line(img, (px + int(4 * s), int(190 * s)), (px + int(9 * s), int(215 * s)), (50, 50, 50), 3)
         return img

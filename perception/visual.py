@@ -100,8 +100,7 @@ class VisualStream:
         need, reuse = [], []
         prev = self._prev_patches
         for patches, grid, _, _ in groups:
-            same_shape = prev is not None and prev.shape == patches.shape
-            if same_shape and self.config.reuse_threshold > 0 and \
+            if prev is not None and prev.shape == patches.shape and self.config.reuse_threshold > 0 and \
                     float((patches - prev).abs().mean()) < self.config.reuse_threshold:
                 reuse.append(True)
             else:
@@ -136,5 +135,5 @@ class VisualStream:
             self._ref = embeds.clone()
             return None
         keep = torch.nonzero(kernels.token_drop(embeds, ref, self.config.drop_threshold)).squeeze(1)
-        self._ref[keep] = embeds[keep]
+        ref[keep] = embeds[keep]
         return keep

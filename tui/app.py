@@ -1,7 +1,7 @@
 """The Onlooker terminal UI (Textual): live preview, chat, transcript, timeline, status.
 
-The app never calls the model and imports no other project package (but model.chunk's time format). It talks to a session
-(tui.protocol.SessionView) that runs in its own threads: questions and commands go in through
+The app never calls the model and imports no other project package (but model.chunk's time format).
+It talks to a session (tui.protocol.SessionView) that runs in its own threads: questions and commands go in through
 `session.ask` / `session.command`, event records come back through `post` (marshalled onto the UI
 thread with call_from_thread), and the status bar and preview poll snapshots the other threads leave
 behind. If the session dies, the app shows its error and exits 1.
@@ -172,7 +172,8 @@ class OnlookerApp(App[int]):
         mic = s.get("mic_level")
         mic_s = "off" if mic is None else "▁▂▃▄▅▆▇█"[min(7, int(mic * 8))]
         line = (f" {s.get('source', '')} · {s.get('model', '')} · {format_time(s.get('stream_t', 0.0))} · "
-                f"{s.get('ingest_fps', 0.0):.1f} fps · dropped {s.get('frames_dropped', 0) + behind} · tokens kept {kept} · "
+                f"{s.get('ingest_fps', 0.0):.1f} fps · dropped {s.get('frames_dropped', 0) + behind} · "
+                f"tokens kept {kept} · "
                 f"KV {mb('device_mb')}/{mb('host_mb')}/{mb('disk_mb')} MB · TTFT {ttft} · "
                 f"{s.get('state', 'starting')}{' (muted)' if s.get('muted') else ''} · mic {mic_s}")
         self.query_one("#status", Static).update(line)

@@ -33,7 +33,8 @@ def _concat(chunks: list[Chunk], backend) -> Chunk:
 def _qwen_chunks(backend):
     scene = SyntheticScene("short")
     return [prompts.system_chunk(backend), backend.frame_chunk(scene.render(0), 0.0),
-            prompts.text_observation_chunk(backend, 0.5, 'Text on screen: "TIGER".'), backend.frame_chunk(scene.render(10), 2.0),
+            prompts.text_observation_chunk(backend, 0.5, 'Text on screen: "TIGER".'),
+            backend.frame_chunk(scene.render(10), 2.0),
             backend.frame_chunk(scene.render(20), 4.0), prompts.question_chunk(backend, 4.0, "What is on the sign?")]
 
 

@@ -1,0 +1,214 @@
+"""Train tiny-vl on the GPU: the vision tower and merger from scratch, LoRA on SmolLM2's attention, the rest
+frozen. Resumable: every run continues from --ckpt (parameters fp16, Adam moments bf16, step, data seed),
+stops after --minutes, and writes the checkpoint back; --export writes model/data/tiny-vl.safetensors.
+
+    python -m train.tiny_vl --lite-dir DIR --ckpt CKPT --minutes 8 --export model/data/tiny-vl.safetensors
+
+Logs one JSON line per eval to --log: step, loss, held-out exact match per question kind (teacher-forced
+argmax at every answer token, which is what greedy decoding produces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from model.tiny_vl import LORA_TARGETS, VISION_TOKENS, build, save_trained
+from train.tiny_vl_data import KINDS, Example, Layout, fixed_eval_set, keep_masks, make_example
+
+LORA_RANK, LORA_SCALE = 16, 2.0
+
+
+class LoRA(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int, scale: float) -> None:
+        super().__init__()
+        self.base, self.scale = base, scale
+        self.A = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.A.t().to(x.dtype) @ self.B.t().to(x.dtype)) * self.scale
+
+
+def add_lora(model) -> dict[str, nn.Parameter]:
+    out = {}
+    for i, layer in enumerate(model.model.language_model.layers):
+        for name in LORA_TARGETS:
+            lora = LoRA(getattr(layer.self_attn, name), LORA_RANK, LORA_SCALE)
+            setattr(layer.self_attn, name, lora)
+            out[f"lora.{i}.{name}.A"], out[f"lora.{i}.{name}.B"] = lora.A, lora.B
+    return out
+
+
+class Data(torch.utils.data.IterableDataset):
+    def __init__(self, seed: int, batch: int) -> None:
+        self.seed, self.batch = seed, batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+        while True:
+            yield [make_example(rng, "train") for _ in range(self.batch)]
+
+
+def forward(model, layout: Layout, batch: list[Example], device: str) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                  list[torch.Tensor]]:
+    """Loss over the answer tokens, the per-token argmax hits, and each example's hit mask."""
+    patches = torch.cat([p for ex in batch for p in ex.patches]).to(device)
+    grids = torch.stack([g for ex in batch for g in ex.grids]).to(device)
+    merge = model.config.vision_config.spatial_merge_size
+    with torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                        enabled=device.startswith("cuda")):
+        feats = model.model.visual(patches, grid_thw=grids).pooler_output          # (sum tokens, 576)
+        sizes = [int(g.prod()) // merge ** 2 for g in grids]
+        per = list(torch.split(feats, sizes))
+        grid_hw = (int(grids[0][1]) // merge, int(grids[0][2]) // merge)
+        embed = model.model.language_model.embed_tokens
+        items, i = [], 0
+        for ex in batch:
+            f = per[i:i + len(ex.patches)]
+            i += len(ex.patches)
+            items.append(layout.assemble(ex, f, keep_masks(f), grid_hw, embed))
+        n = max(e.shape[0] for e, _, _ in items)
+        b = len(items)
+        embeds = torch.zeros(b, n, items[0][0].shape[1], device=device, dtype=items[0][0].dtype)
+        pos = torch.zeros(3, b, n, dtype=torch.long, device=device)
+        labels = torch.full((b, n), -100, dtype=torch.long, device=device)
+        mask = torch.zeros(b, n, dtype=torch.long, device=device)
+        for j, (e, p, lab) in enumerate(items):
+            embeds[j, :e.shape[0]], pos[:, j, :e.shape[0]], labels[j, :e.shape[0]] = e, p.to(device), lab.to(device)
+            mask[j, :e.shape[0]] = 1
+        lm = model.model.language_model
+        hidden = lm(inputs_embeds=embeds, position_ids=pos, attention_mask=mask).last_hidden_state
+        target = labels[:, 1:]
+        sel = target != -100
+        logits = model.lm_head(hidden[:, :-1][sel]).float()                        # (answer tokens, vocab)
+        loss = nn.functional.cross_entropy(logits, target[sel])
+    hits = logits.argmax(-1) == target[sel]
+    per_example = [h for h in torch.split(hits, sel.sum(1).tolist())]
+    return loss, hits, per_example
+
+
+def evaluate(model, layout: Layout, examples: list[Example], device: str, batch: int = 16) -> dict[str, float]:
+    model.eval()
+    right: dict[str, list[bool]] = {k: [] for k in KINDS}
+    with torch.no_grad():
+        for s in range(0, len(examples), batch):
+            chunk = examples[s:s + batch]
+            _, _, per = forward(model, layout, chunk, device)
+            for ex, h in zip(chunk, per, strict=True):
+                right[ex.kind].append(bool(h.all()))
+    model.train()
+    return {k: round(sum(v) / len(v), 3) for k, v in right.items() if v}
+
+
+def save_ckpt(ckpt: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer, step: int) -> None:
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in params.items()},
+              str(ckpt / "params.safetensors"))
+    for moment in ("exp_avg", "exp_avg_sq"):
+        save_file({k: opt.state[v][moment].to("cpu", torch.bfloat16).contiguous() for k, v in params.items()
+                   if v in opt.state}, str(ckpt / f"{moment}.safetensors"))
+    (ckpt / "meta.json").write_text(json.dumps({"step": step}))
+
+
+def load_ckpt(ckpt: Path, params: dict[str, nn.Parameter], opt: torch.optim.Optimizer) -> int:
+    if not (ckpt / "meta.json").exists():
+        return 0
+    saved = load_file(str(ckpt / "params.safetensors"))
+    with torch.no_grad():
+        for k, v in params.items():
+            v.copy_(saved[k].float())
+    step = json.loads((ckpt / "meta.json").read_text())["step"]
+    moments = {m: load_file(str(ckpt / f"{m}.safetensors")) for m in ("exp_avg", "exp_avg_sq")}
+    for k, v in params.items():
+        if k in moments["exp_avg"]:
+            opt.state[v] = {"step": torch.tensor(float(step)), "exp_avg": moments["exp_avg"][k].float().to(v.device),
+                            "exp_avg_sq": moments["exp_avg_sq"][k].float().to(v.device)}
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lite-dir", required=True, help="SmolLM2-135M-Instruct as safetensors (the lite model dir)")
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (resumed from when it exists)")
+    p.add_argument("--minutes", type=float, default=8.0, help="stop after this much training time")
+    p.add_argument("--total-steps", type=int, default=8000, help="length of the learning-rate schedule")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-per-kind", type=int, default=48)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--log", help="JSON lines of loss and held-out accuracy")
+    p.add_argument("--export", help="write the trained parts here (model/data/tiny-vl.safetensors)")
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+    model, tok = build(Path(args.lite_dir))
+    ids = {t: int(tok.convert_tokens_to_ids(t)) for t in VISION_TOKENS}
+    layout = Layout(tok, ids)
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    lora = add_lora(model)
+    for prm in model.model.visual.parameters():
+        prm.requires_grad_(True)
+    model.model.language_model.to(torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    model.lm_head.to(model.model.language_model.embed_tokens.weight.dtype)
+    model.to(args.device).train()
+    params = {f"visual.{k}": v for k, v in model.model.visual.named_parameters()} | dict(lora.items())
+    for v in lora.values():
+        v.data = v.data.float()
+    opt = torch.optim.AdamW([{"params": list(model.model.visual.parameters()), "lr": args.lr},
+                             {"params": list(lora.values()), "lr": args.lr * 0.2}], weight_decay=0.01)
+    step = load_ckpt(Path(args.ckpt), params, opt)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    evalset = fixed_eval_set(args.eval_per_kind)
+    loader = torch.utils.data.DataLoader(Data(args.seed + step, args.batch), batch_size=None,
+                                         num_workers=args.workers, prefetch_factor=4 if args.workers else None)
+    log = open(args.log, "a") if args.log else None
+    start, losses = time.monotonic(), []
+    print(f"tiny-vl: step {step}, {sum(v.numel() for v in params.values()) / 1e6:.2f}M trained parameters",
+          file=sys.stderr)
+    for batch in loader:
+        warm = min(1.0, (step + 1) / 200)
+        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.total_steps)))
+        for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+            g["lr"] = lr * warm * decay
+        loss, _, _ = forward(model, layout, batch, args.device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+        opt.step()
+        step += 1
+        losses.append(float(loss))
+        done = time.monotonic() - start > args.minutes * 60
+        if step % args.eval_every == 0 or done:
+            acc = evaluate(model, layout, evalset, args.device)
+            row = {"step": step, "loss": round(sum(losses) / len(losses), 4), "heldout_exact": acc,
+                   "minutes": round((time.monotonic() - start) / 60, 2)}
+            losses = []
+            print(json.dumps(row), file=sys.stderr)
+            if log:
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            save_ckpt(Path(args.ckpt), params, opt, step)
+        if done:
+            break
+    if args.export:
+        size = save_trained(Path(args.export), model, {k: v for k, v in lora.items()})
+        print(f"tiny-vl: exported {size / 1e6:.1f} MB to {args.export}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
