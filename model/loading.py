@@ -37,7 +37,8 @@ def _local_dir(model: str) -> Path:
             raise BackendError(
                 f"model {model!r} is not in the local Hugging Face cache and Onlooker never downloads weights "
                 f"at run time; fetch it first (huggingface-cli download {model}) or pass a local path") from None
-    raise BackendError(f"unknown model {model!r}: use lite, a Hugging Face id (org/name), or a local directory")
+    raise BackendError(f"unknown model {model!r}: use lite, tiny-vl, a Hugging Face id (org/name), or a local "
+                       f"directory")
 
 
 def load_backend(model: str, device: str, cache_dir: Path) -> Backend:
@@ -49,6 +50,11 @@ def load_backend(model: str, device: str, cache_dir: Path) -> Backend:
         if device != "cpu":
             log.warning("the lite backend runs on the CPU; ignoring --device %s", device)
         return load_lite_backend(cache_dir)
+    if model == "tiny-vl":
+        from model.causal_lm import lite_model_dir
+        from model.qwen_vl import QwenVLBackend
+        from model.tiny_vl import tiny_vl_dir
+        return QwenVLBackend.from_dir(tiny_vl_dir(cache_dir, lite_model_dir(cache_dir)), device)
     path = _local_dir(model)
     family = json.loads((path / "config.json").read_text()).get("model_type", "?")
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))

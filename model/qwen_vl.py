@@ -13,6 +13,7 @@ normalisation, patch flattening) mirrors Qwen2VLImageProcessor without needing t
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -121,7 +122,9 @@ class QwenVLBackend(Backend):
                                           attn_implementation=attention_for(device))
         model = model.to(device)  # type: ignore[arg-type]
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        return cls(model, tokenizer, Path(path).name)
+        meta = Path(path) / "onlooker.json"         # a model built here (tiny-vl) says what frame size it saw
+        max_pixels = int(json.loads(meta.read_text()).get("max_pixels", 448 * 448)) if meta.exists() else 448 * 448
+        return cls(model, tokenizer, Path(path).name, max_pixels=max_pixels)
 
     def language_model(self):
         return self.model.model.language_model

@@ -42,7 +42,7 @@ def tiny_vl_config(vocab: int, ids: dict[str, int]) -> Any:
                          rope_parameters={"rope_type": "default", "rope_theta": 100000.0,
                                           "mrope_section": [8, 12, 12]}),
         vision_config=dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4, out_hidden_size=576,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=224,
                            fullatt_block_indexes=[1, 3]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import cv2  # perception/__init__.py silences OpenCV's own logging first
 import numpy as np
 
 from perception.config import PerceptionConfig
-from perception.synthetic import SCENES, SyntheticScene
+from perception.synthetic import SCENES, SignScene, SyntheticScene
 
 log = logging.getLogger("onlooker.source")
 
@@ -88,16 +89,27 @@ class SyntheticSource(Source):
         self.name = f"synthetic:{scene_name}"
         self.scene_name = scene_name
         self.scene: SyntheticScene | None = None
+        self.sign_scene: SignScene | None = None
 
     def open(self) -> None:
+        m = re.fullmatch(r"vl-(train|heldout|eval)-(\d+)", self.scene_name)
+        if m:                                   # the small VLM's scenes: a random sign scene, 60 s at 2 fps
+            self.sign_scene = SignScene.random(int(m.group(2)), 60.0, m.group(1))
+            return
         try:
             self.scene = SyntheticScene(self.scene_name)
         except KeyError:
             raise SourceError(
-                f"unknown synthetic scene {self.scene_name!r}; known: {', '.join(sorted(SCENES))}"
+                f"unknown synthetic scene {self.scene_name!r}; known: {', '.join(sorted(SCENES))}, "
+                f"or vl-heldout-N (N a seed)"
             ) from None
 
     def frames(self) -> Iterator[VideoFrame]:
+        if self.sign_scene is not None:
+            for i in range(int(self.sign_scene.duration_s * 2)):
+                self.stats.frames_read += 1
+                yield VideoFrame(self.sign_scene.render(i / 2), i / 2, time.time(), i)
+            return
         assert self.scene is not None, "open() first"
         fps = self.scene.spec.fps
         for i in range(self.scene.num_frames):

@@ -121,6 +121,7 @@ def all_words() -> tuple[str, ...]:
     return tuple(w.strip() for w in WORD_FILE.read_text().split() if w.strip())
 
 
+@lru_cache(maxsize=4)
 def words(split: str) -> list[str]:
     return [w for w in all_words() if word_split(w) == split]
 

@@ -18,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.tiny_vl import LORA_TARGETS, VISION_TOKENS, build, save_trained
-from train.tiny_vl_data import KINDS, Example, Layout, fixed_eval_set, keep_masks, make_example
+from train.tiny_vl_data import KINDS, Layout, collate, fixed_eval_set, make_example
 
 LORA_RANK, LORA_SCALE = 16, 2.0
 
@@ -50,61 +51,45 @@ def add_lora(model) -> dict[str, nn.Parameter]:
 
 
 class Data(torch.utils.data.IterableDataset):
-    def __init__(self, seed: int, batch: int) -> None:
-        self.seed, self.batch = seed, batch
+    def __init__(self, seed: int, batch: int, layout: Layout) -> None:
+        self.seed, self.batch, self.layout = seed, batch, layout
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
+        torch.set_num_threads(1)                  # one process per core: no oversubscription
+        cv2.setNumThreads(1)
         rng = random.Random(self.seed * 1000 + (info.id if info else 0))
         while True:
-            yield [make_example(rng, "train") for _ in range(self.batch)]
+            yield collate(self.layout, [make_example(rng, "train") for _ in range(self.batch)])
 
 
-def forward(model, layout: Layout, batch: list[Example], device: str) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                  list[torch.Tensor]]:
-    """Loss over the answer tokens, the per-token argmax hits, and each example's hit mask."""
-    patches = torch.cat([p for ex in batch for p in ex.patches]).to(device)
-    grids = torch.stack([g for ex in batch for g in ex.grids]).to(device)
-    merge = model.config.vision_config.spatial_merge_size
+def forward(model, batch: dict, device: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Loss over the answer tokens, and each example's per-token argmax hits (teacher-forced)."""
+    ids, labels = batch["ids"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True)
     with torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
                         enabled=device.startswith("cuda")):
-        feats = model.model.visual(patches, grid_thw=grids).pooler_output          # (sum tokens, 576)
-        sizes = [int(g.prod()) // merge ** 2 for g in grids]
-        per = list(torch.split(feats, sizes))
-        grid_hw = (int(grids[0][1]) // merge, int(grids[0][2]) // merge)
-        embed = model.model.language_model.embed_tokens
-        items, i = [], 0
-        for ex in batch:
-            f = per[i:i + len(ex.patches)]
-            i += len(ex.patches)
-            items.append(layout.assemble(ex, f, keep_masks(f), grid_hw, embed))
-        n = max(e.shape[0] for e, _, _ in items)
-        b = len(items)
-        embeds = torch.zeros(b, n, items[0][0].shape[1], device=device, dtype=items[0][0].dtype)
-        pos = torch.zeros(3, b, n, dtype=torch.long, device=device)
-        labels = torch.full((b, n), -100, dtype=torch.long, device=device)
-        mask = torch.zeros(b, n, dtype=torch.long, device=device)
-        for j, (e, p, lab) in enumerate(items):
-            embeds[j, :e.shape[0]], pos[:, j, :e.shape[0]], labels[j, :e.shape[0]] = e, p.to(device), lab.to(device)
-            mask[j, :e.shape[0]] = 1
+        feats = model.model.visual(batch["patches"].to(device, torch.float32), grid_thw=batch["grids"].to(device))
         lm = model.model.language_model
-        hidden = lm(inputs_embeds=embeds, position_ids=pos, attention_mask=mask).last_hidden_state
+        embeds = lm.embed_tokens(ids)
+        image = (ids == model.config.image_token_id).unsqueeze(-1)
+        embeds = embeds.masked_scatter(image, feats.pooler_output.to(embeds.dtype))
+        hidden = lm(inputs_embeds=embeds, position_ids=batch["pos"].to(device),
+                    attention_mask=batch["mask"].to(device)).last_hidden_state
         target = labels[:, 1:]
         sel = target != -100
         logits = model.lm_head(hidden[:, :-1][sel]).float()                        # (answer tokens, vocab)
         loss = nn.functional.cross_entropy(logits, target[sel])
     hits = logits.argmax(-1) == target[sel]
-    per_example = [h for h in torch.split(hits, sel.sum(1).tolist())]
-    return loss, hits, per_example
+    return loss, list(torch.split(hits, sel.sum(1).tolist()))
 
 
-def evaluate(model, layout: Layout, examples: list[Example], device: str, batch: int = 16) -> dict[str, float]:
+def evaluate(model, layout: Layout, examples, device: str, batch: int = 32) -> dict[str, float]:
     model.eval()
     right: dict[str, list[bool]] = {k: [] for k in KINDS}
     with torch.no_grad():
         for s in range(0, len(examples), batch):
             chunk = examples[s:s + batch]
-            _, _, per = forward(model, layout, chunk, device)
+            _, per = forward(model, collate(layout, chunk), device)
             for ex, h in zip(chunk, per, strict=True):
                 right[ex.kind].append(bool(h.all()))
     model.train()
@@ -129,6 +114,8 @@ def load_ckpt(ckpt: Path, params: dict[str, nn.Parameter], opt: torch.optim.Opti
         for k, v in params.items():
             v.copy_(saved[k].float())
     step = json.loads((ckpt / "meta.json").read_text())["step"]
+    if not all((ckpt / f"{m}.safetensors").exists() for m in ("exp_avg", "exp_avg_sq")):
+        return step                                   # parameters only: Adam starts its moments afresh
     moments = {m: load_file(str(ckpt / f"{m}.safetensors")) for m in ("exp_avg", "exp_avg_sq")}
     for k, v in params.items():
         if k in moments["exp_avg"]:
@@ -151,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--log", help="JSON lines of loss and held-out accuracy")
+    p.add_argument("--init", help="start from these trained weights when --ckpt is empty (model/data/tiny-vl."
+                   "safetensors; its .json beside it gives the step)")
     p.add_argument("--export", help="write the trained parts here (model/data/tiny-vl.safetensors)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -171,31 +160,40 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW([{"params": list(model.model.visual.parameters()), "lr": args.lr},
                              {"params": list(lora.values()), "lr": args.lr * 0.2}], weight_decay=0.01)
     step = load_ckpt(Path(args.ckpt), params, opt)
+    if step == 0 and args.init:                       # continue from the weights in the repository
+        saved = load_file(args.init)
+        with torch.no_grad():
+            for k, v in params.items():
+                v.copy_(saved[k].float())
+        step = json.loads(Path(args.init).with_suffix(".json").read_text())["step"]
     base_lrs = [g["lr"] for g in opt.param_groups]
     evalset = fixed_eval_set(args.eval_per_kind)
-    loader = torch.utils.data.DataLoader(Data(args.seed + step, args.batch), batch_size=None,
-                                         num_workers=args.workers, prefetch_factor=4 if args.workers else None)
+    loader = torch.utils.data.DataLoader(Data(args.seed + step, args.batch, layout), batch_size=None,
+                                         num_workers=args.workers, prefetch_factor=4 if args.workers else None,
+                                         pin_memory=args.device.startswith("cuda"))
     log = open(args.log, "a") if args.log else None
     start, losses = time.monotonic(), []
+    waited, t_fetch = 0.0, time.monotonic()
     print(f"tiny-vl: step {step}, {sum(v.numel() for v in params.values()) / 1e6:.2f}M trained parameters",
           file=sys.stderr)
     for batch in loader:
+        waited += time.monotonic() - t_fetch
         warm = min(1.0, (step + 1) / 200)
         decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.total_steps)))
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = lr * warm * decay
-        loss, _, _ = forward(model, layout, batch, args.device)
+        loss, _ = forward(model, batch, args.device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
         opt.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         done = time.monotonic() - start > args.minutes * 60
         if step % args.eval_every == 0 or done:
             acc = evaluate(model, layout, evalset, args.device)
             row = {"step": step, "loss": round(sum(losses) / len(losses), 4), "heldout_exact": acc,
-                   "minutes": round((time.monotonic() - start) / 60, 2)}
+                   "minutes": round((time.monotonic() - start) / 60, 2), "data_wait_s": round(waited, 1)}
             losses = []
             print(json.dumps(row), file=sys.stderr)
             if log:
@@ -204,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             save_ckpt(Path(args.ckpt), params, opt, step)
         if done:
             break
+        t_fetch = time.monotonic()
     if args.export:
         size = save_trained(Path(args.export), model, {k: v for k, v in lora.items()})
         print(f"tiny-vl: exported {size / 1e6:.1f} MB to {args.export}", file=sys.stderr)

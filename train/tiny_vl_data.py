@@ -29,7 +29,6 @@ COUNT_Q = ["How many shapes are moving?", "How many shapes do you see?"]
 PERSON_C = ["a person is in view", "someone is visible"]
 WORD_C = ['the sign says "{w}"', "the sign shows {w}"]
 KINDS = {"now": 0.3, "past": 0.2, "colour": 0.1, "count": 0.1, "word_probe": 0.15, "person_probe": 0.15}
-DROP_THRESHOLD = 0.95          # perception.visual.VisualConfig.drop_threshold
 
 
 @dataclass
@@ -50,7 +49,7 @@ def pair(scene: SignScene, t0: float) -> tuple[torch.Tensor, torch.Tensor]:
 def make_example(rng: random.Random, split: str, kind: str | None = None) -> Example:
     kind = kind or rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
     scene = SignScene.random(rng.randrange(1 << 30), duration_s=rng.uniform(40, 400), split=split)
-    k = rng.randint(3, 5) if kind == "past" else rng.randint(1, 3)
+    k = rng.randint(3, 5) if kind == "past" else rng.randint(1, 2)
     span = scene.duration_s - 2.0
     if kind == "person_probe" and scene.people and rng.random() < 0.5:   # half the probes inside an interval
         a, b = rng.choice(scene.people)
@@ -82,22 +81,9 @@ def make_example(rng: random.Random, split: str, kind: str | None = None) -> Exa
     return Example(kind, [p for p, _ in made], [g for _, g in made], times, turn, answer)
 
 
-def keep_masks(feats: list[torch.Tensor]) -> list[torch.Tensor]:
-    """perception.visual's differential token drop over the pairs of one context, in stream order."""
-    out, ref = [], None
-    for f in feats:
-        if ref is None or ref.shape != f.shape:
-            ref = f.detach().clone()
-            out.append(torch.ones(f.shape[0], dtype=torch.bool, device=f.device))
-            continue
-        keep = torch.nn.functional.cosine_similarity(f.detach().float(), ref.float(), dim=-1) < DROP_THRESHOLD
-        ref[keep] = f.detach()[keep]
-        out.append(keep)
-    return out
-
-
 class Layout:
-    """Token ids and positions of the text pieces (cached), and the assembly of one example."""
+    """Token ids and positions of one example, with `image_id` where its visual tokens go (built in the data
+    workers; the training step puts the vision tower's output there)."""
 
     def __init__(self, tok, ids: dict[str, int]) -> None:
         self.tok = tok
@@ -105,48 +91,57 @@ class Layout:
         self.end = int(tok.convert_tokens_to_ids("<|im_end|>"))
         self.sink = self.encode(prompts.sink_text())
         self.tail = [self.ve] + self.encode("\n")
+        self.image_id = ids["<|image_pad|>"]
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
-    def assemble(self, ex: Example, feats: list[torch.Tensor], keeps: list[torch.Tensor], grid_hw: tuple[int, int],
-                 embed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inputs_embeds (n, H), position_ids (3, n), labels (n,)) for one example; visual features keep their
-        gradient. Positions advance exactly as memory.append places chunks (contiguous)."""
+    def build(self, ex: Example, grid_hw: tuple[int, int] = (8, 8)) -> tuple[torch.Tensor, torch.Tensor,
+                                                                           torch.Tensor]:
+        """(input_ids (n,), position_ids (3, n), labels (n,)). Every visual token is kept (token drop is
+        training-free and measured at inference). Positions advance exactly as memory.append places chunks."""
         gh, gw = grid_hw
-        pieces: list[torch.Tensor] = []
+        ids: list[int] = []
         pos: list[torch.Tensor] = []
         offset = 0
 
-        def text(ids: list[int]) -> None:
+        def text(piece: list[int]) -> None:
             nonlocal offset
-            t = torch.tensor(ids)
-            pieces.append(embed(t.to(feats[0].device)))
-            pos.append(torch.arange(len(ids)).unsqueeze(0).expand(3, -1) + offset)
-            offset += len(ids)
+            ids.extend(piece)
+            pos.append(torch.arange(len(piece)).unsqueeze(0).expand(3, -1) + offset)
+            offset += len(piece)
 
         text(self.sink)
-        for t0, f, keep in zip(ex.times, feats, keeps, strict=True):
+        for t0 in ex.times:
             head = self.encode(frame_marker(t0)) + [self.vs]
-            k = len(head)
             start = offset
             text(head)
-            idx = torch.nonzero(keep).squeeze(1)
-            pieces.append(f[idx].to(pieces[0].dtype))
-            pos.append(vision_positions(k, gh, gw)[:, idx.cpu()] + start)
-            m = max(gh, gw)
-            offset = start + k + m
+            ids.extend([self.image_id] * (gh * gw))
+            pos.append(vision_positions(len(head), gh, gw) + start)
+            offset = start + len(head) + max(gh, gw)
             text(self.tail)
         text(self.encode(ex.turn))
-        n_prompt = offset
         answer = self.encode(ex.answer) + [self.end]
         text(answer)
-        embeds = torch.cat(pieces)
-        positions = torch.cat(pos, dim=1)
-        labels = torch.full((embeds.shape[0],), -100, dtype=torch.long)
+        labels = torch.full((len(ids),), -100, dtype=torch.long)
         labels[-len(answer):] = torch.tensor(answer)
-        assert positions[0, -1] == n_prompt + len(answer) - 1
-        return embeds, positions, labels
+        return torch.tensor(ids), torch.cat(pos, dim=1), labels
+
+
+def collate(layout: Layout, batch: list[Example]) -> dict:
+    """Padded tensors for one batch (right padding), patches in fp16 to halve the hand-over."""
+    built = [layout.build(ex) for ex in batch]
+    n = max(i.shape[0] for i, _, _ in built)
+    b = len(built)
+    ids = torch.zeros(b, n, dtype=torch.long)
+    pos = torch.zeros(3, b, n, dtype=torch.long)
+    labels = torch.full((b, n), -100, dtype=torch.long)
+    mask = torch.zeros(b, n, dtype=torch.long)
+    for j, (i, p, lab) in enumerate(built):
+        ids[j, :len(i)], pos[:, j, :len(i)], labels[j, :len(i)], mask[j, :len(i)] = i, p, lab, 1
+    return {"ids": ids, "pos": pos, "labels": labels, "mask": mask,
+            "patches": torch.cat([p for ex in batch for p in ex.patches]).half(),
+            "grids": torch.stack([g for ex in batch for g in ex.grids]), "kinds": [ex.kind for ex in batch]}
 
 
 def fixed_eval_set(n_per_kind: int, seed: int = 12345) -> list[Example]:

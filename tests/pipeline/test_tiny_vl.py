@@ -1,0 +1,47 @@
+"""tiny-vl: what is established so far. Its language model is SmolLM2 exactly (the builder maps the weights
+right), its trained parts are small, and it runs through the whole VLM path (source -> VisualStream ->
+memory -> answer) on a held-out scene. Reading words is not reached yet (docs/benchmarks.md, train/logs)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from assistant.cli import main
+from model.tiny_vl import TRAINED
+from perception.synthetic import BOARD_COLOURS, SignScene, word_split, words
+
+
+def test_word_splits_are_disjoint_and_fixed():
+    train, held, ev = set(words("train")), set(words("heldout")), set(words("eval"))
+    assert not (train & held) and not (train & ev) and not (held & ev) and len(held) > 500
+    assert all(word_split(s.word) == "heldout" for s in SignScene.random(3, 60, "heldout").signs)
+
+
+def test_the_language_model_inside_is_smollm2_exactly(lite_backend):
+    from assistant.store import default_cache_dir
+    from model.causal_lm import lite_model_dir
+    from model.tiny_vl import build
+    model, tok = build(lite_model_dir(default_cache_dir(), convert=False))
+    ids = tok("<|im_start|>user\nWhat is on the sign?<|im_end|>\n<|im_start|>assistant\n",
+              return_tensors="pt")["input_ids"]
+    n = ids.shape[1]
+    with torch.no_grad():
+        want = lite_backend.model(input_ids=ids).logits[0, -1]
+        lm = model.model.language_model
+        h = lm(inputs_embeds=lm.embed_tokens(ids), position_ids=torch.arange(n).view(1, 1, n).expand(3, 1, n))
+        got = model.lm_head(h.last_hidden_state)[0, -1, :want.shape[0]]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert TRAINED.stat().st_size < 40e6
+
+
+def test_tiny_vl_runs_the_whole_vlm_path_on_a_held_out_scene(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path))
+    assert main(["run", "--source", "synthetic:vl-heldout-3", "--model", "tiny-vl", "--headless", "--fast",
+                 "--no-audio", "--ask", "10:What colour is the sign?"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    summary = records[-1]
+    assert summary["model"] == "tiny-vl" and summary["visual_groups"] == 30 and summary["segments_sealed"] > 0
+    answer = next(r for r in records if r["type"] == "answer")
+    assert answer["text"].strip().lower() in BOARD_COLOURS        # it answers in the form it was trained on
