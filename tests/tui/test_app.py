@@ -122,8 +122,11 @@ def test_a_dying_session_shows_its_error_and_exits_1():
 
 
 class _StableIds(OnlookerApp):
-    """The app as it is, screenshotted with a fixed SVG id: Rich derives the id from the segments' reprs, which
-    carry per-process details that do not show on screen, so the id alone made the comparison flaky."""
+    """The app as it is, screenshotted with a fixed SVG id and the input's cursor not blinking: whether the
+    screenshot caught the cursor on or off made the comparison flaky."""
+
+    def on_mount(self) -> None:          # Textual runs OnlookerApp.on_mount too (handlers run down the MRO)
+        self.query_one("#ask", Input).cursor_blink = False
 
     def export_screenshot(self, *, title: str | None = None, simplify: bool = False) -> str:
         import io
