@@ -44,7 +44,7 @@ def _os_reason(e: OSError) -> str:
         return "permission denied"
     if e.errno == errno.ENOSPC:
         return "the disk is full"
-    if e.errno == errno.ENOTDIR:
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
         return "a file is in the way of the directory"
     return e.strerror or str(e)
 
