@@ -69,5 +69,3 @@ class LiveSession:
         self.session.pipeline.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self.summary is None and self._thread is not None and not self._thread.is_alive():
-            return

@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from model.chunk import format_time
@@ -148,7 +147,3 @@ def fixed_eval_set(n_per_kind: int, seed: int = 12345) -> list[Example]:
     """Held-out examples (words and scenes never trained on), the same every time."""
     rng = random.Random(seed)
     return [make_example(rng, "heldout", kind) for kind in KINDS for _ in range(n_per_kind)]
-
-
-def as_numpy_seed(step: int, worker: int) -> int:
-    return int(np.uint32(step * 7919 + worker * 104729 + 17))
