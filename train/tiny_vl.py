@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--total-steps", type=int, default=8000, help="length of the learning-rate schedule")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lora-lr-ratio", type=float, default=0.2, help="LoRA's learning rate as a share of --lr")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-per-kind", type=int, default=48)
     p.add_argument("--workers", type=int, default=8)
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     for v in lora.values():
         v.data = v.data.float()
     opt = torch.optim.AdamW([{"params": list(model.model.visual.parameters()), "lr": args.lr},
-                             {"params": list(lora.values()), "lr": args.lr * 0.2}], weight_decay=0.01)
+                             {"params": list(lora.values()), "lr": args.lr * args.lora_lr_ratio}], weight_decay=0.01)
     step = load_ckpt(Path(args.ckpt), params, opt)
     if step == 0 and args.init:                       # continue from the weights in the repository
         saved = load_file(args.init)
