@@ -1,11 +1,11 @@
 """Every message that flows between threads: small `@dataclass(slots=True)` records with a monotonic `ts`.
 
-    data     ObservationEvent, TranscriptEvent         ordered; the runtime's data inbox is bounded and
-                                                       drops the oldest when the source is live (counted)
+    data     ObservationEvent, PerceptionEvent,        ordered; the runtime's data inbox is bounded and
+             TranscriptEvent                           drops the oldest when the source is live (counted)
     control  Question, Command, SpeechStarted,         never dropped, never queued behind data: the
              StreamEnded, Shutdown                     runtime drains them first, every step
     out      QuestionStarted, AnswerToken, Answer,     from the runtime to the printers, the TUI and the
-             Interrupted, SegmentSealed, Alert,        store; `assistant.output.to_record` gives each its
+             Interrupted, SegmentSealed, Caption, Alert,        store; `assistant.output.to_record` gives each its
              Narration, SearchResults, CommandDone,    JSON-lines shape
              SessionEnded, SessionError, Summary
 """
@@ -36,6 +36,17 @@ class ObservationEvent:           # one sampled frame as perception saw it (the 
 
 
 @dataclass(slots=True)
+class PerceptionEvent:            # VLM path: the side perceiver's reading of a frame already sent on as pixels
+    observation: Observation
+    repeat: bool = False
+    ts: float = field(default_factory=_now)
+
+    @property
+    def t(self) -> float:
+        return self.observation.t
+
+
+@dataclass(slots=True)
 class TranscriptEvent:            # an utterance heard and written down (ASR)
     t0: float                     # stream time the speech started / ended
     t1: float
@@ -43,7 +54,7 @@ class TranscriptEvent:            # an utterance heard and written down (ASR)
     ts: float = field(default_factory=_now)
 
 
-DATA_EVENTS = (ObservationEvent, TranscriptEvent)
+DATA_EVENTS = (ObservationEvent, PerceptionEvent, TranscriptEvent)
 
 
 # -- control ------------------------------------------------------------------------------------------
@@ -135,11 +146,21 @@ class SegmentSealed:              # a segment left the recent window: its KV wen
 
 
 @dataclass(slots=True)
+class Caption:                    # VLM path: the model's one line about a sealed segment
+    t0: float
+    t1: float
+    text: str
+    ts: float = field(default_factory=_now)
+
+
+@dataclass(slots=True)
 class Alert:                      # a standing instruction fired
     t: float                      # stream time of the frame it was seen in
     condition: str
     text: str
     score: float
+    source: str = "model"         # what decided: "perception" (evidence) or "model" (the yes/no probe alone)
+    thumbnail: str | None = None  # path of a small JPEG of that frame (VLM path, stored sessions)
     ts: float = field(default_factory=_now)
 
 

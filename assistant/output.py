@@ -22,7 +22,7 @@ def _r(x: float) -> float:
 def to_record(event: Any) -> dict | None:
     """The JSON-lines shape of an event, or None if it is not printed."""
     match event:
-        case ev.ObservationEvent(observation=o, repeat=False):
+        case ev.ObservationEvent(observation=o, repeat=False) | ev.PerceptionEvent(observation=o, repeat=False):
             return {"type": "observation", "t": _r(o.t), "text": observation_sentence(o) if o.perceived else None,
                     "people": o.people, "faces": o.faces}
         case ev.QuestionStarted():
@@ -43,9 +43,11 @@ def to_record(event: Any) -> dict | None:
                     "tokens": event.num_tokens, "kept_tokens": event.kept_tokens, "tier": event.tier}
         case ev.TranscriptEvent():
             return {"type": "transcript", "t0": _r(event.t0), "t1": _r(event.t1), "text": event.text}
+        case ev.Caption():
+            return {"type": "caption", "t0": _r(event.t0), "t1": _r(event.t1), "text": event.text}
         case ev.Alert():
             return {"type": "alert", "t": _r(event.t), "condition": event.condition, "text": event.text,
-                    "score": round(event.score, 3)}
+                    "score": round(event.score, 3), "source": event.source, "thumbnail": event.thumbnail}
         case ev.Narration():
             return {"type": "narration", "t": _r(event.t), "text": event.text}
         case ev.SearchResults():
@@ -117,7 +119,8 @@ class ConsolePrinter:
                 return f"[{format_time(event.t)}] Onlooker: {event.text}\n"
             case ev.TranscriptEvent():
                 return f"[{format_time(event.t0)}] heard: {event.text}\n"
-            case ev.ObservationEvent(observation=o, repeat=False) if o.perceived:
+            case ev.ObservationEvent(observation=o, repeat=False) | ev.PerceptionEvent(observation=o, repeat=False) \
+                    if o.perceived:
                 return f"[{format_time(o.t)}] saw: {observation_sentence(o)}\n"
             case ev.QuestionStarted():
                 return f"[{format_time(event.t)}] you: {event.question}\n"

@@ -35,6 +35,7 @@ from perception.speech import addressed_question
 from perception.visual import VisualConfig, VisualStream
 from reasoning import prompts
 from reasoning.answerer import AnswerJob, answer_job
+from reasoning.captions import Captioner
 from reasoning.config import ReasoningConfig
 from reasoning.timing import TimingConfig, Watcher
 
@@ -73,7 +74,11 @@ class Runtime:
         self._job_question: ev.Question | None = None
         self._latest_obs: tuple[float, str] | None = None
         self.visual = VisualStream(backend, visual) if backend.accepts_frames else None
+        timing = timing or TimingConfig(probe_on=config.probe_on, probe_off=config.probe_off,
+                                        cooldown_s=config.cooldown_s)
         self.watcher = Watcher(backend, timing)
+        self.captioner = Captioner(backend, memory, config)
+        self._beside: Observation | None = None      # VLM path: the newest observation from the perceivers beside it
         for w in watches or []:
             self.watcher.add(w)
         self.narrate = narrate
@@ -103,7 +108,8 @@ class Runtime:
         if self.shutdown:
             return True
         return (self.stream_ended and not len(self.data) and not self._scheduled and not self._questions
-                and self._job is None and self.control.empty() and (self.visual is None or not self.visual.pending))
+                and self._job is None and self.control.empty() and (self.visual is None or not self.visual.pending)
+                and not self.captioner.busy)
 
     def step(self, timeout: float = 0.0) -> bool:
         """One turn; returns True if it did any work. Waits up to `timeout` for an event when idle."""
@@ -123,6 +129,9 @@ class Runtime:
             self._start_answer(*self._questions.popleft())
         if self._job is not None:
             self._decode()
+            did = True
+        elif event is None and self.captioner.busy:          # slack: nothing to ingest, no answer decoding
+            self._caption()
             did = True
         now = time.monotonic()
         if now - self._status_at >= 0.2:
@@ -238,6 +247,9 @@ class Runtime:
         if isinstance(event, ev.TranscriptEvent):
             self._hear(event)
             return
+        if isinstance(event, ev.PerceptionEvent):
+            self._perceived(event)
+            return
         obs: Observation = event.observation
         t = obs.t
         self._fire_scheduled(t)   # questions for times before this frame see the stream up to them
@@ -250,11 +262,11 @@ class Runtime:
         self.stream_t = t
         if self.visual is not None:                      # the VLM path: the frame itself goes into memory
             chunks = self.visual.push(obs.image, t)
-            if obs.perceived and not event.repeat:
-                self.emit(event)
             self._append_chunks(chunks)
             if chunks:
-                self._watch(t, obs if obs.perceived else None)
+                beside = self._beside
+                fresh = beside is not None and t - beside.t <= self.config.evidence_max_age_s
+                self._watch(t, beside if fresh else None, obs.image)
             return
         if event.repeat:
             self.stats.repeats += 1
@@ -265,6 +277,20 @@ class Runtime:
         self._append_chunks([prompts.observation_chunk(self.backend, obs)])
         self._narrate(obs, sentence)
         self._watch(t, obs)
+
+    def _perceived(self, event: ev.PerceptionEvent) -> None:
+        """VLM path: what the perceivers beside the model read in a frame already in memory. It joins the
+        segment's index text, is the watcher's evidence, and is narrated; the model's KV is not touched."""
+        obs = event.observation
+        self._beside = obs
+        if event.repeat:
+            self.stats.repeats += 1
+            return
+        sentence = prompts.observation_sentence(obs)
+        self._latest_obs = (obs.t, sentence)
+        self.memory.annotate(obs.t, prompts.perception_note(obs))
+        self.emit(event)
+        self._narrate(obs, sentence)
 
     def _hear(self, event: ev.TranscriptEvent) -> None:
         """What was said goes into memory like an observation; said to the assistant, it is also a question."""
@@ -277,21 +303,26 @@ class Runtime:
         if question:
             self.ask(question, event.t1)
 
-    def _watch(self, t: float, obs: Observation | None) -> None:
+    def _watch(self, t: float, obs: Observation | None, image: Any = None) -> None:
         if not self.watcher.watches:
             return
         start = time.monotonic()
         fired = self.watcher.update(t, obs, self.memory.context)
         self.stats.probe_ms.append((time.monotonic() - start) * 1000)
         for f in fired:
-            seen = prompts.observation_sentence(obs) if obs is not None else f.condition
-            alert = ev.Alert(f.t, f.condition, f"At {format_time(f.t)}: {seen}", f.score)
+            seen = prompts.observation_sentence(obs) if obs is not None and f.evidence is not None else \
+                f"the model judged this true: {f.condition}"
+            thumb = None
+            if image is not None and self.store is not None and self.session_id is not None:
+                thumb = self.store.save_thumbnail(self.session_id, f.t, image)
+            alert = ev.Alert(f.t, f.condition, f"At {format_time(f.t)}: {seen}", f.score,
+                             "model" if f.evidence is None else "perception", thumb)
             self.stats.alerts += 1
             self.emit(alert)
             if self.speaker is not None and not self.muted:
                 self.speaker.say(f"Heads up: {alert.text}")
             if self.store is not None and self.session_id is not None:
-                self.store.add_alert(self.session_id, alert.t, alert.condition, alert.text)
+                self.store.add_alert(self.session_id, alert.t, alert.condition, alert.text, thumb)
 
     def _narrate(self, obs: Observation, sentence: str) -> None:
         """Narration mode: say so when new text is read or the scene changes."""
@@ -314,6 +345,13 @@ class Runtime:
     def _sealed(self, seg: Any) -> None:
         self.stats.segments_sealed += 1
         self.emit(ev.SegmentSealed(seg.t0, seg.t1, seg.text, seg.num_tokens, seg.kept_tokens, seg.tier))
+        self.captioner.offer(seg)
+
+    def _caption(self) -> None:
+        done = self.captioner.step(self.config.decode_tokens_per_step)
+        if done is not None:
+            seg, text = done
+            self.emit(ev.Caption(seg.t0, seg.t1, text))
 
     # -- answers ------------------------------------------------------------------------------
     def _start_answer(self, q: ev.Question, context: ContextView, latest: tuple[float, str] | None) -> None:

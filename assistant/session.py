@@ -56,7 +56,8 @@ class Session:
     def summary(self, result: PipelineResult) -> dict:
         return {"session_id": self.session_id, "source": self.cfg.source, "model": self.backend.name,
                 "frames_read": result.frames_read, "frames_sampled": result.frames_sampled,
-                "frames_dropped": result.frames_dropped, "stalls": self.source.stats.stalls,
+                "frames_dropped": result.frames_dropped, "perception_skipped": result.perception_skipped,
+                "stalls": self.source.stats.stalls,
                 "reconnects": self.source.stats.reconnects, **self.runtime.summary(), "wall_s": result.wall_s,
                 "interrupted": result.interrupted, "store_error": self.store.write_error,
                 "error": result.error}
@@ -89,7 +90,8 @@ def open_session(cfg: AssistantConfig, asks: list[tuple[float, str]], emit: Call
     source = open_source(cfg.source, cfg.perception)
     try:
         backend = load_backend(cfg.model, cfg.device, default_cache_dir())
-        perceiver = None if backend.accepts_frames else LitePerceiver(cfg.perception)
+        beside_off = backend.accepts_frames and cfg.perception.beside_vlm == "off"
+        perceiver = None if beside_off else LitePerceiver(cfg.perception)
         store = store or SessionStore(Path(cfg.data_dir) if cfg.data_dir else default_data_dir())
         session_id = store.start(cfg.source, backend.name, cfg.model)
     except BaseException:

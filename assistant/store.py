@@ -152,9 +152,34 @@ class SessionStore:
                     {"session_id": session_id, "t": t, "question": question, "answer": answer,
                      "ttft_ms": ttft_ms, "total_ms": total_ms, "asked_wall": time.time()})
 
-    def add_alert(self, session_id: str, t: float, condition: str, text: str) -> None:
+    def add_alert(self, session_id: str, t: float, condition: str, text: str, thumbnail: str | None = None) -> None:
         self._write("an alert", self.db["alerts"].insert,
-                    {"session_id": session_id, "t": t, "condition": condition, "text": text, "wall": time.time()})
+                    {"session_id": session_id, "t": t, "condition": condition, "text": text, "wall": time.time(),
+                     "thumbnail": thumbnail}, alter=True)
+
+    def save_thumbnail(self, session_id: str, t: float, image) -> str | None:
+        """A small JPEG of the frame an alert was seen in (<session>/alerts/), written atomically; its path,
+        or None when it could not be written (storage off, disk full: the alert goes out without it)."""
+        import cv2
+        if self.write_error is not None:
+            return None
+        h, w = image.shape[:2]
+        scale = min(1.0, 320 / max(h, w))
+        small = cv2.resize(image, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+        path = self.session_dir(session_id) / "alerts" / f"alert-{int(t * 1000):09d}.jpg"
+        try:
+            ok, data = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 85])
+            if not ok:
+                return None
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data.tobytes())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("could not write the alert thumbnail %s (%s)", path.name, e)
+            return None
+        return str(path)
 
     def finish(self, session_id: str, summary: str) -> None:
         self._write("the session summary", self.db["sessions"].update, session_id,

@@ -2,7 +2,9 @@
 
     capture  : source.frames() -> sample -> pace -> FrameQueue (drops oldest when live; blocks with --fast)
     perceive : FrameQueue -> LitePerceiver (when there is one) -> typed Observation, the frame riding along
-               -> runtime.submit(ObservationEvent)
+               -> runtime.submit(ObservationEvent). On the VLM path the frame goes on at once, and a
+    beside   : thread runs the lite perceivers on it (the newest frame when it is behind, or every frame)
+               -> runtime.submit(PerceptionEvent): text for the index, evidence for alerts, narration
     hear     : audio blocks (the file's audio track, paced by the frames; or the microphone) -> VAD -> ASR
                -> runtime.submit(TranscriptEvent); speech starting while the assistant talks is barge-in
     runtime  : Runtime.run(), the only thread that owns the model and its cache
@@ -23,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from assistant.events import ObservationEvent, Shutdown, SpeechStarted, StreamEnded, TranscriptEvent
+from assistant.events import ObservationEvent, PerceptionEvent, Shutdown, SpeechStarted, StreamEnded, TranscriptEvent
 from assistant.queues import CLOSED, FrameQueue
 from assistant.runtime import Runtime
 from perception.config import PerceptionConfig
@@ -42,6 +44,7 @@ class PipelineResult:
     frames_sampled: int
     frames_dropped: int
     wall_s: float
+    perception_skipped: int = 0          # VLM path, "latest": frames the perceiver beside it never saw
     threads_alive: list[str] = field(default_factory=list)
     interrupted: bool = False
 
@@ -62,12 +65,20 @@ class Pipeline:
         self._frames_sampled = 0
         self._threads: list[threading.Thread] = []
         self.hearing = hearing
+        # the VLM path's perceiver beside the model: a queue of one that keeps the newest frame ("latest"),
+        # or a bounded queue that makes the frames wait for perception ("every")
+        self.beside: FrameQueue | None = None
+        if perceiver is not None and runtime.backend.accepts_frames:
+            mode = config.beside_vlm
+            if mode == "auto":
+                mode = "latest" if source.live or config.realtime else "every"
+            self.beside = FrameQueue(1 if mode == "latest" else config.frame_queue, drop_oldest=mode == "latest")
         self._stream_t = 0.0                     # latest sampled frame's stream time (paces a file's audio)
         self._capture_done = threading.Event()
         self.latest_frame: np.ndarray | None = None   # for a UI preview: the newest sampled frame
         self.thumbnails: dict[int, np.ndarray] = {}   # whole stream second -> a small copy of its first frame
         self.mic_level: float | None = None      # RMS of the last audio block, 0..1 (None: not hearing)
-        self._producers = 2 if hearing is not None else 1
+        self._producers = 1 + (hearing is not None) + (self.beside is not None)
         self._producers_lock = threading.Lock()
         self.interrupted = False
 
@@ -112,16 +123,36 @@ class Pipeline:
                     break
                 if frame is None:
                     continue
+                if self.runtime.backend.accepts_frames:      # pixels go on now; perception follows beside
+                    self.runtime.submit(ObservationEvent(Observation(frame.t, perceived=False, image=frame.image)))
+                    if self.beside is not None:
+                        self.beside.put(frame)
+                    continue
                 if self.perceiver is None:
                     obs, repeat = Observation(frame.t, perceived=False), False
                 else:
                     obs, repeat = self.perceiver.process(frame)
-                if self.runtime.backend.accepts_frames:
-                    obs.image = frame.image
                 self.runtime.submit(ObservationEvent(obs, repeat))
         except Exception as e:
             log.exception("perception failed")
             self._error = self._error or f"perception failed: {e}"
+        finally:
+            if self.beside is not None:
+                self.beside.close()
+            self._producer_done()
+
+    def _perceive_beside(self) -> None:
+        assert self.beside is not None and self.perceiver is not None
+        try:
+            while True:
+                frame = self.beside.get(timeout=0.5)
+                if frame is CLOSED or self._stop.is_set():
+                    break
+                if frame is not None:
+                    obs, repeat = self.perceiver.process(frame)
+                    self.runtime.submit(PerceptionEvent(obs, repeat))
+        except Exception as e:            # perception beside a VLM is help, not the stream: the frames go on
+            log.warning("perception beside the model is off from here on: %s", e)
         finally:
             self._producer_done()
 
@@ -169,6 +200,8 @@ class Pipeline:
                                           (self._run_runtime, "runtime")]
         if self.hearing is not None:
             targets.append((self._hear, "hear"))
+        if self.beside is not None:
+            targets.append((self._perceive_beside, "beside"))
         self._threads = [threading.Thread(target=fn, name=f"onlooker-{name}", daemon=True) for fn, name in targets]
         for th in self._threads:
             th.start()
@@ -185,6 +218,8 @@ class Pipeline:
         self._stop.set()
         self._hearing_stop.set()
         self.frames.close()
+        if self.beside is not None:
+            self.beside.close()
         self.runtime.data.close()
         self.runtime.submit(Shutdown("stop"))
 
@@ -192,9 +227,12 @@ class Pipeline:
         self._stop.set()
         self._hearing_stop.set()
         self.frames.close()
+        if self.beside is not None:
+            self.beside.close()
         self.runtime.data.close()
         for th in self._threads:
             th.join(timeout=5.0)
+        skipped = self.beside.num_dropped if self.beside is not None else 0
         return PipelineResult(self._error, self.source.stats.frames_read, self._frames_sampled,
-                              self.frames.num_dropped, round(time.monotonic() - start, 3),
+                              self.frames.num_dropped, round(time.monotonic() - start, 3), skipped,
                               [th.name for th in self._threads if th.is_alive()], self.interrupted)

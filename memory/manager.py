@@ -85,6 +85,7 @@ class HierarchicalMemory:
         self.next_pos = 0              # position of the next token in the device cache
         self.stream_pos = 0            # position it would have had with nothing ever moved
         self.window_budget = config.window_tokens
+        self._notes: list[tuple[float, str]] = []   # (stream time, text) ahead of the chunk that will hold it
 
     @property
     def segments(self) -> list[Segment]:
@@ -144,6 +145,9 @@ class HierarchicalMemory:
             last.embedding = None
         else:
             self.window.append(WindowSegment([rec], key_sum, self.stream_pos))
+        while self._notes and self._notes[0][0] <= chunk.t1:
+            self.window[-1].notes.append(self._notes.pop(0)[1])
+            self.window[-1].embedding = None
         self.next_pos += chunk.pos_span
         self.stream_pos += chunk.pos_span
         return AppendResult(logits, self._evict())
@@ -172,8 +176,47 @@ class HierarchicalMemory:
         log.warning("%s: recent window shrunk to %d tokens", self.label, self.window_budget)
         return self._evict()
 
+    def annotate(self, t: float, text: str) -> None:
+        """Words about stream time `t` from beside the model (the perception text of a frame, a caption): they
+        join the text of the segment holding `t`, so search by words and embeddings finds it. A note for a
+        time no chunk has reached yet waits for the chunk that will hold it."""
+        last_t1 = self.window[-1].t1 if self.window else (self.segments[-1].t1 if self.segments else -1.0)
+        if t > last_t1:
+            self._notes.append((t, text))
+            self._notes.sort(key=lambda n: n[0])
+            return
+        for w in reversed(self.window):
+            if w.t0 <= t:
+                w.notes.append(text)
+                w.embedding = None
+                return
+        for seg in reversed(self.segments):
+            if seg.t0 <= t or seg is self.segments[0]:
+                full = f"{seg.text} {text}"
+                self.store.retext(seg, full, self._embed_text(full))
+                return
+
+    def add_text(self, seg: Segment, text: str) -> None:
+        """Words about a sealed segment (its caption): its index text and embedding follow."""
+        full = f"{seg.text} {text}"
+        self.store.retext(seg, full, self._embed_text(full))
+
+    def segment_view(self, seg: Segment) -> ContextView | None:
+        """sink + this one sealed segment, nothing else (what its caption is written from); None when its KV is
+        gone or cannot be read."""
+        view = self.assemble([seg])
+        if not view.placed:
+            return None
+        n = self.sink_tokens + seg.kept_tokens
+        kv_cache.truncate(view.cache, [n] * len(kv_cache.layer_lengths(view.cache)))
+        start = (self.sink.pos_span if self.sink else 0) if self.config.positions == "contiguous" else seg.orig_pos
+        return ContextView(view.cache, start + seg.pos_span, n, placed=[seg], notes=view.notes)
+
     def flush(self, t_end: float) -> list[Segment]:
         """Seal the whole window and write every host segment to disk (end of a stored session)."""
+        if self._notes and self.window:                # notes past the last chunk belong to the last segment
+            self.window[-1].notes.extend(text for _, text in self._notes)
+            self._notes = []
         sealed = self._evict(everything=True, t_end=t_end)
         if self.store.spill_dir is not None:
             self.store.spill_all()

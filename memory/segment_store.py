@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import kernels
-from memory.index import SegmentIndex
+from memory.index import SegmentIndex, tensor_to_blob
 from memory.segments import Segment, read_segment_kv, write_segment_file
 
 log = logging.getLogger("onlooker.memory")
@@ -82,6 +82,13 @@ class SegmentStore:
         if self.index is not None:
             seg.index_id = self._index_write(self.index.add, seg, seg.tier)
         self.enforce_budgets()
+
+    def retext(self, seg: Segment, text: str, embedding: torch.Tensor | None) -> None:
+        """A sealed segment's text grew (a caption, late perception): the index row follows."""
+        seg.text, seg.embedding = text, embedding
+        if seg.index_id is not None and self.index is not None:
+            self._index_write(self.index.update, seg.index_id, text=text,
+                              embedding=tensor_to_blob(embedding) if embedding is not None else None)
 
     def _segment_path(self, seg: Segment) -> Path:
         if self.spill_dir is None:

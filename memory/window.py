@@ -7,7 +7,7 @@ sits now (it moves when the window is re-positioned); `orig_pos` where its segme
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,7 @@ class WindowSegment:
     key_sum: torch.Tensor                 # (L, Hkv, D) sum of pre-RoPE keys
     orig_pos: int
     embedding: torch.Tensor | None = None
+    notes: list[str] = field(default_factory=list)      # words about it from beside the model (perception, captions)
 
     @property
     def t0(self) -> float:
@@ -52,7 +53,7 @@ class WindowSegment:
 
     @property
     def text(self) -> str:
-        return " ".join(c.text.strip() for c in self.chunks)
+        return " ".join([c.text.strip() for c in self.chunks] + self.notes)
 
     @property
     def rep_key(self) -> torch.Tensor:

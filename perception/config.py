@@ -19,6 +19,11 @@ class PerceptionConfig:
     stall_timeout_s: float = 5.0       # a live source with no frame for this long is a stall
     max_retries: int = 5               # reconnect attempts for a stalled network stream
     retry_backoff_s: float = 0.5       # first back-off; doubles each attempt
+    # VLM path: the lite perceivers run beside the model on their own thread, the frame going on at once.
+    # "latest": perceive the newest frame whenever free (never slows ingest; skipped frames are counted);
+    # "every": every sampled frame (ingest waits for perception when it is slower); "off"; "auto": latest
+    # for live or real-time sources, every for --fast replays
+    beside_vlm: str = "auto"
 
     def __post_init__(self) -> None:
         # written as `not (x > 0)` so that NaN fails too
@@ -31,5 +36,7 @@ class PerceptionConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_frame_side < 32:
             raise ValueError(f"max_frame_side must be >= 32, got {self.max_frame_side}")
+        if self.beside_vlm not in ("auto", "latest", "every", "off"):
+            raise ValueError(f"beside_vlm must be auto, latest, every or off, got {self.beside_vlm!r}")
         if not (self.stall_timeout_s > 0) or self.max_retries < 0 or not (self.retry_backoff_s >= 0):
             raise ValueError("stall_timeout_s must be > 0, max_retries and retry_backoff_s >= 0")

@@ -11,6 +11,7 @@ is decoded.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -78,13 +79,19 @@ class AnswerJob:
         self.context = None  # release the fork's tensors now, not when the job is dropped
 
 
+_FRAME = re.compile(r"\[\d+(?::\d{2}){1,2}\] <frame [^>]*>\s*")
+
+
 def recalled_lines(backend: Backend, view: ContextView, restate: bool) -> list[tuple[float, str]]:
-    """The restate rule: text observations that memory recalled go beside the question; a frame has no text
-    worth repeating, so the VLM path restates nothing."""
+    """The restate rule: text observations that memory recalled go beside the question. A frame's placeholder
+    is no text, so the VLM path restates only what the perceivers beside it (or a caption) wrote down."""
     r = view.retrieval
-    if r is None or not restate or backend.accepts_frames:
+    if r is None or not restate:
         return []
-    return [(c.t0, c.text) for c in r.recalled]
+    if not backend.accepts_frames:
+        return [(c.t0, c.text) for c in r.recalled]
+    lines = [(c.t0, _FRAME.sub("", c.text).strip()) for c in r.recalled]
+    return [(t, text) for t, text in lines if text]
 
 
 def answer_job(backend: Backend, view: ContextView, question: str, t: float, *, latest: tuple[float, str] | None,

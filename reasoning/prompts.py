@@ -67,6 +67,17 @@ def probe_text(t: float, condition: str) -> str:
             f"this true right now: {condition.strip()}? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n")
 
 
+def caption_text(t0: float, t1: float) -> str:
+    """The caption request for one sealed segment (the model sees only the sink and that segment)."""
+    return (f"<|im_end|>\n<|im_start|>user\nDescribe what the stream shows from {format_time(t0)} to "
+            f"{format_time(t1)} in one short line.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def perception_note(obs: Observation) -> str:
+    """What the perceivers beside a VLM read in a frame, as index text ("[0:12] Text on screen: ...")."""
+    return f"[{format_time(obs.t)}] {observation_sentence(obs)}"
+
+
 def observation_sentence(obs: Observation) -> str:
     """The one sentence the lite LM reads for an observation, made from its fields."""
     parts = [f'Text on screen: "{obs.text}".' if obs.text else "No text on screen."]
@@ -103,6 +114,10 @@ def heard_chunk(backend: Backend, t: float, text: str) -> Chunk:
 def question_chunk(backend: Backend, t: float, question: str, latest: tuple[float, str] | None = None,
                    recalled: list[tuple[float, str]] | None = None) -> Chunk:
     return backend.text_chunk("question", question_text(t, question, latest, recalled), t, t)
+
+
+def caption_chunk(backend: Backend, t0: float, t1: float) -> Chunk:
+    return backend.text_chunk("question", caption_text(t0, t1), t1, t1)
 
 
 def probe_chunk(backend: Backend, t: float, condition: str) -> Chunk:

@@ -10,7 +10,9 @@ After each ingested chunk, every standing instruction gets a score in [0, 1]:
     score     evidence_weight * evidence + (1 - evidence_weight) * model   (model alone without evidence)
 
 An alert fires when the score crosses `on` while armed; it re-arms only after the score has fallen
-below `off` (hysteresis) and `cooldown_s` of stream time has passed, so one event gives one alert.
+below `off` (hysteresis) and `cooldown_s` of stream time has passed, so one event gives one alert. When no
+evidence applies (the condition names nothing perception reads, or no perceiver ran: the VLM deciding from
+its own pixels), the model's P(yes) alone is held to `probe_on` / `probe_off` instead.
 Plain synchronous code: the runtime calls `Watcher.update` on its own thread.
 """
 
@@ -36,6 +38,8 @@ class TimingConfig:
     off: float = 0.4                 # re-arm below this score
     cooldown_s: float = 8.0          # at least this much stream time between two alerts of one instruction
     evidence_weight: float = 0.7     # share of perception evidence in the score, when the condition has some
+    probe_on: float = 0.6            # fire / re-arm thresholds for the probe alone (no evidence)
+    probe_off: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -132,10 +136,11 @@ class Watcher:
             ev = evidence(w.condition, obs)
             model = self.model_score(context_fn(), t, w.condition)
             score = model if ev is None else cfg.evidence_weight * ev + (1 - cfg.evidence_weight) * model
+            on, off = (cfg.probe_on, cfg.probe_off) if ev is None else (cfg.on, cfg.off)
             w.scores.append((t, score))
-            if not w.armed and score < cfg.off:
+            if not w.armed and score < off:
                 w.armed = True
-            if w.armed and score >= cfg.on and t - w.last_alert_t >= cfg.cooldown_s:
+            if w.armed and score >= on and t - w.last_alert_t >= cfg.cooldown_s:
                 w.armed = False
                 w.last_alert_t = t
                 alerts.append(Fire(t, w.condition, score, ev))
