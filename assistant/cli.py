@@ -171,6 +171,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             for seg in store.segments(sid):
                 print(json.dumps({"type": "segment", **{k: seg[k] for k in ("t0", "t1", "text", "kept_tokens",
                                                                            "tier")}}))
+            for a in store.alerts(sid):
+                print(json.dumps({"type": "alert", **{k: a.get(k) for k in ("t", "condition", "text", "thumbnail")}}))
             for q in store.questions(sid):
                 print(json.dumps({"type": "answer", **{k: q[k] for k in ("t", "question", "answer", "ttft_ms")}}))
             return 0

@@ -170,7 +170,8 @@ class Runtime:
             self._sealed(seg)
 
     def summary(self) -> dict:
-        return runtime_summary(self.stats, self.memory, self.visual, self.stream_t, self.data.num_dropped)
+        return runtime_summary(self.stats, self.memory, self.visual, self.stream_t, self.data.num_dropped,
+                               self.captioner.stats if self.captioner.enabled else None)
 
     # -- control ------------------------------------------------------------------------------
     def _drain_control(self, timeout: float) -> None:

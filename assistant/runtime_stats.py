@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from memory.manager import HierarchicalMemory
 from perception.visual import VisualStream
+from reasoning.captions import CaptionStats
 
 
 @dataclass
@@ -47,9 +48,16 @@ def visual_summary(visual: VisualStream) -> dict:
             "visual_tokens_kept_pct": round(100 * st.kept_fraction, 1)}
 
 
+def caption_summary(c: CaptionStats, stream_t: float) -> dict:
+    hours = stream_t / 3600
+    return {"captions": c.written, "captions_skipped": c.skipped,
+            "caption_s_per_stream_hour": round(c.decode_ms / 1000 / hours, 1) if hours > 0 else None}
+
+
 def runtime_summary(s: RuntimeStats, memory: HierarchicalMemory, visual: VisualStream | None, stream_t: float,
-                    inbox_dropped: int) -> dict:
+                    inbox_dropped: int, captions: CaptionStats | None = None) -> dict:
     return {
+        **({} if captions is None else caption_summary(captions, stream_t)),
         "frames_sampled": s.frames_sampled,
         "observations": s.observations,
         "repeats_skipped": s.repeats,

@@ -214,6 +214,11 @@ class SessionStore:
     def segments(self, session_id: str) -> list[dict]:
         return list(self.db["segments"].rows_where("session_id = ?", [session_id], order_by="t0"))
 
+    def alerts(self, session_id: str) -> list[dict]:
+        if "alerts" not in self.db.table_names():
+            return []
+        return list(self.db["alerts"].rows_where("session_id = ?", [session_id], order_by="t"))
+
     def questions(self, session_id: str) -> list[dict]:
         return list(self.db["questions"].rows_where("session_id = ?", [session_id], order_by="id"))
 

@@ -9,6 +9,7 @@ behind. If the session dies, the app shows its error and exits 1.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.text import Text
@@ -45,10 +46,25 @@ class HelpScreen(ModalScreen[None]):
             yield Label("Esc closes", classes="dim")
 
 
+_FRAME = re.compile(r"\[\d+(?::\d{2}){1,2}\] <frame [^>]*>\s*")
+
+
 class SegmentItem(ListItem):
+    """One sealed segment in the timeline: its caption when the model wrote one, else its text (on the VLM
+    path, the frame placeholders left out: what the perceivers read)."""
+
     def __init__(self, t0: float, t1: float, text: str) -> None:
-        super().__init__(Label(f"{format_time(t0)}–{format_time(t1)}  {text[:60]}"))
         self.t0, self.t1, self.text = t0, t1, text
+        self.label = Label(self._line(text))
+        super().__init__(self.label)
+
+    def _line(self, text: str) -> str:
+        shown = _FRAME.sub("", text).strip() or text
+        return f"{format_time(self.t0)}–{format_time(self.t1)}  {shown[:60]}"
+
+    def add_caption(self, caption: str) -> None:
+        self.text = f"{self.text} Caption: {caption}"
+        self.label.update(self._line(f"Caption: {caption}"))
 
 
 class OnlookerApp(App[int]):
@@ -127,6 +143,10 @@ class OnlookerApp(App[int]):
             self.query_one("#transcript", RichLog).write(f"[{format_time(event['t0'])}] {event['text']}")
         elif kind == "segment_sealed":
             self._add_segment(event["t0"], event["t1"], event["text"])
+        elif kind == "caption":
+            for item in self.query_one("#timeline", ListView).query(SegmentItem):
+                if item.t0 == event["t0"]:
+                    item.add_caption(event["text"])
         elif kind == "question":
             chat.write(Text.assemble(("you: ", "bold cyan"), event["question"],
                                      (f"  [{format_time(event['t'])}]", "dim")))
