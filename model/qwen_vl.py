@@ -7,8 +7,8 @@ A frame chunk, positions relative to its start (s = number of marker tokens + 1)
     0 .. k-1   k                 t = s, h = s + row, w = s + col   s+M  s+M+1      (M = max(grid_h, grid_w))
 
 which is what `Qwen2_5_VLModel.get_rope_index` gives the same tokens in a full prompt, so chunked
-ingest equals one full prefill. Pre-processing (smart resize to multiples of 28, CLIP
-normalisation, patch flattening) mirrors Qwen2VLImageProcessor without needing torchvision.
+ingest equals one full prefill. Pre-processing (smart resize to multiples of 28 with PIL's antialiased
+bicubic, CLIP normalisation, patch flattening) mirrors Qwen2VLImageProcessor without needing torchvision.
 """
 
 from __future__ import annotations
@@ -45,6 +45,17 @@ def smart_size(height: int, width: int, factor: int, max_pixels: int, min_pixels
     return h, w
 
 
+def resize_like_processor(image_bgr: np.ndarray, w: int, h: int) -> np.ndarray:
+    """(H, W, 3) BGR uint8 -> (h, w, 3) RGB uint8, resized as transformers' Qwen-VL image processors do: PIL
+    bicubic, which antialiases when it shrinks (cv2's INTER_CUBIC does not). tests/unit/test_visual.py
+    compares the result with the processor's on real frames."""
+    from PIL import Image
+    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+    if rgb.shape[:2] == (h, w):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC))
+
+
 def patchify(image_bgr: np.ndarray | list[np.ndarray], patch_size: int, merge_size: int, temporal_patch_size: int,
              max_pixels: int, min_pixels: int, mean: np.ndarray = IMAGE_MEAN,
              std: np.ndarray = IMAGE_STD) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +65,7 @@ def patchify(image_bgr: np.ndarray | list[np.ndarray], patch_size: int, merge_si
     h, w = smart_size(frames[0].shape[0], frames[0].shape[1], patch_size * merge_size, max_pixels, min_pixels)
     xs = []
     for f in frames:
-        rgb = cv2.cvtColor(cv2.resize(f, (w, h), interpolation=cv2.INTER_CUBIC), cv2.COLOR_BGR2RGB)
+        rgb = resize_like_processor(f, w, h)
         xs.append(((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1))   # (C, H, W)
     if len(xs) == 1:
         xs = xs * temporal_patch_size

@@ -99,3 +99,25 @@ def test_qwen3_vl_pruning_carries_deepstack_rows_with_their_tokens(tiny_qwen3):
     cache = DynamicCache()
     logits = b.prefill(chunk, cache, 0)
     assert torch.isfinite(logits).all() and cache.get_seq_length() == chunk.num_tokens
+
+
+def test_patchify_matches_the_qwen_image_processor_on_real_frames():
+    """Frames of tests/data's video (640x360) through our patchify and through transformers' own Qwen2-VL
+    image processor (the PIL one: no torchvision here) give the same normalised patches. Measured on
+    2026-11-22 (max |diff| over 3 frames, normalised units): 0 with the PIL resize; 0.150 with the cv2 bicubic
+    resize used before; 0.263 with cv2 INTER_AREA."""
+    import cv2
+    from transformers import Qwen2VLImageProcessorPil
+
+    from model.qwen_vl import IMAGE_MEAN, IMAGE_STD, patchify
+    from tests.conftest import BOTTLE
+    cap = cv2.VideoCapture(BOTTLE)
+    frames = [cap.read()[1] for _ in range(3)]
+    cap.release()
+    proc = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=448 * 448)
+    for f in frames:
+        ours, grid = patchify(f, 14, 2, 2, 448 * 448, 56 * 56, IMAGE_MEAN, IMAGE_STD)
+        theirs = proc(images=[cv2.cvtColor(f, cv2.COLOR_BGR2RGB)], return_tensors="pt")
+        assert grid.tolist() == theirs["image_grid_thw"][0].tolist()
+        diff = (ours - theirs["pixel_values"]).abs().max().item()
+        assert diff < 1e-5, diff
