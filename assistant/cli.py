@@ -58,6 +58,11 @@ def _config(args: argparse.Namespace):
         cfg.watch = list(cfg.watch) + list(args.watch)
     if getattr(args, "narrate", False):
         cfg.narrate = True
+    if getattr(args, "captions", None) is not None:
+        cfg.reasoning.captions = True
+        cfg.reasoning.caption_every_s = args.captions
+    if getattr(args, "beside", None):
+        cfg.perception.beside_vlm = args.beside
     if getattr(args, "no_audio", False):
         cfg.audio = False
     cfg.validate()
@@ -244,6 +249,10 @@ def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--watch", action="append", metavar="CONDITION",
                     help='standing instruction, e.g. "a person appears" or \'the sign says "STOP"\' (repeatable)')
     sp.add_argument("--narrate", action="store_true", help="speak up on notable change (new text, scene change)")
+    sp.add_argument("--captions", type=float, nargs="?", const=0.0, metavar="EVERY_S",
+                    help="VLM: caption sealed segments (every segment, or at most one per EVERY_S seconds)")
+    sp.add_argument("--perceive-beside", dest="beside", choices=["auto", "latest", "every", "off"],
+                    help="VLM: run the lite perceivers beside the model (default auto)")
     sp.add_argument("--no-audio", action="store_true", help="do not listen (no microphone, no audio track)")
     sp.add_argument("--mic", help="microphone: device index or name (see onlooker devices)")
     sp.add_argument("--audio-file", help="hear a wav/flac (or any media) file, in step with the frames")

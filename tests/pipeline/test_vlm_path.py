@@ -148,3 +148,34 @@ def test_the_cli_runs_perception_beside_a_vlm(capsys, monkeypatch, tmp_path, tin
     assert main(["sessions", "show", "latest"]) == 0
     shown = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert any("Text on screen" in r["text"] for r in shown if r["type"] == "segment")
+
+
+def test_spoken_questions_on_the_vlm_path(tiny_qwen):
+    """What is heard goes in between frame pairs as text, and a sentence addressed to the assistant asks."""
+    rt, out = _runtime(tiny_qwen)
+    scene = SyntheticScene("short")
+    for i in range(8):
+        rt.submit(ev.ObservationEvent(Observation(i * 0.5, perceived=False, image=scene.render(i * 0.5))))
+        if i == 4:
+            rt.submit(ev.TranscriptEvent(1.6, 2.0, "Onlooker, what is on the sign?"))
+    rt.submit(ev.StreamEnded())
+    while not rt.finished:
+        rt.step()
+    asked = [e for e in out if isinstance(e, ev.QuestionStarted)]
+    answers = [e for e in out if isinstance(e, ev.Answer)]
+    assert [q.question for q in asked] == ["what is on the sign?"] and len(answers) == 1
+    assert rt.summary()["transcripts"] == 1 and rt.summary()["visual_groups"] == 4
+
+
+def test_a_stored_vlm_session_answers_onlooker_ask(capsys, monkeypatch, tmp_path, tiny_qwen):
+    monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path / "data"))
+    model_dir = tmp_path / "tiny-qwen"
+    tiny_qwen.model.save_pretrained(model_dir)
+    tiny_qwen.tokenizer.save_pretrained(model_dir)
+    assert main(["run", "--source", "synthetic:short", "--model", str(model_dir), "--headless", "--fast",
+                 "--no-audio", "--window", "60"]) == 0
+    capsys.readouterr()
+    assert main(["ask", "--json", "What was on the sign at 0:02?"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["type"] == "answer" and rec["time_ref"] == "point" and rec["retrieved"]
+    assert rec["missing_segments"] == 0
