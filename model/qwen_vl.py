@@ -82,8 +82,14 @@ def patchify(image_bgr: np.ndarray | list[np.ndarray], patch_size: int, merge_si
 
 
 def frame_marker(t: float) -> str:
-    """The time marker before a frame's visual tokens, so the model can answer 'when'."""
+    """The time marker before a frame's visual tokens, so the model can answer 'when' (Qwen2.5-VL, tiny-vl)."""
     return f"[{format_time(t)}] "
+
+
+def qwen3_frame_marker(t0: float, t1: float) -> str:
+    """Qwen3-VL's own timestamp text before each temporal patch (processing_qwen3_vl): the mean time of the
+    frames in the pair, in seconds."""
+    return f"<{(t0 + t1) / 2:.1f} seconds>"
 
 
 def vision_positions(start: int, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -122,7 +128,9 @@ class QwenVLBackend(Backend):
         self.vision_start_id = cfg.vision_start_token_id
         self.vision_end_id = cfg.vision_end_token_id
         newline = self.tokenizer("\n", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        self._frame_tail = torch.cat([torch.tensor([self.vision_end_id]), newline])   # same after every frame
+        # after every frame: <|vision_end|> "\n"; Qwen3-VL's processor puts frames back to back (no newline)
+        end = torch.tensor([self.vision_end_id])
+        self._frame_tail = end if self.deepstack else torch.cat([end, newline])
 
     @classmethod
     def from_dir(cls, path: Path | str, device: str = "cpu", family: str = "qwen2_5_vl") -> QwenVLBackend:
@@ -188,7 +196,8 @@ class QwenVLBackend(Backend):
         """A time marker and one frame group's merged tokens: all of them, or only those at the indices
         `keep` (pruned tokens leave gaps; every kept token keeps its own (t, h, w) position)."""
         gh, gw = grid
-        prefix = self.tokenizer(frame_marker(t0), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        marker = qwen3_frame_marker(t0, t1) if self.deepstack else frame_marker(t0)
+        prefix = self.tokenizer(marker, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         k = int(prefix.shape[0]) + 1                                           # marker + <|vision_start|>
         head = torch.cat([prefix, torch.tensor([self.vision_start_id])])
         tail = self._frame_tail

@@ -153,3 +153,32 @@ def test_answer_through_common_interface(lite_backend, tiny_qwen):
             pieces.append(job.step(3))
         assert job.ttft_ms is not None and 1 <= len(job.token_ids) <= 8
         assert "".join(pieces) == job.text
+
+
+def test_qwen3_vl_frame_pairs_equal_transformers_video_forward(tiny_qwen3):
+    """Qwen3-VL, time as it was trained: each frame pair goes in behind the processor's own timestamp text
+    (`<t seconds>`, the mean time of the pair) with frames back to back, as processing_qwen3_vl lays out a
+    video. Chunked ingest of two pairs equals Transformers' forward with pixel_values_videos / video_grid_thw
+    on the same token sequence (video tokens in the ids)."""
+    from perception.visual import VisualConfig, VisualStream
+    b = tiny_qwen3
+    scene = SyntheticScene("short")
+    frames = [(scene.render(i * 7), 10.0 + i * 0.5) for i in range(4)]          # 2 pairs, 2 frames per second
+    stream = VisualStream(b, VisualConfig(batch_groups=1, drop_threshold=1.0, reuse_threshold=0.0))
+    pairs = [c for f, t in frames for c in stream.push(f, t)]
+    assert len(pairs) == 2 and pairs[0].t0 == 10.0 and pairs[0].t1 == 10.5
+    chunks = [prompts.system_chunk(b), *pairs, prompts.question_chunk(b, 12.0, "What is on the sign?")]
+    chunked, _ = _ingest(b, chunks)
+    ids = torch.cat([c.input_ids for c in chunks])
+    vs, img, vid = b.vision_start_id, b.image_token_id, b.model.config.video_token_id
+    ids = torch.where(ids == img, torch.full_like(ids, vid), ids)[None]
+    marker = b.tokenizer("<10.2 seconds>", add_special_tokens=False)["input_ids"]   # (10.0 + 10.5) / 2
+    assert pairs[0].input_ids[:len(marker) + 1].tolist() == [*marker, vs]
+    assert pairs[0].input_ids[-1].item() == b.vision_end_id                       # no newline between frames
+    pv = torch.cat([b.patchify([f for f, _ in frames[0:2]])[0], b.patchify([f for f, _ in frames[2:4]])[0]])
+    grid = b.patchify([f for f, _ in frames[0:2]])[1].clone()
+    grid[0] = 2                                                                     # one video of 2 pairs
+    with torch.no_grad():
+        out = b.model(input_ids=ids, pixel_values_videos=pv, video_grid_thw=grid[None],
+                      mm_token_type_ids=(ids == vid).int() * 2)
+    torch.testing.assert_close(chunked, out.logits[0, -1].float(), rtol=1e-5, atol=1e-5)
