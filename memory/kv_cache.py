@@ -43,6 +43,12 @@ def fork_cache(cache: DynamicCache) -> DynamicCache:
     return new
 
 
+def prefix(cache: DynamicCache, n: int) -> DynamicCache:
+    """A new cache holding the first `n` tokens of every layer (views, no copy)."""
+    return cache_from_layers([layer.keys[:, :, :n] for layer in _layers(cache)],
+                             [layer.values[:, :, :n] for layer in _layers(cache)])
+
+
 def cache_from_layers(keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache:
     """A cache from per-layer (1, Hkv, n, D) keys and values."""
     cache = DynamicCache()

@@ -19,6 +19,7 @@ where it was ingested. With every segment retrieved and nothing pruned, both giv
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,8 +183,7 @@ class HierarchicalMemory:
         time no chunk has reached yet waits for the chunk that will hold it."""
         last_t1 = self.window[-1].t1 if self.window else (self.segments[-1].t1 if self.segments else -1.0)
         if t > last_t1:
-            self._notes.append((t, text))
-            self._notes.sort(key=lambda n: n[0])
+            bisect.insort(self._notes, (t, text), key=lambda n: n[0])
             return
         for w in reversed(self.window):
             if w.t0 <= t:
@@ -192,8 +192,7 @@ class HierarchicalMemory:
                 return
         for seg in reversed(self.segments):
             if seg.t0 <= t or seg is self.segments[0]:
-                full = f"{seg.text} {text}"
-                self.store.retext(seg, full, self._embed_text(full))
+                self.add_text(seg, text)
                 return
 
     def add_text(self, seg: Segment, text: str) -> None:
@@ -204,13 +203,8 @@ class HierarchicalMemory:
     def segment_view(self, seg: Segment) -> ContextView | None:
         """sink + this one sealed segment, nothing else (what its caption is written from); None when its KV is
         gone or cannot be read."""
-        view = self.assemble([seg])
-        if not view.placed:
-            return None
-        n = self.sink_tokens + seg.kept_tokens
-        kv_cache.truncate(view.cache, [n] * len(kv_cache.layer_lengths(view.cache)))
-        start = (self.sink.pos_span if self.sink else 0) if self.config.positions == "contiguous" else seg.orig_pos
-        return ContextView(view.cache, start + seg.pos_span, n, placed=[seg], notes=view.notes)
+        view = self.assemble([seg], window=False)
+        return view if view.placed else None
 
     def flush(self, t_end: float) -> list[Segment]:
         """Seal the whole window and write every host segment to disk (end of a stored session)."""
@@ -331,9 +325,10 @@ class HierarchicalMemory:
                 out.append(SearchHit(by_key[key].t0, by_key[key].t1, by_key[key].text))
         return out
 
-    def assemble(self, segments: list[Segment]) -> ContextView:
-        """sink + `segments` (time order) + window, as a new cache."""
-        if not segments:
+    def assemble(self, segments: list[Segment], window: bool = True) -> ContextView:
+        """sink + `segments` (time order) + window, as a new cache; without the window when `window` is False
+        (the next position is then right after the last placed segment)."""
+        if not segments and window:
             view = ContextView(kv_cache.fork_cache(self.cache), self.next_pos, self.num_tokens)
             self.stats.device_peak_bytes = max(self.stats.device_peak_bytes, self.device_bytes())
             return view
@@ -358,9 +353,14 @@ class HierarchicalMemory:
             pieces.append((k, v))
             placed.append(seg)
             pos += seg.pos_span
-        window_start = self.window[0].pos_start if self.window else self.next_pos
-        w_delta = (pos - window_start) if contiguous else 0
-        cache = kv_cache.splice(self.cache, self.sink_tokens, pieces, self._rotate, w_delta)
-        view = ContextView(cache, self.next_pos + w_delta, cache.get_seq_length(), placed=placed, notes=notes)
+        if window:
+            window_start = self.window[0].pos_start if self.window else self.next_pos
+            w_delta = (pos - window_start) if contiguous else 0
+            cache = kv_cache.splice(self.cache, self.sink_tokens, pieces, self._rotate, w_delta)
+            next_pos = self.next_pos + w_delta
+        else:
+            cache = kv_cache.splice(kv_cache.prefix(self.cache, self.sink_tokens), self.sink_tokens, pieces, None, 0)
+            next_pos = pos if contiguous else (placed[-1].orig_pos + placed[-1].pos_span if placed else pos)
+        view = ContextView(cache, next_pos, cache.get_seq_length(), placed=placed, notes=notes)
         self.stats.device_peak_bytes = max(self.stats.device_peak_bytes, kv_cache.cache_bytes(cache))
         return view

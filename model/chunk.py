@@ -8,6 +8,7 @@ chunk is prefilled at; this module knows nothing about caches or prompts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,14 @@ def format_time(t: float) -> str:
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+FRAME_PLACEHOLDER = re.compile(r"\[\d+(?::\d{2}){1,2}\] <frame [^>]*>\s*")   # a frame chunk's text
+
+
+def without_frames(text: str) -> str:
+    """A segment's text less its frame placeholders ("[0:12] <frame 38/64 tokens>"): the words in it."""
+    return FRAME_PLACEHOLDER.sub("", text).strip()
 
 
 def concat_chunks(chunks: list[Chunk], embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Chunk:

@@ -11,7 +11,6 @@ is decoded.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ import torch
 
 from memory.manager import ContextView, HierarchicalMemory
 from model.backend import Backend
-from model.chunk import Chunk
+from model.chunk import Chunk, without_frames
 from reasoning import prompts
 
 
@@ -79,9 +78,6 @@ class AnswerJob:
         self.context = None  # release the fork's tensors now, not when the job is dropped
 
 
-_FRAME = re.compile(r"\[\d+(?::\d{2}){1,2}\] <frame [^>]*>\s*")
-
-
 def recalled_lines(backend: Backend, view: ContextView, restate: bool) -> list[tuple[float, str]]:
     """The restate rule: text observations that memory recalled go beside the question. A frame's placeholder
     is no text, so the VLM path restates only what the perceivers beside it (or a caption) wrote down."""
@@ -90,7 +86,7 @@ def recalled_lines(backend: Backend, view: ContextView, restate: bool) -> list[t
         return []
     if not backend.accepts_frames:
         return [(c.t0, c.text) for c in r.recalled]
-    lines = [(c.t0, _FRAME.sub("", c.text).strip()) for c in r.recalled]
+    lines = [(c.t0, without_frames(c.text)) for c in r.recalled]
     return [(t, text) for t, text in lines if text]
 
 

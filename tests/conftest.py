@@ -57,6 +57,15 @@ def tiny_qwen(lite_tokenizer):
     return QwenVLBackend(model, lite_tokenizer, "tiny-qwen2.5-vl", max_pixels=112 * 112)
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tiny_qwen, tmp_path_factory):
+    """The tiny Qwen2.5-VL saved as a model directory, for `--model PATH`."""
+    model_dir = tmp_path_factory.mktemp("models") / "tiny-qwen"
+    tiny_qwen.model.save_pretrained(model_dir)
+    tiny_qwen.tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
 def tiny_qwen3_config(vocab: int):
     from transformers import Qwen3VLConfig
     return Qwen3VLConfig(

@@ -9,7 +9,6 @@ behind. If the session dies, the app shows its error and exits 1.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from rich.text import Text
@@ -19,7 +18,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Label, ListItem, ListView, RichLog, Static
 
-from model.chunk import format_time
+from model.chunk import format_time, without_frames
 from tui.protocol import SessionView
 from tui.render import half_blocks
 
@@ -46,9 +45,6 @@ class HelpScreen(ModalScreen[None]):
             yield Label("Esc closes", classes="dim")
 
 
-_FRAME = re.compile(r"\[\d+(?::\d{2}){1,2}\] <frame [^>]*>\s*")
-
-
 class SegmentItem(ListItem):
     """One sealed segment in the timeline: its caption when the model wrote one, else its text (on the VLM
     path, the frame placeholders left out: what the perceivers read)."""
@@ -59,7 +55,7 @@ class SegmentItem(ListItem):
         super().__init__(self.label)
 
     def _line(self, text: str) -> str:
-        shown = _FRAME.sub("", text).strip() or text
+        shown = without_frames(text) or text
         return f"{format_time(self.t0)}–{format_time(self.t1)}  {shown[:60]}"
 
     def add_caption(self, caption: str) -> None:

