@@ -15,6 +15,11 @@ KV is sliced off the device (memory.kv_cache), compressed, and handed to the seg
 as a new cache (the device cache itself is untouched). Positions: "contiguous" rotates each piece's keys
 by the delta to where it now sits (RoPE shift; M-RoPE axes move together); "original" leaves every key
 where it was ingested. With every segment retrieved and nothing pruned, both give full-context logits.
+
+Video blocks (Qwen2.5-VL, model.qwen_vl): a chunk may leave a video block open. Its next pairs join the same
+segment; anything else appended first gets the block's closer ("<|vision_end|>"), and a context view closes it
+on its own fork (the device cache keeps it open). A block is never split across segments, so a retrieved
+segment holds whole videos and moves as one piece; a segment may pass `segment_tokens` by part of a block.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from memory.segments import Segment, SegmentFileError, SegmentKV, prune_by_value
 from memory.timeref import parse_time_ref
 from memory.window import ChunkRecord, WindowSegment
 from model.backend import Backend
-from model.chunk import Chunk
+from model.chunk import Chunk, VideoBlock
 
 log = logging.getLogger("onlooker.memory")
 
@@ -87,6 +92,7 @@ class HierarchicalMemory:
         self.stream_pos = 0            # position it would have had with nothing ever moved
         self.window_budget = config.window_tokens
         self._notes: list[tuple[float, str]] = []   # (stream time, text) ahead of the chunk that will hold it
+        self._open: VideoBlock | None = None         # the video block the last chunk left open
 
     @property
     def segments(self) -> list[Segment]:
@@ -136,11 +142,24 @@ class HierarchicalMemory:
     def append(self, chunk: Chunk) -> AppendResult:
         if self.sink is None:
             raise RuntimeError("set_sink() first")
+        sealed = self._close_block() if self._open is not None and not chunk.continues else []
+        result = self._append(chunk)
+        result.sealed[:0] = sealed
+        return result
+
+    def _close_block(self) -> list[Segment]:
+        assert self._open is not None
+        closer = self.backend.block_closer(self._open)
+        self._open.closed = True
+        return self._append(closer).sealed
+
+    def _append(self, chunk: Chunk) -> AppendResult:
         logits, key_sum = self._prefill_or_shrink(chunk)
         rec = ChunkRecord(chunk.kind, chunk.t0, chunk.t1, chunk.text, chunk.num_tokens, self.next_pos, chunk.pos_span)
         last = self.window[-1] if self.window else None
-        if (last is not None and chunk.t0 - last.t0 < self.config.segment_seconds
-                and last.num_tokens + chunk.num_tokens <= self.config.segment_tokens):
+        fits = last is not None and (chunk.t0 - last.t0 < self.config.segment_seconds
+                                     and last.num_tokens + chunk.num_tokens <= self.config.segment_tokens)
+        if last is not None and (chunk.continues or fits):
             last.chunks.append(rec)
             last.key_sum += key_sum
             last.embedding = None
@@ -151,6 +170,7 @@ class HierarchicalMemory:
             self.window[-1].embedding = None
         self.next_pos += chunk.pos_span
         self.stream_pos += chunk.pos_span
+        self._open = chunk.block
         return AppendResult(logits, self._evict())
 
     def _prefill_or_shrink(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,10 +228,11 @@ class HierarchicalMemory:
 
     def flush(self, t_end: float) -> list[Segment]:
         """Seal the whole window and write every host segment to disk (end of a stored session)."""
+        closed = self._close_block() if self._open is not None else []
         if self._notes and self.window:                # notes past the last chunk belong to the last segment
             self.window[-1].notes.extend(text for _, text in self._notes)
             self._notes = []
-        sealed = self._evict(everything=True, t_end=t_end)
+        sealed = closed + self._evict(everything=True, t_end=t_end)
         if self.store.spill_dir is not None:
             self.store.spill_all()
         return sealed
@@ -331,7 +352,7 @@ class HierarchicalMemory:
         if not segments and window:
             view = ContextView(kv_cache.fork_cache(self.cache), self.next_pos, self.num_tokens)
             self.stats.device_peak_bytes = max(self.stats.device_peak_bytes, self.device_bytes())
-            return view
+            return self._closed_view(view)
         contiguous = self.config.positions == "contiguous"
         pos = self.sink.pos_span if self.sink else 0
         pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -363,4 +384,13 @@ class HierarchicalMemory:
             next_pos = pos if contiguous else (placed[-1].orig_pos + placed[-1].pos_span if placed else pos)
         view = ContextView(cache, next_pos, cache.get_seq_length(), placed=placed, notes=notes)
         self.stats.device_peak_bytes = max(self.stats.device_peak_bytes, kv_cache.cache_bytes(cache))
+        return self._closed_view(view) if window else view
+
+    def _closed_view(self, view: ContextView) -> ContextView:
+        """A view that ends in an open video block gets the block's closer on its own cache."""
+        if self._open is not None:
+            closer = self.backend.block_closer(self._open)
+            self.backend.prefill(closer, view.cache, view.next_pos)
+            view.next_pos += closer.pos_span
+            view.num_tokens += closer.num_tokens
         return view

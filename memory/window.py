@@ -53,7 +53,7 @@ class WindowSegment:
 
     @property
     def text(self) -> str:
-        return " ".join([c.text.strip() for c in self.chunks] + self.notes)
+        return " ".join([c.text.strip() for c in self.chunks if c.text.strip()] + self.notes)
 
     @property
     def rep_key(self) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from model.chunk import Chunk, text_positions
+from model.chunk import Chunk, VideoBlock, text_positions
 
 
 class BackendError(RuntimeError):
@@ -71,6 +71,10 @@ class Backend(ABC):
 
     def frame_chunk(self, image, t: float) -> Chunk:
         raise BackendError(f"{self.name} does not take frames; it reads text observations")
+
+    def block_closer(self, block: VideoBlock) -> Chunk:
+        """The chunk that ends an open video block (model.qwen_vl); backends without video blocks have none."""
+        raise BackendError(f"{self.name} lays out no video blocks")
 
     # -- compute ------------------------------------------------------------------------------
     @property

@@ -15,6 +15,17 @@ from dataclasses import dataclass
 import torch
 
 
+@dataclass(eq=False)
+class VideoBlock:
+    """A run of frame pairs laid out as one video (Qwen2.5-VL): temporal positions step with real stream time
+    inside it. Open until a chunk closes it (`<|vision_end|>`); any other content closes it first."""
+    t0: float                              # stream time of its first pair
+    grid: tuple[int, int]                  # merged grid (h, w) of every pair in it
+    pairs: int = 0
+    t1: float = 0.0                        # stream time of its last frame so far
+    closed: bool = False
+
+
 @dataclass
 class Chunk:
     kind: str                              # "system" | "observation" | "frame" | "question" | "probe" | "decode"
@@ -28,6 +39,10 @@ class Chunk:
     # Qwen3-VL deepstack: features added to the first LM layers' hidden states at the visual tokens
     visual_mask: torch.Tensor | None = None    # (n,) bool
     deepstack: list[torch.Tensor] | None = None  # per deepstack layer (visual tokens, hidden)
+    # video blocks: `continues` = its tokens belong to the block the previous chunk left open (it never starts a
+    # segment); `block` = the block this chunk leaves open (None when it leaves nothing open)
+    continues: bool = False
+    block: VideoBlock | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -86,4 +101,4 @@ def concat_chunks(chunks: list[Chunk], embed: Callable[[torch.Tensor], torch.Ten
     kinds = {c.kind for c in chunks}
     return Chunk(kinds.pop() if len(kinds) == 1 else "mixed", chunks[0].t0, chunks[-1].t1,
                  " ".join(c.text for c in chunks), torch.cat(pos, dim=1), off, input_ids=ids, inputs_embeds=embeds,
-                 visual_mask=mask, deepstack=deep)
+                 visual_mask=mask, deepstack=deep, continues=chunks[0].continues, block=chunks[-1].block)

@@ -7,8 +7,19 @@ A frame chunk, positions relative to its start (s = number of marker tokens + 1)
     0 .. k-1   k                 t = s, h = s + row, w = s + col   s+M  s+M+1      (M = max(grid_h, grid_w))
 
 which is what `Qwen2_5_VLModel.get_rope_index` gives the same tokens in a full prompt, so chunked
-ingest equals one full prefill. Pre-processing (smart resize to multiples of 28 with PIL's antialiased
-bicubic, CLIP normalisation, patch flattening) mirrors Qwen2VLImageProcessor without needing torchvision.
+ingest equals one full prefill. That is the "image" layout (single stills, and tiny-vl, which was trained on it).
+
+Frame pairs of Qwen2.5-VL go in as video (the "video" layout): a run of pairs within `block_seconds` is one
+video block, "[m:ss] <|vision_start|>" + pair 0 + pair 1 + ... + "<|vision_end|>\n", every pair's temporal
+position stepping with real stream time, t = base + int((t_pair - t_first) * tokens_per_second) (as
+get_rope_index does for video_grid_thw with second_per_grid_ts), h/w = base + row/col, and the text after the
+block at base + max(grid_h, grid_w) (Transformers >= 5.17). A pair after the first is a chunk of its own with
+`pos_span` 0 (the next pair starts at the same base); `block_closer` is the "<|vision_end|>\n" that ends the
+block, which the memory adds before any other content (model.chunk.VideoBlock). Qwen3-VL's layout is
+"timestamps": every pair behind the processor's own "<t seconds>" text, frames back to back.
+
+Pre-processing (smart resize to multiples of 28 with PIL's antialiased bicubic, CLIP normalisation, patch
+flattening) mirrors Qwen2VLImageProcessor without needing torchvision.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import torch
 from transformers import AutoTokenizer, DynamicCache
 
 from model.backend import Backend
-from model.chunk import Chunk, format_time, text_positions
+from model.chunk import Chunk, VideoBlock, format_time, text_positions
 
 IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)     # Qwen2-VL / Qwen2.5-VL (CLIP)
 IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
@@ -112,7 +123,7 @@ class QwenVLBackend(Backend):
     accepts_frames = True
 
     def __init__(self, model, tokenizer, name: str = "Qwen2.5-VL", max_pixels: int = 448 * 448,
-                 min_pixels: int = 56 * 56) -> None:
+                 min_pixels: int = 56 * 56, frame_layout: str | None = None) -> None:
         super().__init__(model, tokenizer)
         self.name = name
         self.dtype = next(model.parameters()).dtype
@@ -124,6 +135,9 @@ class QwenVLBackend(Backend):
         self.family = cfg.model_type                              # qwen2_5_vl | qwen3_vl
         self.deepstack = self.family == "qwen3_vl"
         self.mean, self.std = (HALF, HALF) if self.deepstack else (IMAGE_MEAN, IMAGE_STD)
+        self.frame_layout = "timestamps" if self.deepstack else (frame_layout or "video")   # or "image"
+        self.tokens_per_second = float(getattr(vc, "tokens_per_second", 2))
+        self.video_token_id = cfg.video_token_id
         self.image_token_id = cfg.image_token_id
         self.vision_start_id = cfg.vision_start_token_id
         self.vision_end_id = cfg.vision_end_token_id
@@ -141,9 +155,10 @@ class QwenVLBackend(Backend):
                                           attn_implementation=attention_for(device))
         model = model.to(device)  # type: ignore[arg-type]
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        meta = Path(path) / "onlooker.json"         # a model built here (tiny-vl) says what frame size it saw
-        max_pixels = int(json.loads(meta.read_text()).get("max_pixels", 448 * 448)) if meta.exists() else 448 * 448
-        return cls(model, tokenizer, Path(path).name, max_pixels=max_pixels)
+        meta_path = Path(path) / "onlooker.json"    # a model built here (tiny-vl) says what frames it was trained on
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        return cls(model, tokenizer, Path(path).name, max_pixels=int(meta.get("max_pixels", 448 * 448)),
+                   frame_layout=meta.get("frame_layout", "image" if meta else None))
 
     def language_model(self):
         return self.model.model.language_model
@@ -192,9 +207,12 @@ class QwenVLBackend(Backend):
 
     @torch.inference_mode()
     def visual_chunk(self, embeds: torch.Tensor, grid: tuple[int, int], t0: float, t1: float,
-                     keep: torch.Tensor | None = None) -> Chunk:
+                     keep: torch.Tensor | None = None, block: VideoBlock | None = None) -> Chunk:
         """A time marker and one frame group's merged tokens: all of them, or only those at the indices
-        `keep` (pruned tokens leave gaps; every kept token keeps its own (t, h, w) position)."""
+        `keep` (pruned tokens leave gaps; every kept token keeps its own (t, h, w) position). With `block`
+        (the video layout) the pair joins that video block instead of standing alone."""
+        if block is not None:
+            return self._video_chunk(embeds, grid, t0, t1, keep, block)
         gh, gw = grid
         marker = qwen3_frame_marker(t0, t1) if self.deepstack else frame_marker(t0)
         prefix = self.tokenizer(marker, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
@@ -222,6 +240,39 @@ class QwenVLBackend(Backend):
         kept = f"{n_img}/{gh * gw} tokens" if keep is not None else f"{n_img} tokens"
         return Chunk("frame", t0, t1, f"[{format_time(t0)}] <frame {kept}>", pos,
                      k + m + n_tail, input_ids=ids, inputs_embeds=inputs_embeds, visual_mask=mask, deepstack=deep)
+
+    @torch.inference_mode()
+    def _video_chunk(self, embeds: torch.Tensor, grid: tuple[int, int], t0: float, t1: float,
+                     keep: torch.Tensor | None, block: VideoBlock) -> Chunk:
+        gh, gw = grid
+        first = block.pairs == 0
+        head = torch.zeros(0, dtype=torch.long)
+        if first:
+            marker = self.tokenizer(frame_marker(t0), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+            head = torch.cat([marker, torch.tensor([self.vision_start_id])])
+        k = int(head.shape[0])                                   # the block's base sits k after the first chunk
+        vis_pos = vision_positions(k, gh, gw)
+        vis_pos[0] = k + int((t0 - block.t0) * self.tokens_per_second + 1e-6)   # real time, as get_rope_index
+        if keep is not None:
+            embeds, vis_pos = embeds[keep.to(embeds.device)], vis_pos[:, keep.cpu()]
+        n_img = int(embeds.shape[0])
+        block.pairs += 1
+        block.t1 = t1
+        parts = [self._embed(head)] if k else []
+        kept = f"{n_img}/{gh * gw} tokens" if keep is not None else f"{n_img} tokens"
+        return Chunk("frame", t0, t1, f"[{format_time(t0)}] <frame {kept}>",
+                     torch.cat([text_positions(k, 3), vis_pos], dim=1), k,
+                     input_ids=torch.cat([head, torch.full((n_img,), self.video_token_id)]),
+                     inputs_embeds=torch.cat([*parts, embeds.to(self.dtype)]), continues=not first, block=block)
+
+    def block_closer(self, block: VideoBlock) -> Chunk:
+        """What ends an open video block: "<|vision_end|>\n" at base + max(grid_h, grid_w), relative to the
+        block's base (where the memory's next position stands while a block is open)."""
+        m = max(block.grid)
+        tail = self._frame_tail
+        n = int(tail.shape[0])
+        return Chunk("frame", block.t1, block.t1, "", text_positions(n, 3) + m, m + n, input_ids=tail.clone(),
+                     continues=True)
 
     @torch.inference_mode()
     def prefill(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:

@@ -112,7 +112,7 @@ def tiny_vl_dir(cache_dir: Path, lite_dir: Path, trained_path: Path = TRAINED) -
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "onlooker.json").write_text(json.dumps({"stamp": stamp, "max_pixels": MAX_PIXELS,
+    (tmp / "onlooker.json").write_text(json.dumps({"stamp": stamp, "max_pixels": MAX_PIXELS, "frame_layout": "image",
                                                   "source": "SmolLM2-135M-Instruct + model/data/tiny-vl"}))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)

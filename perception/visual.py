@@ -7,7 +7,9 @@
            ─► differential token drop (TimeChat-Online): a merged token whose cosine similarity to the
               same patch of the last kept token there is above `drop_threshold` is dropped; kept tokens
               keep their (t, h, w) positions. The dropped share of a group is its scene-change signal
-           ─► one Chunk per batch of groups, each group behind its own time marker
+           ─► one Chunk per batch of groups, each group behind its own time marker; with a backend whose
+              frame layout is "video" (Qwen2.5-VL) the pairs of `block_seconds` form one video block
+              (model.qwen_vl), and a batch is cut into one chunk per block it touches
 
 Runs on the runtime thread (it calls the model); plain synchronous code.
 """
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 import kernels
-from model.chunk import Chunk, concat_chunks
+from model.chunk import Chunk, VideoBlock, concat_chunks
 
 
 @dataclass
@@ -29,6 +31,7 @@ class VisualConfig:
     batch_groups: int = 1            # groups encoded and prefilled together (a larger batch fills a GPU better)
     drop_threshold: float = 0.95     # cosine similarity above which a token is dropped; >= 1.0 keeps every token
     reuse_threshold: float = 0.02    # mean |pixel difference| (normalised units) under which the ViT is skipped
+    block_seconds: float = 4.0       # video layout: frame pairs within this much stream time form one video block
 
     def __post_init__(self) -> None:
         if self.batch_groups < 1:
@@ -61,6 +64,8 @@ class VisualStream:
         self._prev_patches: torch.Tensor | None = None
         self._prev_embeds: torch.Tensor | None = None
         self._ref: torch.Tensor | None = None          # last kept token per patch position (n, hidden)
+        self.video = self.group_size > 1 and getattr(backend, "frame_layout", "image") == "video"
+        self._block: VideoBlock | None = None
 
     @property
     def pending(self) -> bool:
@@ -108,7 +113,7 @@ class VisualStream:
                 need.append((patches, grid))
                 prev = patches
         encoded = iter(self.backend.encode_patches([p for p, _ in need], [g for _, g in need]) if need else [])
-        chunks = []
+        pieces: list[list[Chunk]] = [[]]
         for (patches, grid, t0, t1), reused in zip(groups, reuse, strict=True):
             if reused and self._prev_embeds is not None:
                 embeds = self._prev_embeds
@@ -125,8 +130,29 @@ class VisualStream:
             self.stats.tokens_total += n
             self.stats.tokens_kept += kept
             self.stats.drop_ratios.append(1.0 - kept / n)
-            chunks.append(self.backend.visual_chunk(embeds, self.backend.merged_grid(grid), t0, t1, keep))
-        return [concat_chunks(chunks, self.backend._embed)]
+            merged = self.backend.merged_grid(grid)
+            if not self.video:
+                pieces[-1].append(self.backend.visual_chunk(embeds, merged, t0, t1, keep))
+                continue
+            if keep is not None and keep.numel() == 0:      # a pair inside a block has no marker: one token stays
+                keep = torch.zeros(1, dtype=torch.long, device=keep.device)
+            block = self._block_for(t0, merged, pieces[-1])
+            if block.pairs == 0 and pieces[-1]:
+                pieces.append([])                                  # a chunk never holds the start of a block inside
+            pieces[-1].append(self.backend.visual_chunk(embeds, merged, t0, t1, keep, block=block))
+        return [concat_chunks(p, self.backend._embed) for p in pieces if p]
+
+    def _block_for(self, t0: float, grid: tuple[int, int], piece: list[Chunk]) -> VideoBlock:
+        """The open video block this pair joins, or a new one (the open one, if any, closed at the end of
+        `piece`): a block holds `block_seconds` of stream at one grid; the memory may have closed it already."""
+        b = self._block
+        if b is not None and not b.closed and b.grid == grid and t0 - b.t0 < self.config.block_seconds:
+            return b
+        if b is not None and not b.closed:
+            piece.append(self.backend.block_closer(b))
+            b.closed = True
+        self._block = VideoBlock(t0, grid)
+        return self._block
 
     def _drop(self, embeds: torch.Tensor) -> torch.Tensor | None:
         """Indices of the tokens to keep (None: all). Updates the per-patch reference with the kept ones."""

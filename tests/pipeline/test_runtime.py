@@ -146,7 +146,8 @@ def test_vlm_backend_from_a_local_path_runs_the_frame_path(capsys, monkeypatch, 
     answer = next(r for r in records if r["type"] == "answer")
     s = records[-1]
     assert answer["t"] == 3.0 and answer["ttft_ms"] > 0 and s["model"] == "tiny-qwen"
-    assert s["frames_sampled"] == 12 and s["observations"] == 6       # frames go in as pairs
+    # frames go in as pairs, a pair every 2 s, in 4-s video blocks: 6 pairs and the closers of the first two blocks
+    assert s["frames_sampled"] == 12 and s["observations"] == 6 + 2
     assert s["visual_groups"] == 6 and s["vit_groups"] + s["vit_reused_groups"] == 6
     assert 0 < s["visual_tokens_kept_pct"] <= 100
     assert started["context_tokens"] > prompts.system_chunk(tiny_qwen).num_tokens

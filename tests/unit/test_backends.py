@@ -182,3 +182,64 @@ def test_qwen3_vl_frame_pairs_equal_transformers_video_forward(tiny_qwen3):
         out = b.model(input_ids=ids, pixel_values_videos=pv, video_grid_thw=grid[None],
                       mm_token_type_ids=(ids == vid).int() * 2)
     torch.testing.assert_close(chunked, out.logits[0, -1].float(), rtol=1e-5, atol=1e-5)
+
+
+def _video_pairs(backend, start: float, fps: float, pairs: int, block_seconds: float = 60.0):
+    from perception.visual import VisualConfig, VisualStream
+    scene = SyntheticScene("short")
+    frames = [(scene.render(i * 7), start + i / fps) for i in range(2 * pairs)]
+    stream = VisualStream(backend, VisualConfig(batch_groups=1, drop_threshold=1.0, reuse_threshold=0.0,
+                                                block_seconds=block_seconds))
+    return frames, [c for f, t in frames for c in stream.push(f, t)]
+
+
+def test_qwen2_5_vl_video_block_equals_transformers_video_forward(tiny_qwen):
+    """Qwen2.5-VL, time as it was trained: a run of frame pairs is one video block whose temporal positions
+    step with real stream time. Three pairs at 3 frames/s (a pair every 2/3 s) ingested chunk by chunk, then
+    the block's closer and a question, equal Transformers' forward with pixel_values_videos, video_grid_thw
+    [3, h, w] and second_per_grid_ts 2/3 on the same token sequence."""
+    b = tiny_qwen
+    assert b.frame_layout == "video"
+    frames, pairs = _video_pairs(b, 10.0, 3.0, 3)
+    assert len(pairs) == 3 and [c.continues for c in pairs] == [False, True, True]
+    assert pairs[1].pos_span == pairs[2].pos_span == 0 and pairs[0].block is pairs[2].block
+    t_pos = [int(pairs[0].position_ids[0, -1]) - pairs[0].pos_span] + [int(c.position_ids[0, 0]) for c in pairs[1:]]
+    tps = b.tokens_per_second
+    assert t_pos == [0, int(tps * 2 / 3), int(tps * 4 / 3)]                      # real time, not token count
+    closer = b.block_closer(pairs[-1].block)
+    chunks = [prompts.system_chunk(b), *pairs, closer, prompts.question_chunk(b, 12.0, "What is on the sign?")]
+    chunked, _ = _ingest(b, chunks)
+    vid = b.video_token_id
+    ids = torch.cat([c.input_ids for c in chunks])[None]
+    assert int((ids == vid).sum()) == sum(int(c.position_ids.shape[1]) for c in pairs) - (pairs[0].pos_span)
+    pv = torch.cat([b.patchify([f for f, _ in frames[i:i + 2]])[0] for i in (0, 2, 4)])
+    grid = b.patchify([f for f, _ in frames[0:2]])[1].clone()
+    grid[0] = 3
+    with torch.no_grad():
+        out = b.model(input_ids=ids, pixel_values_videos=pv, video_grid_thw=grid[None],
+                      second_per_grid_ts=torch.tensor([2 / 3]), mm_token_type_ids=(ids == vid).int() * 2)
+    torch.testing.assert_close(chunked, out.logits[0, -1].float(), rtol=1e-5, atol=1e-5)
+
+
+def test_memory_closes_an_open_video_block_on_forks_and_before_text(tiny_qwen):
+    """While a video block is open, a context view closes it on its own fork (the device cache keeps it open
+    for the next pair); text appended to the memory closes it for real; a block never spans segments."""
+    b = tiny_qwen
+    mem = HierarchicalMemory(b, MemoryConfig(segment_seconds=0.5, segment_tokens=8, window_tokens=10_000))
+    mem.set_sink(prompts.system_chunk(b))
+    _, pairs = _video_pairs(b, 0.0, 2.0, 3)
+    for c in pairs:
+        mem.append(c)
+    assert len(mem.window) == 1                           # short segments, but a block stays in one
+    before = mem.num_tokens
+    view = mem.context()
+    assert mem.num_tokens == before and view.num_tokens == before + 2 and mem._open is pairs[0].block
+    closer = b.block_closer(pairs[0].block)
+    q = prompts.question_chunk(b, 3.0, "What is on the sign?")
+    got = b.prefill(q, view.cache, view.next_pos)
+    want, _ = _ingest(b, [prompts.system_chunk(b), *pairs, closer, q])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    mem.append(prompts.text_observation_chunk(b, 3.0, 'Heard: "hello".'))
+    heard = mem.window[-1].chunks[-1].num_tokens
+    assert mem._open is None and pairs[0].block.closed and mem.num_tokens == before + 2 + heard
+    assert [c.kind for c in mem.window[0].chunks] == ["frame"] * 4 and len(mem.window) == 2
