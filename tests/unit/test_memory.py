@@ -82,6 +82,26 @@ def test_everything_retrieved_equals_full_context_qwen_frames(tiny_qwen, tmp_pat
     torch.testing.assert_close(b.prefill(question, view.cache, view.next_pos), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("positions", ["contiguous", "original"])
+def test_everything_retrieved_equals_full_context_qwen_video_blocks(tiny_qwen, tmp_path, positions):
+    """Qwen2.5-VL video blocks (temporal positions in real time, pairs with pos_span 0, closers): segments
+    hold whole blocks, so sealing, moving and putting them back changes nothing."""
+    from perception.visual import VisualConfig, VisualStream
+    b = tiny_qwen
+    scene = SyntheticScene("short")
+    stream = VisualStream(b, VisualConfig(drop_threshold=1.0, reuse_threshold=0.0, block_seconds=2.0))
+    chunks = [c for i in range(12) for c in stream.push(scene.render(i * 5), i * 0.5)]   # 6 pairs, 3 blocks
+    assert sum(c.continues and c.block is None for c in chunks) == 2                      # two closers so far
+    question = prompts.question_chunk(b, 9.0, "What word was on the sign at 0:02?")
+    heard = prompts.text_observation_chunk(b, 6.0, 'Heard: "hello".')     # closes the last block before sealing
+    ref = _full_logits(b, [*chunks, b.block_closer(chunks[-1].block), heard], question)
+    mem = _staged_memory(b, [*chunks, heard], MemoryConfig(window_tokens=10_000, positions=positions, host_mb=0.0,
+                                                 segment_seconds=0.5), tmp_path)
+    assert [s.text.count("<frame") for s in mem.segments] == [2, 2, 2, 0]
+    view = mem.assemble(mem.segments)
+    torch.testing.assert_close(b.prefill(question, view.cache, view.next_pos), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_streaming_window_keeps_device_flat_and_counts_every_move(lite_backend, tmp_path):
     b = lite_backend
     db = sqlite_utils.Database(tmp_path / "index.db")
