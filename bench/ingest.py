@@ -10,6 +10,12 @@ GPU path: vision tower, token drop, LM prefill, memory.
     naive      growing full KV cache, no eviction, no pruning: runs until it is out of memory or its time cap
     window     sink + recent window only, no pruning (StreamingVLM-style)
     onlooker   token drop + ViT feature reuse + hierarchical memory (sealed segments int8 on the host)
+    onlooker+perception   the same, with the lite perceivers (OCR, people, faces, scene change) on a thread
+               beside it, as on the VLM path ("latest": the newest frame whenever the perceiver is free);
+               what they read is annotated into memory on the loop's thread, as the runtime does
+    onlooker+captions     the same, with a caption decoded for every sealed segment right after it is sealed
+               (in the loop, so frames/s carries the cost; a live run captions only when it has slack).
+               Random weights never stop early: every caption runs its whole token budget (an upper bound)
 
 Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of
 stream, time to first token of a question after the whole stream, and model FLOP utilisation
@@ -150,10 +156,49 @@ def _mem(device: str) -> float | None:
     return torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
+CONFIGS = ("naive", "window", "onlooker", "onlooker+perception", "onlooker+captions")
+
+
+class Beside:
+    """The lite perceivers on their own thread, fed the newest frame (a queue of one that drops the oldest)."""
+
+    def __init__(self) -> None:
+        import threading
+        from collections import deque
+
+        from assistant.queues import FrameQueue
+        from perception.config import PerceptionConfig
+        from perception.lite import LitePerceiver
+        self.perceiver = LitePerceiver(PerceptionConfig())
+        self.queue = FrameQueue(1, drop_oldest=True)
+        self.out: deque = deque()
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, name="beside", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from assistant.queues import CLOSED
+        try:
+            while (frame := self.queue.get(timeout=0.5)) is not CLOSED:
+                if frame is not None:
+                    self.out.append(self.perceiver.process(frame)[0])
+        except Exception as e:                                 # reported in the row, the run goes on
+            self.error = f"{type(e).__name__}: {e}"
+
+    def close(self) -> tuple[int, int]:
+        self.queue.close()
+        self.thread.join(timeout=60)
+        return self.perceiver.num_processed, self.queue.num_dropped
+
+
 def run_config(name: str, backend, groups, *, minutes: float, fps: float, device: str, window: int,
-               batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9) -> dict:
+               batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9,
+               frames: list[np.ndarray] | None = None) -> dict:
+    from perception.sources import VideoFrame
+    from reasoning.captions import Captioner
+    from reasoning.config import ReasoningConfig
     naive = name == "naive"
-    onl = name == "onlooker"
+    onl = name.startswith("onlooker")
     mcfg = MemoryConfig(window_tokens=10**9 if naive else window, retrieval=onl, use_embeddings=False,
                         quantize=onl, retain=onl, host_mb=64_000, shrink_on_oom=not naive, segment_seconds=4.0,
                         segment_tokens=4096)
@@ -161,6 +206,8 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)
     mem.set_sink(prompts.system_chunk(backend))
+    beside = Beside() if name == "onlooker+perception" else None
+    captioner = Captioner(backend, mem, ReasoningConfig(captions=True)) if name == "onlooker+captions" else None
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -179,12 +226,22 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
     for g in bar:
         patches, grid = groups[g % len(groups)]
         t0 = g * group_s
+        if beside is not None and frames is not None:
+            k = (2 * g) % len(frames)
+            beside.queue.put(VideoFrame(frames[k], t0, time.time(), k))
+            while beside.out:
+                obs = beside.out.popleft()
+                mem.annotate(obs.t, prompts.perception_note(obs))
         try:
             for chunk in vs.push_group(patches, grid, t0, t0 + group_s / 2):
                 ctx = mem.num_tokens
                 n = chunk.num_tokens
-                mem.append(chunk)
+                sealed = mem.append(chunk).sealed
                 lm_flops += 2 * lm_params * n + 4 * backend.num_layers * hidden * n * (ctx + n / 2)
+                for seg in sealed if captioner is not None else []:
+                    captioner.offer(seg)
+                    while captioner.busy:
+                        captioner.step(8)
         except torch.OutOfMemoryError:
             oom_at = stream_t
             break
@@ -204,15 +261,22 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
             oom_at = stream_t
     _sync(device)
     wall = time.perf_counter() - start
-    frames = int(stream_t * fps)
+    perceived, skipped = beside.close() if beside is not None else (None, None)
+    n_frames = int(stream_t * fps)
     st = vs.stats
     vit_flops = st.vit_groups * (2 * vit_params * patches_per_group)
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    row = {"config": name, "frames": frames, "stream_s": stream_t, "wall_s": wall, "frames_per_s": frames / wall,
-           "tokens_per_frame": st.tokens_kept / max(1, frames), "tokens_total_per_frame": st.tokens_total /
-           max(1, frames), "vit_groups": st.vit_groups, "vit_reused": st.reused_groups,
+    hours = max(stream_t, 1e-9) / 3600
+    row = {"config": name, "frames": n_frames, "stream_s": stream_t, "wall_s": wall,
+           "frames_per_s": n_frames / wall, "tokens_per_frame": st.tokens_kept / max(1, n_frames),
+           "tokens_total_per_frame": st.tokens_total / max(1, n_frames),
+           "perceived": perceived, "perception_skipped": skipped,
+           "perception_error": beside.error if beside is not None else None,
+           "captions": captioner.stats.written if captioner is not None else None,
+           "caption_s_per_stream_hour": captioner.stats.decode_ms / 1000 / hours if captioner is not None else None,
+           "vit_groups": st.vit_groups, "vit_reused": st.reused_groups,
            "gpu_gb_at": {str(k): v for k, v in marks.items()}, "gpu_peak_gb": peak_gb, "oom_at_stream_s": oom_at,
-           "stopped_by_cap": (not oom_at and frames < n_groups * 2), "flops": lm_flops + vit_flops,
+           "stopped_by_cap": (not oom_at and n_frames < n_groups * 2), "flops": lm_flops + vit_flops,
            "host_mb": mem.stats.host_bytes / 2**20, "segments_sealed": mem.stats.segments_sealed,
            "device_kv_mb": mem.device_bytes() / 2**20}
     if not naive and oom_at is None:
@@ -293,11 +357,11 @@ def run_ingest_bench(args) -> int:
                batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))
     rows = []
     for name in [c.strip() for c in args.configs.split(",")]:
-        if name not in ("naive", "window", "onlooker"):
-            raise BenchError(f"unknown configuration {name!r} (naive, window, onlooker)")
+        if name not in CONFIGS:
+            raise BenchError(f"unknown configuration {name!r} ({', '.join(CONFIGS)})")
         row = run_config(name, backend, groups, minutes=args.minutes, fps=args.stream_fps, device=args.device,
                          window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
-                         param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s)
+                         param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s, frames=frames)
         row["mfu"] = row["flops"] / row["wall_s"] / peak
         rows.append(row)
         print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)
@@ -311,8 +375,9 @@ def format_table(header: str, rows: list[dict]) -> str:
         return "-" if v is None else f"{v:.1f}"
 
     lines = [header, "", "| config | frames/s | visual tokens per frame (kept / produced) | ViT runs (reused) | "
-             "GPU GB at 1 / 10 / 60 min | GPU peak GB | stream covered | TTFT ms after the stream | MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "GPU GB at 1 / 10 / 60 min | GPU peak GB | stream covered | TTFT ms after the stream | MFU | "
+             "perceived (skipped) | captions, s per stream-hour |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         at = " / ".join(gb(r["gpu_gb_at"].get(str(m))) for m in MARKS_S)
         covered = f"{r['stream_s'] / 60:.1f} min"
@@ -321,9 +386,13 @@ def format_table(header: str, rows: list[dict]) -> str:
         elif r["stopped_by_cap"]:
             covered += " (time cap)"
         ttft = f"{r['ttft_ms']:.0f}" if r.get("ttft_ms") is not None else "-"
+        seen = "-" if r.get("perceived") is None else f"{r['perceived']} ({r['perception_skipped']})"
+        if r.get("perception_error"):
+            seen += f" stopped: {r['perception_error']}"
+        cap = "-" if r.get("captions") is None else f"{r['captions']}, {r['caption_s_per_stream_hour']:.0f}"
         lines.append(f"| {r['config']} | {r['frames_per_s']:.1f} | {r['tokens_per_frame']:.0f} / "
                      f"{r['tokens_total_per_frame']:.0f} | {r['vit_groups']} ({r['vit_reused']}) | {at} | "
-                     f"{gb(r['gpu_peak_gb'])} | {covered} | {ttft} | {100 * r['mfu']:.1f}% |")
+                     f"{gb(r['gpu_peak_gb'])} | {covered} | {ttft} | {100 * r['mfu']:.1f}% | {seen} | {cap} |")
     return "\n".join(lines)
 
 

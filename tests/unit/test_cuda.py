@@ -130,3 +130,60 @@ def test_gpu_qwen3_vl_deepstack_chunk_prefills_in_bf16(tmp_path):
     logits = b.prefill(chunks[0], cache, 0)
     assert torch.isfinite(logits).all() and cache.layers[0].keys.is_cuda
     assert len(chunks[0].deepstack) == 2 and chunks[0].deepstack[0].is_cuda
+
+
+def test_gpu_video_block_equals_transformers_video_forward(gpu_qwen):
+    """Qwen2.5-VL video blocks on the GPU in bf16: three pairs ingested chunk by chunk, the closer and a
+    question give Transformers' own video forward (pixel_values_videos, second_per_grid_ts) within bf16."""
+    from perception.visual import VisualConfig, VisualStream
+    b = gpu_qwen
+    frames = [(f, 10.0 + i / 3) for i, (f, _) in enumerate(_frames(6))]              # 3 frames per second
+    vs = VisualStream(b, VisualConfig(batch_groups=1, drop_threshold=1.0, reuse_threshold=0.0, block_seconds=60))
+    pairs = [c for f, t in frames for c in vs.push(f, t)]
+    assert [c.continues for c in pairs] == [False, True, True]
+    chunks = [prompts.system_chunk(b), *pairs, b.block_closer(pairs[-1].block),
+              prompts.question_chunk(b, 12.0, "What is on the sign?")]
+    cache, pos, logits = DynamicCache(), 0, None
+    for ch in chunks:
+        logits = b.prefill(ch, cache, pos)
+        pos += ch.pos_span
+    ids = torch.cat([c.input_ids for c in chunks])[None].cuda()
+    vid = b.video_token_id
+    pv = torch.cat([b.patchify([f for f, _ in frames[i:i + 2]])[0] for i in (0, 2, 4)]).cuda()
+    grid = b.patchify([f for f, _ in frames[0:2]])[1].clone()
+    grid[0] = 3
+    with torch.no_grad():
+        out = b.model(input_ids=ids, pixel_values_videos=pv, video_grid_thw=grid[None].cuda(),
+                      second_per_grid_ts=torch.tensor([2 / 3]).cuda(), mm_token_type_ids=(ids == vid).int() * 2)
+    ref = out.logits[0, -1].float()
+    rel = (logits - ref).norm() / ref.norm()
+    assert rel < 2e-2, rel                    # bf16: one forward against chunked prefills
+
+
+def test_gpu_captions_and_perception_notes_reach_the_index(gpu_qwen):
+    """The VLM path's text for search on the GPU: a caption decoded on the view of a segment sealed int8 to
+    the host, and a perception note, both join the segment's index text."""
+    from memory.config import MemoryConfig
+    from memory.manager import HierarchicalMemory
+    from perception.visual import VisualConfig, VisualStream
+    from reasoning.captions import Captioner
+    from reasoning.config import ReasoningConfig
+    b = gpu_qwen
+    mem = HierarchicalMemory(b, MemoryConfig(window_tokens=64, quantize=True, segment_seconds=1.0,
+                                             use_embeddings=False))
+    mem.set_sink(prompts.system_chunk(b))
+    cap = Captioner(b, mem, ReasoningConfig(captions=True, caption_tokens=6))
+    vs = VisualStream(b, VisualConfig(block_seconds=1.0))
+    mem.annotate(0.5, 'Text on screen: "TIGER".')
+    for f, t in _frames(12):
+        for ch in vs.push(f, t):
+            for seg in mem.append(ch).sealed:
+                cap.offer(seg)
+    assert mem.segments and mem.segments[0].kv is not None and mem.segments[0].kv.keys.dtype == torch.int8
+    done = None
+    while cap.busy:
+        done = cap.step(4) or done
+    assert done is not None and cap.stats.written >= 1
+    seg = done[0]
+    assert "Caption:" in seg.text and seg.text.count("<frame") >= 1
+    assert 'TIGER' in mem.segments[0].text
