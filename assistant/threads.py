@@ -3,7 +3,8 @@
     capture  : source.frames() -> sample -> pace -> FrameQueue (drops oldest when live; blocks with --fast)
     perceive : FrameQueue -> LitePerceiver (when there is one) -> typed Observation, the frame riding along
                -> runtime.submit(ObservationEvent). On the VLM path the frame goes on at once, and a
-    beside   : thread runs the lite perceivers on it (the newest frame when it is behind, or every frame)
+    beside   : thread runs the lite perceivers on it (the newest frame when it is behind, or every frame),
+               in a child process of their own (assistant.perceiver_process) so they never hold the GIL
                -> runtime.submit(PerceptionEvent): text for the index, evidence for alerts, narration
     hear     : audio blocks (the file's audio track, paced by the frames; or the microphone) -> VAD -> ASR
                -> runtime.submit(TranscriptEvent); speech starting while the assistant talks is barge-in
@@ -26,6 +27,7 @@ import cv2
 import numpy as np
 
 from assistant.events import ObservationEvent, PerceptionEvent, Shutdown, SpeechStarted, StreamEnded, TranscriptEvent
+from assistant.perceiver_process import PerceiverProcessError, ProcessPerceiver
 from assistant.queues import CLOSED, FrameQueue
 from assistant.runtime import Runtime
 from perception.config import PerceptionConfig
@@ -143,17 +145,25 @@ class Pipeline:
 
     def _perceive_beside(self) -> None:
         assert self.beside is not None and self.perceiver is not None
+        perceiver: LitePerceiver | ProcessPerceiver = self.perceiver
         try:
+            if self.config.beside_process:
+                try:
+                    perceiver = ProcessPerceiver(self.config)
+                except PerceiverProcessError as e:
+                    log.warning("perception beside the model runs on a thread (%s)", e)
             while True:
                 frame = self.beside.get(timeout=0.5)
                 if frame is CLOSED or self._stop.is_set():
                     break
                 if frame is not None:
-                    obs, repeat = self.perceiver.process(frame)
+                    obs, repeat = perceiver.process(frame)
                     self.runtime.submit(PerceptionEvent(obs, repeat))
         except Exception as e:            # perception beside a VLM is help, not the stream: the frames go on
             log.warning("perception beside the model is off from here on: %s", e)
         finally:
+            if isinstance(perceiver, ProcessPerceiver):
+                perceiver.close()
             self._producer_done()
 
     def _hear(self) -> None:

@@ -1,21 +1,20 @@
 """`onlooker bench ingest`: how fast a VLM takes a stream in, and what that costs in GPU memory.
 
-The full-size Qwen2.5-VL-7B architecture with random weights (speed does not depend on weight
-values; nothing is downloaded), bf16, SDPA attention (flash-attn when it is installed). Frames:
-the sample videos and the synthetic scene, sampled at 2 frames per second of stream time, resized
-to 448x448 and looped; the stream is simulated as fast as the GPU allows. Frames are patchified
-ahead of time (in a live run the perception thread does that alongside), so the table measures the
-GPU path: vision tower, token drop, LM prefill, memory.
+The full-size Qwen2.5-VL-7B architecture with random weights (speed does not depend on weight values; nothing
+is downloaded), bf16, SDPA attention (flash-attn when it is installed). Frames: the sample videos and the
+synthetic scene, sampled at 2 frames per second of stream time, resized to 448x448 and looped; the stream is
+simulated as fast as the GPU allows. Frames are patchified ahead of time (in a live run the perception thread
+does that alongside), so the table measures the GPU path: vision tower, token drop, LM prefill, memory.
 
     naive      growing full KV cache, no eviction, no pruning: runs until it is out of memory or its time cap
     window     sink + recent window only, no pruning (StreamingVLM-style)
     onlooker   token drop + ViT feature reuse + hierarchical memory (sealed segments int8 on the host)
-    onlooker+perception   the same, with the lite perceivers (OCR, people, faces, scene change) on a thread
-               beside it, as on the VLM path ("latest": the newest frame whenever the perceiver is free);
+    onlooker+perception   the same, with the lite perceivers (OCR, people, faces, scene change) beside it as
+               on the VLM path (a thread feeding a child process the newest frame whenever it is free);
                what they read is annotated into memory on the loop's thread, as the runtime does
     onlooker+captions     the same, with a caption decoded for every sealed segment right after it is sealed
-               (in the loop, so frames/s carries the cost; a live run captions only when it has slack).
-               Random weights never stop early: every caption runs its whole token budget (an upper bound)
+               (in the loop, so frames/s carries the cost; a live run captions only when it has slack); random
+               weights never stop early, every caption runs its whole token budget (an upper bound)
 
 Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of
 stream, time to first token of a question after the whole stream, and model FLOP utilisation
@@ -166,10 +165,10 @@ class Beside:
         import threading
         from collections import deque
 
+        from assistant.perceiver_process import ProcessPerceiver
         from assistant.queues import FrameQueue
         from perception.config import PerceptionConfig
-        from perception.lite import LitePerceiver
-        self.perceiver = LitePerceiver(PerceptionConfig())
+        self.perceiver = ProcessPerceiver(PerceptionConfig())
         self.queue = FrameQueue(1, drop_oldest=True)
         self.out: deque = deque()
         self.error: str | None = None
@@ -188,6 +187,7 @@ class Beside:
     def close(self) -> tuple[int, int]:
         self.queue.close()
         self.thread.join(timeout=60)
+        self.perceiver.close()
         return self.perceiver.num_processed, self.queue.num_dropped
 
 
@@ -266,14 +266,14 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
     st = vs.stats
     vit_flops = st.vit_groups * (2 * vit_params * patches_per_group)
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    hours = max(stream_t, 1e-9) / 3600
     row = {"config": name, "frames": n_frames, "stream_s": stream_t, "wall_s": wall,
            "frames_per_s": n_frames / wall, "tokens_per_frame": st.tokens_kept / max(1, n_frames),
            "tokens_total_per_frame": st.tokens_total / max(1, n_frames),
            "perceived": perceived, "perception_skipped": skipped,
            "perception_error": beside.error if beside is not None else None,
            "captions": captioner.stats.written if captioner is not None else None,
-           "caption_s_per_stream_hour": captioner.stats.decode_ms / 1000 / hours if captioner is not None else None,
+           "caption_s_per_stream_hour": None if captioner is None else   # (ms / 1000) / (stream s / 3600)
+           captioner.stats.decode_ms * 3.6 / max(stream_t, 1e-9),
            "vit_groups": st.vit_groups, "vit_reused": st.reused_groups,
            "gpu_gb_at": {str(k): v for k, v in marks.items()}, "gpu_peak_gb": peak_gb, "oom_at_stream_s": oom_at,
            "stopped_by_cap": (not oom_at and n_frames < n_groups * 2), "flops": lm_flops + vit_flops,

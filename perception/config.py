@@ -24,6 +24,9 @@ class PerceptionConfig:
     # "every": every sampled frame (ingest waits for perception when it is slower); "off"; "auto": latest
     # for live or real-time sources, every for --fast replays
     beside_vlm: str = "auto"
+    # ... in a child process of their own (assistant/perceiver_process.py), so that their Python never holds
+    # the interpreter lock the model's thread needs; False: on a thread of the main process
+    beside_process: bool = True
 
     def __post_init__(self) -> None:
         # written as `not (x > 0)` so that NaN fails too

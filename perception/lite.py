@@ -25,20 +25,20 @@ class OcrMissingError(RuntimeError):
     pass
 
 
-def _load_ocr():
+def _load_ocr(threads: int | None = None):
     try:
         from rapidocr_onnxruntime import RapidOCR
     except ImportError as e:
         raise OcrMissingError("the OCR package is missing; run: onlooker download lite") from e
-    return RapidOCR()
+    return RapidOCR() if threads is None else RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
 
 
 class LitePerceiver:
     """Synchronous: `process(frame)` -> (Observation, repeat)."""
 
-    def __init__(self, config: PerceptionConfig) -> None:
+    def __init__(self, config: PerceptionConfig, threads: int | None = None) -> None:
         self.config = config
-        self._ocr = _load_ocr() if config.ocr else None
+        self._ocr = _load_ocr(threads) if config.ocr else None
         self._hog: cv2.HOGDescriptor | None = None
         self._faces: cv2.CascadeClassifier | None = None
         if config.detect_people:
