@@ -68,6 +68,7 @@ class SessionInfo:
     model: str
     num_segments: int
     num_questions: int
+    status: str = "done"         # running | done | interrupted (its process died: kill -9, power loss)
 
 
 class SessionStore:
@@ -98,6 +99,7 @@ class SessionStore:
             conn.execute("pragma synchronous=normal")
             self.db = sqlite_utils.Database(conn)
             self._create_tables()
+            self._mark_interrupted()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"the session index {path} is damaged ({e}); move it aside to start a new one "
                              f"(`onlooker ask` can still read the old sessions' segment files)") from None
@@ -115,7 +117,7 @@ class SessionStore:
 
     def _create_tables(self) -> None:
         columns = {"id": str, "started": float, "ended": float, "source": str, "model": str, "model_spec": str,
-                   "summary": str}
+                   "summary": str, "pid": int, "status": str}
         self.db["sessions"].create(columns, pk="id", if_not_exists=True)
         for name, kind in columns.items():     # databases written by an older version gain new columns
             if name not in self.db["sessions"].columns_dict:
@@ -127,13 +129,26 @@ class SessionStore:
             pk="id", foreign_keys=[("session_id", "sessions", "id")], if_not_exists=True)
         self.db["questions"].create_index(["session_id"], if_not_exists=True)
 
+    def _mark_interrupted(self) -> None:
+        """A session left "running" by a process that is gone (killed, crashed, power lost) is marked
+        interrupted, ending when its last segment or answer reached the disk; it stays answerable."""
+        for row in list(self.db["sessions"].rows_where("ended is null")):
+            if row.get("pid") and _alive(int(row["pid"])):
+                continue
+            for tmp in self.session_dir(row["id"]).rglob("*.tmp"):      # a write cut off before its rename
+                tmp.unlink(missing_ok=True)
+            files = [p.stat().st_mtime for p in self.session_dir(row["id"]).rglob("*") if p.is_file()]
+            ended = max([row["started"], *files])
+            self.db["sessions"].update(row["id"], {"ended": ended, "status": "interrupted"})
+            log.warning("session %s did not end cleanly; marked interrupted", row["id"])
+
     # -- writing ------------------------------------------------------------------------------
     def start(self, source: str, model: str, model_spec: str = "lite") -> str:
         session_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         try:
             self.db["sessions"].insert({"id": session_id, "started": time.time(), "ended": None,
                                         "source": source, "model": model, "model_spec": model_spec,
-                                        "summary": None})
+                                        "summary": None, "pid": os.getpid(), "status": "running"})
             d = self.session_dir(session_id)
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
@@ -183,7 +198,7 @@ class SessionStore:
 
     def finish(self, session_id: str, summary: str) -> None:
         self._write("the session summary", self.db["sessions"].update, session_id,
-                    {"ended": time.time(), "summary": summary})
+                    {"ended": time.time(), "summary": summary, "status": "done"})
 
     # -- reading ------------------------------------------------------------------------------
     def session_dir(self, session_id: str) -> Path:
@@ -194,12 +209,12 @@ class SessionStore:
 
     def list(self) -> list[SessionInfo]:
         rows = self.db.query("""
-            select s.id, s.started, s.ended, s.source, s.model,
+            select s.id, s.started, s.ended, s.source, s.model, s.status,
                    (select count(*) from segments g where g.session_id = s.id) as nseg,
                    (select count(*) from questions q where q.session_id = s.id) as nq
             from sessions s order by s.started""")
-        return [SessionInfo(r["id"], r["started"], r["ended"], r["source"], r["model"], r["nseg"], r["nq"])
-                for r in rows]
+        return [SessionInfo(r["id"], r["started"], r["ended"], r["source"], r["model"], r["nseg"], r["nq"],
+                            r["status"] or ("done" if r["ended"] else "running")) for r in rows]
 
     def resolve(self, session_id: str) -> str:
         if session_id == "latest":
@@ -242,13 +257,28 @@ class SessionStore:
         return failed
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                  # someone else's process has that pid now
+        return True
+    return True
+
+
 def format_session_list(infos: list[SessionInfo]) -> str:
     if not infos:
         return "no stored sessions"
     lines = [f"{'ID':<24} {'STARTED':<19} {'LENGTH':>8} {'SEGS':>5} {'QS':>4}  SOURCE"]
     for s in infos:
         length = format_time(s.ended - s.started) if s.ended else "running"
+        if s.status == "interrupted":
+            length += "*"
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started))
         lines.append(f"{s.session_id:<24} {started:<19} {length:>8} {s.num_segments:>5} {s.num_questions:>4}  "
                      f"{s.source}")
+    if any(s.status == "interrupted" for s in infos):
+        lines.append("* interrupted: its process ended without closing it (killed, crashed); what reached the "
+                     "disk is kept and answerable")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ class MemoryConfig:
     # host and disk tiers
     host_mb: float = 512.0             # sealed segments in RAM; past this the oldest spill to disk
     disk_mb: float = 4096.0            # spilled segment files per session; past this the oldest KV is dropped
+    checkpoint: bool = True            # stored sessions: a window segment's KV goes to disk when it closes
 
     def __post_init__(self) -> None:
         if not (self.segment_seconds > 0) or self.segment_tokens < 1:

@@ -53,15 +53,22 @@ class SegmentIndex:
         self.session_id = session_id
         create_segment_table(db)
 
+    def _row(self, seg: Segment, tier: str) -> dict:
+        return {"session_id": self.session_id, "t0": seg.t0, "t1": seg.t1, "text": seg.text,
+                "num_tokens": seg.num_tokens, "kept_tokens": seg.kept_tokens, "pos_start": seg.pos_start,
+                "orig_pos": seg.orig_pos, "pos_span": seg.pos_span,
+                "embedding": tensor_to_blob(seg.embedding) if seg.embedding is not None else None,
+                "rep_key": tensor_to_blob(seg.rep_key, np.float16),
+                "rep_shape": ",".join(str(s) for s in seg.rep_key.shape),
+                "kv_file": str(seg.file) if seg.file else None, "kv_bytes": int(seg.extra.get("file_bytes", 0)),
+                "tier": tier}
+
     def add(self, seg: Segment, tier: str) -> int:
-        row = {"session_id": self.session_id, "t0": seg.t0, "t1": seg.t1, "text": seg.text,
-               "num_tokens": seg.num_tokens, "kept_tokens": seg.kept_tokens, "pos_start": seg.pos_start,
-               "orig_pos": seg.orig_pos, "pos_span": seg.pos_span,
-               "embedding": tensor_to_blob(seg.embedding) if seg.embedding is not None else None,
-               "rep_key": tensor_to_blob(seg.rep_key, np.float16),
-               "rep_shape": ",".join(str(s) for s in seg.rep_key.shape),
-               "kv_file": str(seg.file) if seg.file else None, "kv_bytes": 0, "tier": tier}
-        return int(self.db.table("segments").insert(row).last_pk or 0)
+        return int(self.db.table("segments").insert(self._row(seg, tier)).last_pk or 0)
+
+    def replace(self, row_id: int, seg: Segment, tier: str) -> None:
+        """The row of a segment checkpointed from the window, now sealed: every field follows."""
+        self.db.table("segments").update(row_id, self._row(seg, tier))
 
     def update(self, row_id: int, **fields) -> None:
         self.db.table("segments").update(row_id, fields)

@@ -79,6 +79,12 @@ def cache_dtype(cache: DynamicCache) -> torch.dtype:
     return _layers(cache)[0].keys.dtype
 
 
+def read_range(cache: DynamicCache, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [start, start+n) of every layer, stacked (L, Hkv, n, D), left in place."""
+    return (torch.stack([layer.keys[0, :, start:start + n] for layer in _layers(cache)]),
+            torch.stack([layer.values[0, :, start:start + n] for layer in _layers(cache)]))
+
+
 def take_front(cache: DynamicCache, start: int, n: int, rotate: Rotate | None, delta: int) -> tuple[
         torch.Tensor, torch.Tensor]:
     """Remove tokens [start, start+n) from every layer and return them stacked, (L, Hkv, n, D) each. The keys

@@ -37,9 +37,9 @@ from memory import kv_cache
 from memory.config import MemoryConfig
 from memory.embed import TextEmbedder
 from memory.index import SegmentIndex
-from memory.retrieval import Candidate, Retrieval, retrieve
+from memory.retrieval import Candidate, Retrieval, SearchHit, retrieve, top_hits
 from memory.segment_store import MB, MemoryStats, SegmentStore
-from memory.segments import Segment, SegmentFileError, SegmentKV, prune_by_value_norm
+from memory.segments import Segment, SegmentFileError, host_kv, prune_by_value_norm
 from memory.timeref import parse_time_ref
 from memory.window import ChunkRecord, WindowSegment
 from model.backend import Backend
@@ -64,13 +64,6 @@ class ContextView:
     retrieval: Retrieval | None = None
     placed: list[Segment] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)          # e.g. segments whose KV could not be read
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    t0: float
-    t1: float
-    text: str
 
 
 class HierarchicalMemory:
@@ -164,6 +157,8 @@ class HierarchicalMemory:
             last.key_sum += key_sum
             last.embedding = None
         else:
+            if last is not None:
+                self._checkpoint(last, chunk.t0)
             self.window.append(WindowSegment([rec], key_sum, self.stream_pos))
         while self._notes and self._notes[0][0] <= chunk.t1:
             self.window[-1].notes.append(self._notes.pop(0)[1])
@@ -190,6 +185,22 @@ class HierarchicalMemory:
                 self.shrink_window(self.window_budget // 2)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+
+    def _checkpoint(self, w: WindowSegment, t1: float) -> None:
+        """A window segment has closed: in a stored session its KV and index row go to disk now, so a crash
+        loses at most the open segment (memory.segment_store.SegmentStore.checkpoint)."""
+        if not (self.config.retain and self.config.checkpoint and self.store.durable):
+            return
+        start = self.sink_tokens + self.window_tokens - w.num_tokens        # `w` is the newest window segment
+        k, v = kv_cache.read_range(self.cache, start, w.num_tokens)
+        if w.embedding is None:
+            w.embedding = self._embed_text(w.text)
+        kv = host_kv(k, v, self.config.quantize)
+        seg = Segment(len(self.segments) + len(self.window) - 1, w.t0, max(w.t1, t1), w.text, w.num_tokens,
+                      w.pos_start, w.orig_pos, w.pos_span, w.rep_key, None, kv, embedding=w.embedding)
+        seg.index_id = self.store.checkpoint(seg)
+        seg.kv = None
+        w.checkpoint = seg
 
     def shrink_window(self, tokens: int) -> list[Segment]:
         """Lower the window budget (e.g. the device ran out of memory) and seal what no longer fits."""
@@ -272,14 +283,10 @@ class HierarchicalMemory:
         kept = prune_by_value_norm(values, self.config.keep_ratio) if self.config.keep_ratio < 1.0 else None
         if kept is not None:
             keys, values = keys[:, :, kept.to(keys.device)], values[:, :, kept.to(values.device)]
-        if self.config.quantize:            # on the device (fast), then only int8 crosses to the host
-            qk, sk = kernels.quantize_int8(keys)
-            qv, sv = kernels.quantize_int8(values)
-            kv = SegmentKV(qk.cpu(), qv.cpu(), sk.cpu(), sv.cpu(), keys.dtype)
-        else:
-            kv = SegmentKV(keys.to("cpu", copy=True), values.to("cpu", copy=True), dtype=keys.dtype)
         seg = Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
-                      w.rep_key, kept, kv)
+                      w.rep_key, kept, host_kv(keys, values, self.config.quantize))
+        if w.checkpoint is not None:        # its checkpoint's row and file are replaced by the sealed segment
+            seg.index_id, seg.file, seg.extra = w.checkpoint.index_id, w.checkpoint.file, w.checkpoint.extra
         seg.embedding = w.embedding if w.embedding is not None else self._embed_text(seg.text)
         st.segments_sealed += 1
         st.tokens_sealed += seg.num_tokens
@@ -335,16 +342,7 @@ class HierarchicalMemory:
     def search(self, text: str, now: float, k: int = 5) -> list[SearchHit]:
         """Segments (sealed and in the window) best matching `text`, by time reference or content; no model call."""
         cands = self.candidates()
-        r = self._retrieve(text, now, cands, False, k, 10**9)
-        by_key = {c.key: c for c in cands}
-        order = [c.key for c in r.recalled] + [key for sig in r.scores.values() for key in sig[:k]]
-        seen: set[int] = set()
-        out: list[SearchHit] = []
-        for key in order:
-            if key not in seen and len(out) < k:
-                seen.add(key)
-                out.append(SearchHit(by_key[key].t0, by_key[key].t1, by_key[key].text))
-        return out
+        return top_hits(self._retrieve(text, now, cands, False, k, 10**9), cands, k)
 
     def assemble(self, segments: list[Segment], window: bool = True) -> ContextView:
         """sink + `segments` (time order) + window, as a new cache; without the window when `window` is False

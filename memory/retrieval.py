@@ -168,3 +168,21 @@ def retrieve(question: str, now: float, cands: list[Candidate], *, query: torch.
         chosen.append(c)
         used += cost
     return Retrieval(ref, sorted(chosen, key=lambda c: c.t0), sorted(recalled, key=lambda c: c.t0), rankings)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    t0: float
+    t1: float
+    text: str
+
+
+def top_hits(r: Retrieval, cands: list[Candidate], k: int) -> list[SearchHit]:
+    """A search's answer: what the time reference recalled, then each signal's best, without repeats."""
+    by_key = {c.key: c for c in cands}
+    order = [c.key for c in r.recalled] + [key for sig in r.scores.values() for key in sig[:k]]
+    out: list[SearchHit] = []
+    for key in dict.fromkeys(order):
+        if len(out) < k:
+            out.append(SearchHit(by_key[key].t0, by_key[key].t1, by_key[key].text))
+    return out

@@ -10,6 +10,7 @@ in RAM up to the host budget, past it their KV is dropped and counted, and answe
 
 from __future__ import annotations
 
+import errno
 import logging
 import sqlite3
 import tempfile
@@ -61,7 +62,8 @@ class SegmentStore:
     # -- writing --------------------------------------------------------------------------------
     def _storage_failed(self, what: str, e: Exception) -> None:
         if self.stats.storage_error is None:
-            self.stats.storage_error = f"{what}: {e}"
+            reason = "the disk is full" if getattr(e, "errno", None) == errno.ENOSPC else str(e)
+            self.stats.storage_error = f"{what}: {reason}"
             log.warning("%s: %s failed (%s); storage is off for the rest of the session, answering goes on "
                         "from memory", self.label, what, e)
 
@@ -74,14 +76,49 @@ class SegmentStore:
             self._storage_failed("writing the session index", e)
             return None
 
+    @property
+    def durable(self) -> bool:
+        """A stored session: every segment reaches disk when it closes (write-through), so a crash loses at
+        most the open one."""
+        return self.index is not None and self.spill_dir is not None
+
     def add(self, seg: Segment) -> None:
-        """A newly sealed segment, in host RAM."""
+        """A newly sealed segment, in host RAM (and on disk too in a stored session)."""
         self.segments.append(seg)
         if seg.kv is not None:
             self.stats.host_bytes += seg.kv.nbytes
+        if self.durable and seg.kv is not None:
+            self._write_file(seg)
         if self.index is not None:
-            seg.index_id = self._index_write(self.index.add, seg, seg.tier)
+            if seg.index_id is None:
+                seg.index_id = self._index_write(self.index.add, seg, seg.tier)
+            else:
+                self._index_write(self.index.replace, seg.index_id, seg, seg.tier)
         self.enforce_budgets()
+
+    def checkpoint(self, seg: Segment) -> int | None:
+        """A closed segment still in the device window, written to disk with its index row (tier "window"), so
+        that it survives a crash; sealing it later replaces both. Returns the row id."""
+        if not self.durable or not self._write_file(seg):
+            return None
+        return self._index_write(self.index.add, seg, "window") if self.index is not None else None
+
+    def _write_file(self, seg: Segment) -> bool:
+        """Write (or rewrite, over its checkpoint) the segment's file; False when storage is off or failing."""
+        path = self._segment_path(seg)
+        old = int(seg.extra.pop("file_bytes", 0)) if seg.file == path else 0
+        seg.file = None                     # a stale checkpoint is never taken for this segment's KV
+        if self.stats.storage_error is not None:
+            return False
+        try:
+            size = write_segment_file(path, seg)
+        except OSError as e:
+            self._storage_failed(f"writing {path.name}", e)
+            return False
+        self.stats.disk_bytes += size - old
+        seg.file = path
+        seg.extra["file_bytes"] = size
+        return True
 
     def retext(self, seg: Segment, text: str, embedding: torch.Tensor | None) -> None:
         """A sealed segment's text grew (a caption, late perception): the index row follows."""
@@ -98,22 +135,16 @@ class SegmentStore:
         return self.spill_dir / f"segment-{seg.seg_id:06d}.safetensors"
 
     def spill(self, seg: Segment) -> bool:
+        """Free the segment's host copy, writing its file first unless it is already on disk."""
         assert seg.kv is not None
-        if self.stats.storage_error is not None:
-            return False
-        path = self._segment_path(seg)
-        try:
-            size = write_segment_file(path, seg)
-        except OSError as e:
-            self._storage_failed(f"writing {path.name}", e)
+        if seg.file is None and not self._write_file(seg):
             return False
         self.stats.host_bytes -= seg.kv.nbytes
-        self.stats.disk_bytes += size
         self.stats.segments_spilled += 1
-        seg.kv, seg.file = None, path
-        seg.extra["file_bytes"] = size
+        seg.kv = None
         if seg.index_id is not None and self.index is not None:
-            self._index_write(self.index.update, seg.index_id, tier="disk", kv_file=str(path), kv_bytes=size)
+            self._index_write(self.index.update, seg.index_id, tier="disk", kv_file=str(seg.file),
+                              kv_bytes=seg.extra.get("file_bytes", 0))
         return True
 
     def _drop_host(self, seg: Segment) -> None:

@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import kernels
 from kernels.reference import dequantize_int8_ref, quantize_int8_ref
 
 
@@ -100,6 +101,15 @@ class Segment:
         return {"t0": self.t0, "t1": self.t1, "text": self.text, "num_tokens": self.num_tokens,
                 "pos_start": self.pos_start, "orig_pos": self.orig_pos, "pos_span": self.pos_span,
                 "seg_id": self.seg_id}
+
+
+def host_kv(keys: torch.Tensor, values: torch.Tensor, quantize: bool) -> SegmentKV:
+    """A segment's KV off the device: int8 quantized on the device first (only int8 crosses), or copied."""
+    if quantize:
+        qk, sk = kernels.quantize_int8(keys)
+        qv, sv = kernels.quantize_int8(values)
+        return SegmentKV(qk.cpu(), qv.cpu(), sk.cpu(), sv.cpu(), keys.dtype)
+    return SegmentKV(keys.to("cpu", copy=True), values.to("cpu", copy=True), dtype=keys.dtype)
 
 
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16)}

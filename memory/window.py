@@ -8,6 +8,7 @@ sits now (it moves when the window is re-positioned); `orig_pos` where its segme
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -30,6 +31,7 @@ class WindowSegment:
     orig_pos: int
     embedding: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)      # words about it from beside the model (perception, captions)
+    checkpoint: Any = None                # memory.segments.Segment written to disk when it closed (stored sessions)
 
     @property
     def t0(self) -> float:

@@ -81,7 +81,7 @@ def test_a_corrupt_session_database(data, capsys, argv):
 
 def _disk_full_after(monkeypatch, inserts_allowed: int) -> None:
     """Every database insert/update after the first `inserts_allowed` fails as on a full disk, and so does
-    every segment file write."""
+    every segment file write after the first `inserts_allowed - 1`."""
     import memory.segment_store
     calls = {"n": 0}
     real_insert, real_update = sqlite_utils.db.Table.insert, sqlite_utils.db.Table.update
@@ -96,8 +96,14 @@ def _disk_full_after(monkeypatch, inserts_allowed: int) -> None:
     monkeypatch.setattr(sqlite_utils.db.Table, "insert", full(real_insert))
     monkeypatch.setattr(sqlite_utils.db.Table, "update", full(real_update))
 
+    real_write = memory.segment_store.write_segment_file
+    files = {"n": 0}
+
     def no_space(path, seg):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        files["n"] += 1
+        if files["n"] >= inserts_allowed:            # the same share of segment files gets through
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, seg)
     monkeypatch.setattr(memory.segment_store, "write_segment_file", no_space)
 
 
