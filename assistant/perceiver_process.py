@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 from typing import Any
 
 import cv2
@@ -34,7 +35,9 @@ class PerceiverProcessError(RuntimeError):
 CHILD_THREADS = 2            # OpenCV's and onnxruntime's pools: the model's process keeps the other cores
 
 
-def _serve(conn: Any, config: PerceptionConfig) -> None:
+def _serve(conn: Any, config: PerceptionConfig, cpus: list[int] | None = None) -> None:
+    if cpus:                                 # keep off the cores the model's launching thread runs on
+        os.sched_setaffinity(0, cpus)
     cv2.setNumThreads(CHILD_THREADS)
     try:
         perceiver = LitePerceiver(config, threads=CHILD_THREADS)
@@ -58,11 +61,11 @@ def _serve(conn: Any, config: PerceptionConfig) -> None:
 class ProcessPerceiver:
     """Synchronous from the caller's side: `process(frame)` -> (Observation, repeat)."""
 
-    def __init__(self, config: PerceptionConfig) -> None:
+    def __init__(self, config: PerceptionConfig, cpus: list[int] | None = None) -> None:
         self.config = config
         ctx = mp.get_context("spawn")        # never fork a process that holds CUDA and threads
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, config), name="onlooker-perceiver", daemon=True)
+        self._proc = ctx.Process(target=_serve, args=(child, config, cpus), name="onlooker-perceiver", daemon=True)
         self._proc.start()
         child.close()
         if not self._conn.poll(START_TIMEOUT_S):

@@ -85,11 +85,12 @@ class Session:
 
 
 def open_session(cfg: AssistantConfig, asks: list[tuple[float, str]], emit: Callable[[Any], None],
-                 store: SessionStore | None = None) -> Session:
-    """Open the source, load the model, wire memory, runtime and threads (not started)."""
+                 store: SessionStore | None = None, backend: Backend | None = None) -> Session:
+    """Open the source, load the model (unless a built `backend` is given: the benchmarks' random-weight
+    shapes), wire memory, runtime and threads (not started)."""
     source = open_source(cfg.source, cfg.perception)
     try:
-        backend = load_backend(cfg.model, cfg.device, default_cache_dir())
+        backend = backend or load_backend(cfg.model, cfg.device, default_cache_dir())
         beside_off = backend.accepts_frames and cfg.perception.beside_vlm == "off"
         perceiver = None if beside_off else LitePerceiver(cfg.perception)
         store = store or SessionStore(Path(cfg.data_dir) if cfg.data_dir else default_data_dir())

@@ -221,7 +221,7 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
     oom_at = None
     stream_t = 0.0
     _sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.thread_time()
     bar = tqdm(range(n_groups), desc=f"{name}", unit="pair", file=sys.stderr, mininterval=5)
     for g in bar:
         patches, grid = groups[g % len(groups)]
@@ -260,13 +260,13 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
         except torch.OutOfMemoryError:
             oom_at = stream_t
     _sync(device)
-    wall = time.perf_counter() - start
+    wall, main_cpu = time.perf_counter() - start, time.thread_time() - cpu_start
     perceived, skipped = beside.close() if beside is not None else (None, None)
     n_frames = int(stream_t * fps)
     st = vs.stats
     vit_flops = st.vit_groups * (2 * vit_params * patches_per_group)
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    row = {"config": name, "frames": n_frames, "stream_s": stream_t, "wall_s": wall,
+    row = {"config": name, "frames": n_frames, "stream_s": stream_t, "wall_s": wall, "main_cpu_s": main_cpu,
            "frames_per_s": n_frames / wall, "tokens_per_frame": st.tokens_kept / max(1, n_frames),
            "tokens_total_per_frame": st.tokens_total / max(1, n_frames),
            "perceived": perceived, "perception_skipped": skipped,
@@ -322,19 +322,22 @@ def main(argv: list[str] | None = None) -> int:
     return run_ingest_bench(p.parse_args(argv))
 
 
-def run_ingest_bench(args) -> int:
+def default_tokenizer() -> Path:
+    """The lite model's tokenizer (ChatML), for the random-weight shapes."""
+    from assistant.store import default_cache_dir
     from model.backend import BackendError
+    from model.causal_lm import lite_model_dir
+    try:
+        return lite_model_dir(default_cache_dir(), convert=False)
+    except BackendError:
+        raise BenchError("this benchmark needs a ChatML tokenizer: --tokenizer DIR, or run onlooker download lite")\
+            from None
+
+
+def run_ingest_bench(args) -> int:
     from model.loading import check_device
     check_device(args.device)
-    tok = Path(args.tokenizer) if args.tokenizer else None
-    if tok is None:
-        from assistant.store import default_cache_dir
-        from model.causal_lm import lite_model_dir
-        try:
-            tok = lite_model_dir(default_cache_dir(), convert=False)
-        except BackendError:
-            raise BenchError("bench ingest needs a ChatML tokenizer: --tokenizer DIR, or run onlooker download lite")\
-                from None
+    tok = Path(args.tokenizer) if args.tokenizer else default_tokenizer()
     media_dir = Path(args.media) if args.media else None
     media = sorted(media_dir.glob("*.mp4")) if media_dir else []
     frames, names = load_frames(media, args.stream_fps, limit_s=args.media_limit_s)

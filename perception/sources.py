@@ -96,12 +96,16 @@ class SyntheticSource(Source):
         if m:                                   # the small VLM's scenes: a random sign scene, 60 s at 2 fps
             self.sign_scene = SignScene.random(int(m.group(2)), 60.0, m.group(1))
             return
+        m = re.fullmatch(r"soak-(\d+(?:\.\d+)?)h", self.scene_name)
+        if m and 0 < float(m.group(1)) <= 1000:  # bench soak's stream: hours of the long scene
+            self.scene = SyntheticScene.soak(float(m.group(1)))
+            return
         try:
             self.scene = SyntheticScene(self.scene_name)
         except KeyError:
             raise SourceError(
                 f"unknown synthetic scene {self.scene_name!r}; known: {', '.join(sorted(SCENES))}, "
-                f"or vl-heldout-N (N a seed)"
+                f"vl-heldout-N (N a seed), or soak-Hh (H hours)"
             ) from None
 
     def frames(self) -> Iterator[VideoFrame]:

@@ -42,11 +42,11 @@ SCENES: dict[str, SceneSpec] = {
 class SyntheticScene:
     """Renders frame `i` of a named scene; `script()` lists what is shown when."""
 
-    def __init__(self, name: str) -> None:
-        if name not in SCENES:
+    def __init__(self, name: str, spec: SceneSpec | None = None) -> None:
+        if spec is None and name not in SCENES:
             raise KeyError(name)
         self.name = name
-        self.spec = SCENES[name]
+        self.spec = spec or SCENES[name]
         rng = random.Random(self.spec.seed)
         num_words = int(np.ceil(self.spec.duration_s / self.spec.word_period_s))
         self._words = [rng.choice(WORDS) for _ in range(num_words)]
@@ -54,6 +54,11 @@ class SyntheticScene:
             while self._words[i] == self._words[i - 1]:
                 self._words[i] = rng.choice(WORDS)
         self._box_counts = [rng.randint(1, 4) for _ in range(num_words)]
+
+    @classmethod
+    def soak(cls, hours: float) -> SyntheticScene:
+        """`soak-<hours>h`: the long scene's look, for hours (a new word every 10 s, a frame every 2 s)."""
+        return cls(f"soak-{hours:g}h", SceneSpec(duration_s=hours * 3600.0, fps=0.5, word_period_s=10.0, seed=13))
 
     @property
     def num_frames(self) -> int:
