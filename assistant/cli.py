@@ -20,7 +20,7 @@ from pathlib import Path
 log = logging.getLogger("onlooker")
 
 DEMO_QUESTION = "What word is written on the sign right now?"
-BENCHMARKS = ["memory", "ingest", "timing", "speech", "kernels"]
+BENCHMARKS = ["memory", "ingest", "timing", "speech", "kernels", "soak"]
 
 
 class UsageError(Exception):
@@ -45,13 +45,16 @@ def _config(args: argparse.Namespace):
     flags = {"source": (cfg, "source"), "model": (cfg, "model"), "device": (cfg, "device"),
              "fps": (cfg.perception, "sample_fps"), "window": (cfg.memory, "window_tokens"),
              "positions": (cfg.memory, "positions"), "keep_ratio": (cfg.memory, "keep_ratio"),
-             "mic": (cfg, "mic"), "audio_file": (cfg, "audio_file"), "speak": (cfg, "speak")}
+             "mic": (cfg, "mic"), "audio_file": (cfg, "audio_file"), "speak": (cfg, "speak"),
+             "max_age_days": (cfg.storage, "max_age_days"), "max_gb": (cfg.storage, "max_gb")}
     for flag, (obj, name) in flags.items():
         value = getattr(args, flag, None)
         if value is not None:                 # 0 is a value to check, not "unset"
             setattr(obj, name, value)
     if getattr(args, "fast", False):
         cfg.perception.realtime = False
+    if getattr(args, "keep_all", False):
+        cfg.storage.max_age_days = cfg.storage.max_gb = None
     if getattr(args, "int8", False):
         cfg.memory.quantize = True
     if getattr(args, "watch", None):
@@ -161,6 +164,16 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from assistant.store import SessionNotFound, SessionStore, default_data_dir, format_session_list
     store = SessionStore(default_data_dir())
     try:
+        if args.action == "prune":
+            from assistant.retention import enforce
+            res = enforce(store, _config(args).storage)
+            print(f"removed {len(res.removed)} session(s), {res.freed_bytes / 1e9:.2f} GB"
+                  + "".join(f"\n  {sid}" for sid in res.removed))
+            if res.left_behind:
+                print(f"onlooker: error: {len(res.left_behind)} file(s) could not be deleted: "
+                      f"{'; '.join(res.left_behind[:5])}", file=sys.stderr)
+                return 1
+            return 0
         if args.action == "rm":
             if not args.session_id:
                 raise UsageError("usage: onlooker sessions rm ID")
@@ -258,6 +271,10 @@ def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--audio-file", help="hear a wav/flac (or any media) file, in step with the frames")
     sp.add_argument("--speak", action=argparse.BooleanOptionalAction, default=None,
                     help="speak answers and alerts aloud (default: no)")
+    sp.add_argument("--max-age-days", type=float, help="retention: remove sessions that ended longer ago "
+                    "(default 30)")
+    sp.add_argument("--max-gb", type=float, help="retention: then remove the oldest until all fit (default 20)")
+    sp.add_argument("--keep-all", action="store_true", help="retention off: keep every stored session")
     sp.add_argument("--config", help="a TOML config file")
 
 
@@ -280,8 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("sessions", help="list, show or delete stored sessions")
-    s.add_argument("action", nargs="?", choices=["list", "show", "rm"], default="list")
+    s.add_argument("action", nargs="?", choices=["list", "show", "rm", "prune"], default="list")
     s.add_argument("session_id", nargs="?")
+    s.add_argument("--config", help="a TOML config file (prune: its [storage] limits)")
+    s.add_argument("--max-age-days", type=float, help="prune: remove sessions that ended longer ago (default 30)")
+    s.add_argument("--max-gb", type=float, help="prune: then remove the oldest until all fit (default 20)")
     s.set_defaults(func=cmd_sessions)
 
     a = sub.add_parser("ask", help="answer a question from a stored session (no source needed)")

@@ -1,6 +1,6 @@
 """The assistant's whole configuration: one dataclass per package, composed here.
 
-Loadable from a TOML file (`[perception]`, `[memory]`, `[reasoning]` tables plus top-level keys); CLI
+Loadable from a TOML file (`[perception]`, `[memory]`, `[reasoning]`, `[storage]` tables plus top-level keys); CLI
 flags override what the file sets. Every value is checked, from the file and from flags alike: an unknown
 key in any table, a value of the wrong type, or one out of range is a `ConfigError` naming the key (one
 line, exit 2), never a silent default.
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from assistant.retention import StorageConfig
 from memory.config import MemoryConfig
 from perception.config import PerceptionConfig
 from reasoning.config import ReasoningConfig
@@ -42,6 +43,7 @@ class AssistantConfig:
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -71,7 +73,7 @@ class AssistantConfig:
     def validate(self) -> None:
         """Check every value again (after flags changed some)."""
         for obj, where in ((self, ""), (self.perception, "perception."), (self.memory, "memory."),
-                           (self.reasoning, "reasoning.")):
+                           (self.reasoning, "reasoning."), (self.storage, "storage.")):
             for f in fields(obj):
                 if not dataclasses.is_dataclass(getattr(obj, f.name)):
                     _check_type(type(obj), f.name, getattr(obj, f.name), f"{where}{f.name}")

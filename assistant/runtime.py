@@ -8,9 +8,8 @@
 Ingest and decode alternate, so a long answer never holds up the stream: each answer decodes on a fork of
 the memory taken when the question was asked, while new chunks keep landing in memory. Scheduled questions
 (`--ask T:question`) fire once the stream passes T, before the first frame later than T is ingested, so
-they see exactly the stream up to T. The data inbox is bounded: when the source is live it drops the oldest
-frame (counted); otherwise producers wait for room.
-"""
+they see exactly the stream up to T. The data inbox is bounded: a live source's oldest frame is dropped
+(counted); otherwise producers wait. `housekeeping` (retention) runs here, every so often."""
 
 from __future__ import annotations
 
@@ -85,7 +84,8 @@ class Runtime:
         self.speaker = speaker
         self.muted = False
         self.status: dict = {}
-        self._status_at = 0.0
+        self._status_at = self._house_at = time.monotonic()
+        self.housekeeping: tuple[float, Callable[[], Any]] | None = None   # (every s, fn): retention, on this thread
         self._ingest_times: deque[float] = deque(maxlen=30)
         self._splitter: SentenceSplitter | None = None
         self._last_text: str | None = None
@@ -135,8 +135,10 @@ class Runtime:
             did = True
         now = time.monotonic()
         if now - self._status_at >= 0.2:
-            self._status_at = now
-            self.status = self._status()
+            self._status_at, self.status = now, self._status()
+        if self.housekeeping is not None and now - self._house_at >= self.housekeeping[0]:
+            self._house_at = now
+            self.housekeeping[1]()
         return did
 
     def _status(self) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from assistant import retention
 from assistant.config import AssistantConfig
 from assistant.events import Question, Summary
 from assistant.runtime import Runtime
@@ -94,6 +95,7 @@ def open_session(cfg: AssistantConfig, asks: list[tuple[float, str]], emit: Call
         beside_off = backend.accepts_frames and cfg.perception.beside_vlm == "off"
         perceiver = None if beside_off else LitePerceiver(cfg.perception)
         store = store or SessionStore(Path(cfg.data_dir) if cfg.data_dir else default_data_dir())
+        retention.enforce(store, cfg.storage)
         session_id = store.start(cfg.source, backend.name, cfg.model)
     except BaseException:
         source.close()
@@ -104,6 +106,8 @@ def open_session(cfg: AssistantConfig, asks: list[tuple[float, str]], emit: Call
     speaker = open_speaker() if cfg.speak else None
     runtime = Runtime(backend, memory, cfg.reasoning, emit, store, session_id, asks, watches=cfg.watch,
                       narrate=cfg.narrate, speaker=speaker, live=source.live or cfg.perception.realtime)
+    runtime.housekeeping = (cfg.storage.check_every_s,
+                            lambda: retention.enforce(store, cfg.storage, keep={session_id}))
     hearing = open_hearing(cfg, source) if cfg.audio else None
     pipeline = Pipeline(source, runtime, cfg.perception, perceiver, hearing=hearing)
     log.info("session %s: %s with %s", session_id, cfg.source, backend.name)

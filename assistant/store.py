@@ -133,7 +133,7 @@ class SessionStore:
         """A session left "running" by a process that is gone (killed, crashed, power lost) is marked
         interrupted, ending when its last segment or answer reached the disk; it stays answerable."""
         for row in list(self.db["sessions"].rows_where("ended is null")):
-            if row.get("pid") and _alive(int(row["pid"])):
+            if row.get("pid") and process_alive(int(row["pid"])):
                 continue
             for tmp in self.session_dir(row["id"]).rglob("*.tmp"):      # a write cut off before its rename
                 tmp.unlink(missing_ok=True)
@@ -257,7 +257,7 @@ class SessionStore:
         return failed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

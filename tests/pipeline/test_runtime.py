@@ -204,3 +204,21 @@ def test_heard_speech_is_remembered_and_a_wake_word_asks(lite_backend):
     answers = [e for e in out if isinstance(e, Answer)]
     assert [(a.t, a.question) for a in answers] == [(5.2, "what is on the sign?")]     # only the addressed one
     assert rt.summary()["transcripts"] == 3 and rt.summary()["observations"] == 4       # all remembered
+
+
+def test_housekeeping_runs_on_the_runtime_thread_every_so_often(lite_backend, monkeypatch):
+    import assistant.runtime as runtime_mod
+    rt, _ = _runtime(lite_backend)
+    calls: list[float] = []
+    clock = [1000.0]
+    monkeypatch.setattr(runtime_mod.time, "monotonic", lambda: clock[0])
+    rt._house_at = clock[0]
+    rt.housekeeping = (3600.0, lambda: calls.append(clock[0]))
+    for dt in (0.0, 1800.0, 1799.0):       # not yet an hour
+        clock[0] += dt
+        rt.step()
+    assert calls == []
+    clock[0] += 2.0
+    rt.step()
+    rt.step()
+    assert calls == [1000.0 + 3601.0]       # once, then not again until the next hour
