@@ -81,7 +81,7 @@ class Captioner:
             if not text:
                 self.stats.skipped += 1
                 return None
-            self.memory.add_text(seg, f"Caption: {text}")
+            self.memory.add_text(seg, prompts.caption_note(text))
             self.stats.written += 1
             return seg, text
         finally:

@@ -9,7 +9,11 @@ The stream lives inside one open user turn that the sink opens:
     ...
     <|im_end|><|im_start|>user [0:12] question <|im_end|><|im_start|>assistant   <- question chunk
 
-Scene text (OCR, speech) is marked as observation, never as instruction. This module is also the one
+Scene text (OCR, speech, captions) is data, never instruction: `scene_text` quotes it so it cannot leave
+its quotes or its line. Chat markers (`<|im_end|>`, `<|im_start|>`, any `<|...|>`) are taken out, so a sign or
+a sentence cannot close the user turn or open a system one; double quotes become single ones, so it cannot
+close the quote it sits in; line breaks become spaces, so it cannot start a line that looks like a new
+observation or question; and it is cut at `SCENE_TEXT_MAX` characters. This module is also the one
 place where a typed `Observation` becomes the sentence the lite LM reads, and where prompt text becomes
 a chunk (`*_chunk(backend, ...)`).
 """
@@ -40,6 +44,21 @@ def observation_text(t: float, text: str) -> str:
 
 
 _MARKER = re.compile(r"^\[\d+(?::\d{2}){1,2}\]\s*")
+_CHAT_MARK = re.compile(r"<\|[^<>]{0,40}?\|>|<\||\|>")
+SCENE_TEXT_MAX = 300
+
+
+def scene_text(text: str) -> str:
+    """Text from the scene (OCR, a transcript, a caption), made safe to quote: see the module docstring."""
+    text = _CHAT_MARK.sub(" ", text)
+    text = text.replace('"', "'").replace("\u201c", "'").replace("\u201d", "'")
+    text = " ".join(text.split())
+    return text[:SCENE_TEXT_MAX].rstrip() + ("..." if len(text) > SCENE_TEXT_MAX else "")
+
+
+def _recalled_text(text: str) -> str:
+    """A line memory recalled (built from quoted sentences already): markers and line breaks only."""
+    return " ".join(_CHAT_MARK.sub(" ", _MARKER.sub("", text)).split())
 
 
 def question_text(t: float, question: str, latest: tuple[float, str] | None = None,
@@ -50,13 +69,13 @@ def question_text(t: float, question: str, latest: tuple[float, str] | None = No
     (`latest`). The recalled form puts the question first, then the memory, then how to answer, so the
     recalled line, not the window's newest lines, is what sits next to the answer."""
     if recalled:
-        memory = " ".join(f"at {format_time(rt)}, {_MARKER.sub('', text).strip()}" for rt, text in recalled)
+        memory = " ".join(f"at {format_time(rt)}, {_recalled_text(text)}" for rt, text in recalled)
         body = (f"Question: {question.strip()}\nMemory recalled for this question: {memory}\n"
                 f"Answer from the recalled memory, with its time.")
     else:
         now = f"It is now {format_time(t)}."
         if latest is not None:
-            now += f" Latest observation [{format_time(latest[0])}]: {latest[1]}"
+            now += f" Latest observation [{format_time(latest[0])}]: {_recalled_text(latest[1])}"
         body = f"{now}\nQuestion: {question.strip()}"
     return f"<|im_end|>\n<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n"
 
@@ -65,6 +84,11 @@ def probe_text(t: float, condition: str) -> str:
     """A yes/no probe for a standing instruction, read from the next-token logits (never generated)."""
     return (f"<|im_end|>\n<|im_start|>user\nIt is now {format_time(t)}. Judging by the latest observation, is "
             f"this true right now: {condition.strip()}? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def caption_note(text: str) -> str:
+    """A caption the model wrote, as index text: quoted like scene text (it describes the scene)."""
+    return f'Caption: "{scene_text(text)}"'
 
 
 def caption_text(t0: float, t1: float) -> str:
@@ -80,7 +104,7 @@ def perception_note(obs: Observation) -> str:
 
 def observation_sentence(obs: Observation) -> str:
     """The one sentence the lite LM reads for an observation, made from its fields."""
-    parts = [f'Text on screen: "{obs.text}".' if obs.text else "No text on screen."]
+    parts = [f'Text on screen: "{scene_text(obs.text)}".' if obs.text else "No text on screen."]
     if obs.people:
         parts.append(f"{obs.people} {'person' if obs.people == 1 else 'people'} visible.")
     if obs.faces:
@@ -91,7 +115,7 @@ def observation_sentence(obs: Observation) -> str:
 
 
 def heard_sentence(text: str) -> str:
-    return f'Heard: "{text}"'
+    return f'Heard: "{scene_text(text)}"'
 
 
 # -- chunks ---------------------------------------------------------------------------------------
