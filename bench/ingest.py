@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--media", default=str(Path(__file__).resolve().parents[1] / "tests" / "data"),
                    help="a folder of .mp4 files to loop (default: tests/data of this repository)")
     p.add_argument("--media-limit-s", type=float, help="use only the first seconds of each video")
+    p.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved "
+                   "(A B A B: drift of the machine falls on all alike)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the rows as JSON lines to this file")
     return run_ingest_bench(p.parse_args(argv))
@@ -359,7 +361,8 @@ def run_ingest_bench(args) -> int:
     run_config("window", backend, groups, minutes=16 / 60, fps=args.stream_fps, device=args.device, window=args.window,
                batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))
     rows = []
-    for name in [c.strip() for c in args.configs.split(",")]:
+    names = [c.strip() for c in args.configs.split(",")]
+    for name in names * max(1, args.repeat):
         if name not in CONFIGS:
             raise BenchError(f"unknown configuration {name!r} ({', '.join(CONFIGS)})")
         row = run_config(name, backend, groups, minutes=args.minutes, fps=args.stream_fps, device=args.device,
@@ -369,6 +372,12 @@ def run_ingest_bench(args) -> int:
         rows.append(row)
         print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)
     print(format_table(header, rows))
+    if args.repeat > 1:
+        med = {n: float(np.median([r["frames_per_s"] for r in rows if r["config"] == n])) for n in dict.fromkeys(names)}
+        base = med.get("onlooker")
+        print("\n| config | median frames/s over " + f"{args.repeat} runs | vs onlooker |\n|---|---|---|")
+        for n, v in med.items():
+            print(f"| {n} | {v:.1f} | {v / base:.2f}x |" if base else f"| {n} | {v:.1f} | - |")
     write_rows(args.out, header, rows)
     return 0
 

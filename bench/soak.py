@@ -164,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=0.1, help="frames sampled per stream second (default 0.1)")
     p.add_argument("--sample-min", type=float, default=10.0, help="sample every this many stream-minutes")
     p.add_argument("--model", default="lite", help="lite (default) or a model directory")
-    p.add_argument("--size", choices=["7b"], help="instead of --model: the Qwen2.5-VL-7B shape, random weights")
+    p.add_argument("--size", choices=["7b", "tiny"], help="instead of --model: a Qwen2.5-VL shape, random weights")
     p.add_argument("--tokenizer", help="with --size: a ChatML tokenizer directory (default: the lite model's)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--window", type=int, help="recent window in tokens (default: the config's)")
     p.add_argument("--int8", action="store_true", help="quantize sealed segments to int8")
+    p.add_argument("--host-mb", type=float, help="sealed segments in RAM before they spill (default: the config's)")
+    p.add_argument("--disk-mb", type=float, help="segment files before the oldest KV is dropped (default: the "
+                   "config's)")
     p.add_argument("--out-dir", default="soak-out", help="where soak.jsonl and soak.png go (default soak-out)")
     p.add_argument("--data-dir", help="where the session is stored (default: a temporary folder, removed)")
     args = p.parse_args(argv)
@@ -198,6 +201,10 @@ def run_soak(args, out: Path, data_dir: Path) -> int:
     cfg.memory.quantize = args.int8
     if args.window:
         cfg.memory.window_tokens = args.window
+    if args.host_mb is not None:
+        cfg.memory.host_mb = args.host_mb
+    if args.disk_mb is not None:
+        cfg.memory.disk_mb = args.disk_mb
     cfg.validate()
     asks = [(h * 3600.0 + 1.0, "What did the sign say 30 minutes ago?") for h in range(1, int(args.hours) + 1)
             if h * 3600.0 + 1.0 < args.hours * 3600.0]
