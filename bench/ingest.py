@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from bench.common import BenchError, write_rows
+from bench.ingest_report import MARKS_S, format_medians, format_table
 from memory.config import MemoryConfig
 from memory.manager import HierarchicalMemory
 from model.qwen_vl import attention_for
@@ -64,7 +65,6 @@ TINY = dict(
     image_token_id=49153, video_token_id=49154, vision_start_token_id=49155, vision_end_token_id=49156,
 )
 FRAME = 448
-MARKS_S = (60, 600, 3600)
 
 
 def build_backend(size: str, device: str, tokenizer_dir: Path):
@@ -373,39 +373,9 @@ def run_ingest_bench(args) -> int:
         print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)
     print(format_table(header, rows))
     if args.repeat > 1:
-        med = {n: float(np.median([r["frames_per_s"] for r in rows if r["config"] == n])) for n in dict.fromkeys(names)}
-        base = med.get("onlooker")
-        print("\n| config | median frames/s over " + f"{args.repeat} runs | vs onlooker |\n|---|---|---|")
-        for n, v in med.items():
-            print(f"| {n} | {v:.1f} | {v / base:.2f}x |" if base else f"| {n} | {v:.1f} | - |")
+        print("\n" + format_medians(rows, names, args.repeat))
     write_rows(args.out, header, rows)
     return 0
-
-
-def format_table(header: str, rows: list[dict]) -> str:
-    def gb(v) -> str:
-        return "-" if v is None else f"{v:.1f}"
-
-    lines = [header, "", "| config | frames/s | visual tokens per frame (kept / produced) | ViT runs (reused) | "
-             "GPU GB at 1 / 10 / 60 min | GPU peak GB | stream covered | TTFT ms after the stream | MFU | "
-             "perceived (skipped) | captions, s per stream-hour |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        at = " / ".join(gb(r["gpu_gb_at"].get(str(m))) for m in MARKS_S)
-        covered = f"{r['stream_s'] / 60:.1f} min"
-        if r["oom_at_stream_s"] is not None:
-            covered += " (out of memory)"
-        elif r["stopped_by_cap"]:
-            covered += " (time cap)"
-        ttft = f"{r['ttft_ms']:.0f}" if r.get("ttft_ms") is not None else "-"
-        seen = "-" if r.get("perceived") is None else f"{r['perceived']} ({r['perception_skipped']})"
-        if r.get("perception_error"):
-            seen += f" stopped: {r['perception_error']}"
-        cap = "-" if r.get("captions") is None else f"{r['captions']}, {r['caption_s_per_stream_hour']:.0f}"
-        lines.append(f"| {r['config']} | {r['frames_per_s']:.1f} | {r['tokens_per_frame']:.0f} / "
-                     f"{r['tokens_total_per_frame']:.0f} | {r['vit_groups']} ({r['vit_reused']}) | {at} | "
-                     f"{gb(r['gpu_peak_gb'])} | {covered} | {ttft} | {100 * r['mfu']:.1f}% | {seen} | {cap} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

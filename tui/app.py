@@ -172,12 +172,18 @@ class OnlookerApp(App[int]):
 
     # -- polling --------------------------------------------------------------------------------
     def refresh_preview(self) -> None:
-        preview = self.query_one("#preview", Static)
+        found = self.query("#preview")  # a tick may land while the app tears its widgets down
+        if not found:
+            return
+        preview = found.first(Static)
         w, h = preview.content_size.width, preview.content_size.height
         preview.update(half_blocks(self.session.latest_frame(), w, h))
         self.preview_updates += 1
 
     def refresh_status(self) -> None:
+        found = self.query("#status")
+        if not found:
+            return
         s = self.session.status()
 
         def mb(k: str) -> str:
@@ -192,7 +198,7 @@ class OnlookerApp(App[int]):
                 f"tokens kept {kept} · "
                 f"KV {mb('device_mb')}/{mb('host_mb')}/{mb('disk_mb')} MB · TTFT {ttft} · "
                 f"{s.get('state', 'starting')}{' (muted)' if s.get('muted') else ''} · mic {mic_s}")
-        self.query_one("#status", Static).update(line)
+        found.first(Static).update(line)
         if s.get("error") and self.error is None:  # the session died without an event reaching us
             self.fail(s["error"])
 
