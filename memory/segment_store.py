@@ -137,7 +137,7 @@ class SegmentStore:
     def spill(self, seg: Segment) -> bool:
         """Free the segment's host copy, writing its file first unless it is already on disk."""
         assert seg.kv is not None
-        if seg.file is None and not self._write_file(seg):
+        if (seg.file is None or not seg.file.exists()) and not self._write_file(seg):   # deleted under us: again
             return False
         self.stats.host_bytes -= seg.kv.nbytes
         self.stats.segments_spilled += 1

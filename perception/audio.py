@@ -8,15 +8,20 @@ says so; the caller runs on without audio.
 
 from __future__ import annotations
 
+import logging
 import queue
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger("onlooker.audio")
+
 SAMPLE_RATE = 16000
 BLOCK = 512                      # 32 ms
+DEAD_AFTER_S = 3.0               # a running input stream with no block for this long has lost its device
 
 
 class AudioUnavailable(RuntimeError):
@@ -101,6 +106,7 @@ class Microphone:
         self.queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=256)
         self.dropped = 0
         self._n = 0
+        self._last = time.monotonic()
         self.stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=BLOCK,
                                      device=device, callback=self._callback)
 
@@ -112,17 +118,27 @@ class Microphone:
 
     def __enter__(self) -> Microphone:
         self.stream.start()
+        self._last = time.monotonic()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stream.stop()
-        self.stream.close()
+        try:                      # a device that vanished may refuse to stop: it is gone either way
+            self.stream.stop()
+            self.stream.close()
+        except Exception as e:
+            log.debug("closing the microphone: %s", e)
 
     def read(self, timeout: float = 1.0) -> AudioBlock | None:
+        """The next block, or None when none came within `timeout`. Raises AudioUnavailable when the device is
+        gone: its stream stopped, or a running stream delivered nothing (not even silence) for DEAD_AFTER_S."""
         try:
             x = self.queue.get(timeout=timeout)
         except queue.Empty:
+            if not self.stream.active or time.monotonic() - self._last > DEAD_AFTER_S:
+                raise AudioUnavailable(f"the microphone ({self.name}) stopped delivering audio (unplugged or "
+                                       f"taken by another program)") from None
             return None
+        self._last = time.monotonic()
         block = AudioBlock(x, self._n * BLOCK / SAMPLE_RATE)
         self._n += 1
         return block
