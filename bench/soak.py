@@ -18,6 +18,8 @@ quarter of the run within 25% of its mean rate after the first hour), the GB per
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -50,6 +52,34 @@ def folder_bytes(path: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_mb() -> dict:
+    """Where RSS goes: CPU tensors reachable from Python, Python objects, and glibc's heap (in use vs free but
+    kept, which is fragmentation), so that a growing RSS can be told apart."""
+    import gc
+    import warnings
+
+    import torch
+    objs = gc.get_objects()
+    with warnings.catch_warnings():                  # isinstance on deprecated module proxies warns
+        warnings.simplefilter("ignore")
+        cpu = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in objs
+               if isinstance(t, torch.Tensor) and t.device.type == "cpu" and not t.is_meta}
+    row = {"cpu_tensor_mb": sum(cpu.values()) / 2**20, "py_objects": len(objs)}
+    try:
+        info = ctypes.CDLL("libc.so.6").mallinfo2
+        info.restype = _MallInfo2
+        m = info()
+        row.update(malloc_used_mb=(m.uordblks + m.hblkhd) / 2**20, malloc_free_mb=m.fordblks / 2**20)
+    except (OSError, AttributeError):
+        pass
+    return row
 
 
 class Sampler:
@@ -88,7 +118,7 @@ class Sampler:
                "device_mb": torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
                "host_mb": ms.host_bytes / 2**20, "disk_mb_accounted": ms.disk_bytes / 2**20,
                "folder_mb": folder_bytes(self.session_dir_of(s)) / 2**20,
-               "segments": ms.segments_sealed + len(s.runtime.memory.window)}
+               "segments": ms.segments_sealed + len(s.runtime.memory.window), **heap_mb()}
         self.rows.append(row)
         self.progress(row)
 
@@ -210,9 +240,16 @@ def run_soak(args, out: Path, data_dir: Path) -> int:
             if h * 3600.0 + 1.0 < args.hours * 3600.0]
     store = SessionStore(data_dir)
 
+    partial = out / "soak.partial.jsonl"             # row by row: a run cut short still leaves its samples
+    partial.unlink(missing_ok=True)
+
     def progress(row: dict) -> None:
+        with open(partial, "a") as f:
+            f.write(json.dumps(row) + "\n")
         print(f"  {row['stream_h']:.2f} h  wall {row['wall_s']:.0f} s  RSS {row['rss_mb']:.0f} MB  folder "
-              f"{row['folder_mb']:.0f} MB  threads {row['threads']}  files {row['open_files']}", file=sys.stderr)
+              f"{row['folder_mb']:.0f} MB  threads {row['threads']}  files {row['open_files']}  host KV "
+              f"{row['host_mb']:.0f} MB  CPU tensors {row['cpu_tensor_mb']:.0f} MB  malloc used "
+              f"{row.get('malloc_used_mb', 0):.0f} free {row.get('malloc_free_mb', 0):.0f} MB", file=sys.stderr)
 
     sampler = Sampler(args.sample_min, lambda s: store.session_dir(s.session_id), progress)
     session = open_session(cfg, asks, sampler, store=store, backend=backend)
@@ -240,11 +277,13 @@ def run_soak(args, out: Path, data_dir: Path) -> int:
 
 def format_table(header: str, rows: list[dict]) -> str:
     lines = [header, "", "| stream h | wall s | RSS MB | perceiver MB | threads | open files | device MB | "
-             "host MB | session folder MB | segments |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "host MB | session folder MB | segments | CPU tensors MB | malloc free MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['stream_h']:.2f} | {r['wall_s']:.0f} | {r['rss_mb']:.0f} | {r['child_rss_mb']:.0f} | "
                      f"{r['threads']} | {r['open_files']} | {r['device_mb']:.0f} | {r['host_mb']:.0f} | "
-                     f"{r['folder_mb']:.1f} | {r['segments']} |")
+                     f"{r['folder_mb']:.1f} | {r['segments']} | {r.get('cpu_tensor_mb', 0):.0f} | "
+                     f"{r.get('malloc_free_mb', 0):.0f} |")
     return "\n".join(lines)
 
 
