@@ -104,3 +104,16 @@ def test_run_applies_retention_at_start_and_prune_on_demand(tmp_path):
     assert p.returncode == 0 and "removed 1 session(s)" in p.stdout and recent in p.stdout
     assert recent not in _left(SessionStore(tmp_path)) and len(_left(SessionStore(tmp_path))) == 1
 
+
+
+def test_the_housekeeper_trims_the_heap_often_and_applies_retention_hourly():
+    from assistant.housekeeping import TRIM_EVERY_S, Housekeeper
+    clock = [0.0]
+    ran: list[float] = []
+    keeper = Housekeeper(lambda: ran.append(clock[0]), 3600.0, clock=lambda: clock[0])
+    assert keeper.every_s == TRIM_EVERY_S
+    for _ in range(130):                    # the runtime calls it every TRIM_EVERY_S
+        clock[0] += TRIM_EVERY_S
+        keeper()
+    assert keeper.trims == 130 and ran == [3600.0]
+    assert Housekeeper(lambda: None, 5.0).every_s == 5.0      # a shorter retention period wins

@@ -1,0 +1,65 @@
+"""What the runtime thread does every so often while a session runs: hand the C heap's free pages back to the
+system, and (less often) apply retention.
+
+Why the heap: a long run allocates and frees sealed segments' KV of ever-different sizes; glibc keeps what was
+freed in its arenas, so the process's RSS climbs with fragmentation while the memory in use stays flat
+(measured with `bench soak`: 430 -> 550 MB free-but-kept in 1.25 stream-hours on the lite path).
+`malloc_trim(0)` returns whole free pages inside the heap too (glibc >= 2.8). Elsewhere (macOS, musl) it is a
+no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("onlooker")
+
+TRIM_EVERY_S = 30.0          # wall seconds between heap trims (a trim of a 2 GB heap takes a few ms)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+_TRIM = _malloc_trim()
+
+
+def trim_heap() -> bool:
+    """Give free heap pages back to the system; True when something was released."""
+    return bool(_TRIM(0)) if _TRIM is not None else False
+
+
+class Housekeeper:
+    """Called by the runtime every TRIM_EVERY_S: trims the heap each time, runs `retention` every
+    `retention_every_s` of wall time."""
+
+    def __init__(self, retention: Callable[[], Any], retention_every_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.retention = retention
+        self.retention_every_s = retention_every_s
+        self.clock = clock
+        self._retention_at = clock()
+        self.trims = 0
+
+    @property
+    def every_s(self) -> float:
+        return min(TRIM_EVERY_S, self.retention_every_s)
+
+    def __call__(self) -> None:
+        trim_heap()
+        self.trims += 1
+        now = self.clock()
+        if now - self._retention_at >= self.retention_every_s:
+            self._retention_at = now
+            self.retention()
