@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from model.backend import Backend, BackendError
+from model.backend import Backend, BackendError, no_cudnn_attention
 from model.chunk import Chunk
 
 log = logging.getLogger("onlooker.backend")
@@ -86,6 +86,7 @@ class CausalLMBackend(Backend):
 
     @classmethod
     def from_dir(cls, path: Path | str, name: str, device: str = "cpu") -> CausalLMBackend:
+        no_cudnn_attention(device)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)

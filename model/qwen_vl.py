@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, DynamicCache
 
-from model.backend import Backend
+from model.backend import Backend, no_cudnn_attention
 from model.chunk import Chunk, VideoBlock, format_time, text_positions
 
 IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)     # Qwen2-VL / Qwen2.5-VL (CLIP)
@@ -111,8 +111,10 @@ def vision_positions(start: int, grid_h: int, grid_w: int) -> torch.Tensor:
 
 
 def attention_for(device: str) -> str:
-    """flash-attn when it is installed and the model runs on a GPU (same results); PyTorch SDPA otherwise."""
+    """flash-attn when it is installed and the model runs on a GPU (same results); PyTorch SDPA otherwise
+    (without its cuDNN backend: `no_cudnn_attention`)."""
     import importlib.util
+    no_cudnn_attention(device)
     if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"

@@ -243,3 +243,28 @@ def test_memory_closes_an_open_video_block_on_forks_and_before_text(tiny_qwen):
     heard = mem.window[-1].chunks[-1].num_tokens
     assert mem._open is None and pairs[0].block.closed and mem.num_tokens == before + 2 + heard
     assert [c.kind for c in mem.window[0].chunks] == ["frame"] * 4 and len(mem.window) == 2
+
+
+def test_a_gpu_model_runs_without_cudnn_attention():
+    """cuDNN SDPA keeps a plan per pair of sequence lengths, which a stream never stops making (host RAM grew
+    ~0.5 GB per stream-hour on the 7B shape); every GPU load path switches it off. A global flag, so testable
+    without a GPU."""
+    import torch
+
+    from model.causal_lm import CausalLMBackend
+    from model.qwen_vl import attention_for
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        attention_for("cpu")
+        assert torch.backends.cuda.cudnn_sdp_enabled()           # nothing changes on the CPU
+        attention_for("cuda")
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        try:
+            CausalLMBackend.from_dir("/nonexistent-model-dir", "x", device="cuda")
+        except Exception:
+            pass                                                   # the switch comes before the weights
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
