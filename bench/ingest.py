@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved "
                    "(A B A B: drift of the machine falls on all alike)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cudnn-sdpa", action="store_true", help="leave PyTorch's cuDNN attention on (it is off "
+                   "on every GPU load path: model.backend.no_cudnn_attention), to compare")
     p.add_argument("--out", help="also write the rows as JSON lines to this file")
     return run_ingest_bench(p.parse_args(argv))
 
@@ -355,8 +357,11 @@ def run_ingest_bench(args) -> int:
     header = (f"bench ingest: {backend.name}, {attention_for(args.device)}, {device_name}, {args.minutes:g} min of "
               f"stream at {args.stream_fps:g} frames/s, {FRAME}x{FRAME}, batches of {args.batch} pairs, window "
               f"{args.window} tokens, loop of {len(frames)} frames: {', '.join(names)}; matmul peak "
-              f"{peak / 1e12:.0f} TFLOP/s; torch {torch.__version__}")
+              f"{peak / 1e12:.0f} TFLOP/s; torch {torch.__version__}"
+              f"{'; cuDNN SDPA on' if args.cudnn_sdpa else ''}")
     print(header, file=sys.stderr)
+    if args.cudnn_sdpa:                      # after every attention_for() call, which turns it off
+        torch.backends.cuda.enable_cudnn_sdp(True)
     # warm-up (kernel selection, allocator, cuBLAS handles), not recorded
     run_config("window", backend, groups, minutes=16 / 60, fps=args.stream_fps, device=args.device, window=args.window,
                batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))
