@@ -258,8 +258,10 @@ def run_soak(args, out: Path, data_dir: Path) -> int:
     summary = session.close(result).fields
     sampler.sample(session.runtime.stream_t)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else (platform.processor() or "cpu")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "unknown"
+    # ONLOOKER_COMMIT names the commit where .git is not the tree's own (a copy sent to another machine)
+    commit = os.environ.get("ONLOOKER_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "unknown"
     header = (f"bench soak: {session.backend.name}, {args.hours:g} stream-hours at {args.fps:g} frames/s, "
               f"{device} ({os.cpu_count()} cores), commit {commit}, torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d')}")
