@@ -197,7 +197,7 @@ class HierarchicalMemory:
             w.embedding = self._embed_text(w.text)
         kv = host_kv(k, v, self.config.quantize)
         seg = Segment(len(self.segments) + len(self.window) - 1, w.t0, max(w.t1, t1), w.text, w.num_tokens,
-                      w.pos_start, w.orig_pos, w.pos_span, w.rep_key, None, kv, embedding=w.embedding)
+                      w.pos_start, w.orig_pos, w.pos_span, w.sealed_rep_key(), None, kv, embedding=w.embedding)
         seg.index_id = self.store.checkpoint(seg)
         seg.kv = None
         w.checkpoint = seg
@@ -279,12 +279,12 @@ class HierarchicalMemory:
             st.segments_dropped += 1
             st.tokens_sealed += w.num_tokens
             return Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
-                           w.rep_key)
+                           w.sealed_rep_key())
         kept = prune_by_value_norm(values, self.config.keep_ratio) if self.config.keep_ratio < 1.0 else None
         if kept is not None:
             keys, values = keys[:, :, kept.to(keys.device)], values[:, :, kept.to(values.device)]
         seg = Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
-                      w.rep_key, kept, host_kv(keys, values, self.config.quantize))
+                      w.sealed_rep_key(), kept, host_kv(keys, values, self.config.quantize))
         if w.checkpoint is not None:        # its checkpoint's row and file are replaced by the sealed segment
             seg.index_id, seg.file, seg.extra = w.checkpoint.index_id, w.checkpoint.file, w.checkpoint.extra
         seg.embedding = w.embedding if w.embedding is not None else self._embed_text(seg.text)

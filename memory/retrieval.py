@@ -135,7 +135,9 @@ def retrieve(question: str, now: float, cands: list[Candidate], *, query: torch.
         rankings["text_embedding"] = _ranking(emb, keys)
     rep_keys = [c.rep_key for c in cands if c.rep_key is not None]
     if query is not None and len(rep_keys) == len(cands):
-        rankings["model_qk"] = _ranking(qk_scores(query, torch.stack(rep_keys)), keys)
+        # sealed segments keep theirs on the host in float16, the window's are live sums: one dtype, one device
+        rankings["model_qk"] = _ranking(qk_scores(query, torch.stack([r.to(query.device, torch.float32)
+                                                                      for r in rep_keys])), keys)
     fused: dict[int, float] = {}
     for ranking in rankings.values():
         for r, k in enumerate(ranking):
