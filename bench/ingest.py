@@ -15,6 +15,8 @@ does that alongside), so the table measures the GPU path: vision tower, token dr
     onlooker+captions     the same, with a caption decoded for every sealed segment right after it is sealed
                (in the loop, so frames/s carries the cost; a live run captions only when it has slack); random
                weights never stop early, every caption runs its whole token budget (an upper bound)
+    onlooker-tf-vision    onlooker with the vision tower's own attention (transformers: one SDPA call per
+               window, a host sync per layer) instead of model/vision_attention.py's one call per layer
 
 Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of
 stream, time to first token of a question after the whole stream, and model FLOP utilisation
@@ -155,7 +157,7 @@ def _mem(device: str) -> float | None:
     return torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
-CONFIGS = ("naive", "window", "onlooker", "onlooker+perception", "onlooker+captions")
+CONFIGS = ("naive", "window", "onlooker", "onlooker+perception", "onlooker+captions", "onlooker-tf-vision")
 
 
 class Beside:
@@ -194,11 +196,13 @@ class Beside:
 def run_config(name: str, backend, groups, *, minutes: float, fps: float, device: str, window: int,
                batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9,
                frames: list[np.ndarray] | None = None) -> dict:
+    from model import vision_attention
     from perception.sources import VideoFrame
     from reasoning.captions import Captioner
     from reasoning.config import ReasoningConfig
     naive = name == "naive"
     onl = name.startswith("onlooker")
+    vision_attention.set_batched(backend.model.model.visual, name != "onlooker-tf-vision")
     mcfg = MemoryConfig(window_tokens=10**9 if naive else window, retrieval=onl, use_embeddings=False,
                         quantize=onl, retain=onl, host_mb=64_000, shrink_on_oom=not naive, segment_seconds=4.0,
                         segment_tokens=4096)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, DynamicCache
 
+from model import vision_attention
 from model.backend import Backend, no_cudnn_attention
 from model.chunk import Chunk, VideoBlock, format_time, text_positions
 
@@ -147,6 +148,7 @@ class QwenVLBackend(Backend):
         # after every frame: <|vision_end|> "\n"; Qwen3-VL's processor puts frames back to back (no newline)
         end = torch.tensor([self.vision_end_id])
         self._frame_tail = end if self.deepstack else torch.cat([end, newline])
+        vision_attention.install(model.model.visual)
 
     @classmethod
     def from_dir(cls, path: Path | str, device: str = "cpu", family: str = "qwen2_5_vl") -> QwenVLBackend:
@@ -182,7 +184,9 @@ class QwenVLBackend(Backend):
         Qwen3-VL: each group's deepstack features ride along as extra columns, (n_i, hidden * (1 + layers)),
         so pruning and feature reuse treat them with their token; `visual_chunk` splits them off again."""
         x = torch.cat(patches).to(self.device, self.visual_dtype)
-        out = self.model.model.visual(x, grid_thw=torch.stack(grids).to(self.device))
+        grid = torch.stack(grids)
+        with vision_attention.planned(self.model.model.visual, grid.tolist()):     # one attention call per layer
+            out = self.model.model.visual(x, grid_thw=grid.to(self.device))
         merged = out.pooler_output
         if self.deepstack:
             merged = torch.cat([merged, *out.deepstack_features], dim=-1)
