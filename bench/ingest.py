@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cudnn-sdpa", action="store_true", help="leave PyTorch's cuDNN attention on (it is off "
                    "on every GPU load path: model.backend.no_cudnn_attention), to compare")
+    p.add_argument("--compile-vision", action="store_true", help="the vision tower's blocks under torch.compile "
+                   "(every configuration; the warm-up pays the compiles)")
     p.add_argument("--out", help="also write the rows as JSON lines to this file")
     return run_ingest_bench(p.parse_args(argv))
 
@@ -362,10 +364,15 @@ def run_ingest_bench(args) -> int:
               f"stream at {args.stream_fps:g} frames/s, {FRAME}x{FRAME}, batches of {args.batch} pairs, window "
               f"{args.window} tokens, loop of {len(frames)} frames: {', '.join(names)}; matmul peak "
               f"{peak / 1e12:.0f} TFLOP/s; torch {torch.__version__}"
-              f"{'; cuDNN SDPA on' if args.cudnn_sdpa else ''}")
+              f"{'; cuDNN SDPA on' if args.cudnn_sdpa else ''}"
+              f"{'; vision blocks compiled' if args.compile_vision else ''}")
     print(header, file=sys.stderr)
     if args.cudnn_sdpa:                      # after every attention_for() call, which turns it off
         torch.backends.cuda.enable_cudnn_sdp(True)
+    if args.compile_vision:                  # every batch size ingest can make, compiled before the clock runs
+        backend.compile_vision()
+        for k in range(1, args.batch + 1):
+            backend.encode_patches([groups[0][0]] * k, [groups[0][1]] * k)
     # warm-up (kernel selection, allocator, cuBLAS handles), not recorded
     run_config("window", backend, groups, minutes=16 / 60, fps=args.stream_fps, device=args.device, window=args.window,
                batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))

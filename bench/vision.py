@@ -100,9 +100,7 @@ def run(shapes: list[str], batches: list[int], iters: int, compile_blocks: bool)
         phases = [("transformers", "batched")] + ([("batched+compile",)] if compile_blocks else [])
         for modes in phases:
             if modes == ("batched+compile",):
-                torch._dynamo.config.cache_size_limit = 64
-                for blk in tower.blocks:
-                    blk.forward = torch.compile(blk.forward, dynamic=False)
+                vision_attention.compile_blocks(tower)
             for b in batches:
                 x, grid = inputs[b]
                 with torch.inference_mode():

@@ -193,6 +193,11 @@ class QwenVLBackend(Backend):
         sizes = [int(g[0] * g[1] * g[2]) // self.merge_size ** 2 for g in grids]
         return list(torch.split(merged, sizes))
 
+    def compile_vision(self) -> None:
+        """The vision tower's blocks under torch.compile (a GPU; a few seconds per new batch shape at first)."""
+        if self.device.type == "cuda":
+            vision_attention.compile_blocks(self.model.model.visual)
+
     def merged_grid(self, grid: torch.Tensor) -> tuple[int, int]:
         return int(grid[1]) // self.merge_size, int(grid[2]) // self.merge_size
 

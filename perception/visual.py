@@ -32,6 +32,7 @@ class VisualConfig:
     drop_threshold: float = 0.95     # cosine similarity above which a token is dropped; >= 1.0 keeps every token
     reuse_threshold: float = 0.02    # mean |pixel difference| (normalised units) under which the ViT is skipped
     block_seconds: float = 4.0       # video layout: frame pairs within this much stream time form one video block
+    compile_vision: bool = False     # the vision tower's blocks under torch.compile (GPU; bench vision)
 
     def __post_init__(self) -> None:
         if self.batch_groups < 1:
@@ -66,6 +67,8 @@ class VisualStream:
         self._ref: torch.Tensor | None = None          # last kept token per patch position (n, hidden)
         self.video = self.group_size > 1 and getattr(backend, "frame_layout", "image") == "video"
         self._block: VideoBlock | None = None
+        if self.config.compile_vision and hasattr(backend, "compile_vision"):
+            backend.compile_vision()
 
     @property
     def pending(self) -> bool:
