@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                    "on every GPU load path: model.backend.no_cudnn_attention), to compare")
     p.add_argument("--compile-vision", action="store_true", help="the vision tower's blocks under torch.compile "
                    "(every configuration; the warm-up pays the compiles)")
+    p.add_argument("--profile", type=float, metavar="MIN", help="after the table, each configuration again for MIN "
+                   "minutes of stream under torch's profiler: GPU busy share, top operators (bench/ingest_profile.py)")
     p.add_argument("--out", help="also write the rows as JSON lines to this file")
     return run_ingest_bench(p.parse_args(argv))
 
@@ -390,6 +392,11 @@ def run_ingest_bench(args) -> int:
     print(format_table(header, rows))
     if args.repeat > 1:
         print("\n" + format_medians(rows, names, args.repeat))
+    for name in names if args.profile else []:
+        from bench.ingest_profile import profile
+        print("\n" + profile(name, lambda name=name: run_config(
+            name, backend, groups, minutes=args.profile, fps=args.stream_fps, device=args.device, window=args.window,
+            batch=args.batch, wall_cap_s=1e9, param_counts=(vit_params, lm_params), frames=frames)))
     write_rows(args.out, header, rows)
     return 0
 
