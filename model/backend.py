@@ -103,11 +103,12 @@ class Backend(ABC):
     def prefill_keys(self, chunk: Chunk, cache: DynamicCache, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`prefill`, plus the sum over the chunk's tokens of each layer's keys before RoPE, (L, Hkv, D) float32:
         the raw material of a segment's representative key (position-independent, so it stays valid
-        however the segment is moved later)."""
+        however the segment is moved later). It stays on the model's device: a copy to the host here would wait
+        for the prefill to finish at every chunk (a host sync); sealing moves the mean to the host once."""
         with self.capture("k_proj") as outs:
             logits = self.prefill(chunk, cache, offset)
         key_sum = torch.stack([o.reshape(-1, self.num_kv_heads, self.head_dim).float().sum(0) for o in outs])
-        return logits, key_sum.cpu()
+        return logits, key_sum
 
     def question_query(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
         """The question's queries before RoPE, averaged over its tokens and over the query heads that share
