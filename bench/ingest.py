@@ -15,12 +15,10 @@ does that alongside), so the table measures the GPU path: vision tower, token dr
     onlooker+captions     the same, with a caption decoded for every sealed segment right after it is sealed
                (in the loop, so frames/s carries the cost; a live run captions only when it has slack); random
                weights never stop early, every caption runs its whole token budget (an upper bound)
-    onlooker-tf-vision    onlooker with the vision tower's own attention (transformers: one SDPA call per
-               window, a host sync per layer) instead of model/vision_attention.py's one call per layer
+    onlooker-tf-vision    onlooker with transformers' own tower attention (model/vision_attention.py off)
 
-Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of
-stream, time to first token of a question after the whole stream, and model FLOP utilisation
-against the measured bf16 matmul peak.
+Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of stream,
+TTFT of a question after the stream, and model FLOP utilisation against the measured bf16 matmul peak.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from bench.common import BenchError, write_rows
+from bench.ingest_profile import profile
 from bench.ingest_report import MARKS_S, format_medians, format_table
 from memory.config import MemoryConfig
 from memory.manager import HierarchicalMemory
@@ -326,10 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cudnn-sdpa", action="store_true", help="leave PyTorch's cuDNN attention on (it is off "
                    "on every GPU load path: model.backend.no_cudnn_attention), to compare")
-    p.add_argument("--compile-vision", action="store_true", help="the vision tower's blocks under torch.compile "
-                   "(every configuration; the warm-up pays the compiles)")
-    p.add_argument("--profile", type=float, metavar="MIN", help="after the table, each configuration again for MIN "
-                   "minutes of stream under torch's profiler: GPU busy share, top operators (bench/ingest_profile.py)")
+    p.add_argument("--compile-vision", action="store_true", help="vision blocks under torch.compile (all configs)")
+    p.add_argument("--profile", type=float, metavar="MIN", help="then each config for MIN min under the profiler")
     p.add_argument("--out", help="also write the rows as JSON lines to this file")
     return run_ingest_bench(p.parse_args(argv))
 
@@ -371,10 +368,9 @@ def run_ingest_bench(args) -> int:
     print(header, file=sys.stderr)
     if args.cudnn_sdpa:                      # after every attention_for() call, which turns it off
         torch.backends.cuda.enable_cudnn_sdp(True)
-    if args.compile_vision:                  # every batch size ingest can make, compiled before the clock runs
+    for k in range(1, args.batch + 1) if args.compile_vision else []:    # every batch size, before the clock
         backend.compile_vision()
-        for k in range(1, args.batch + 1):
-            backend.encode_patches([groups[0][0]] * k, [groups[0][1]] * k)
+        backend.encode_patches([groups[0][0]] * k, [groups[0][1]] * k)
     # warm-up (kernel selection, allocator, cuBLAS handles), not recorded
     run_config("window", backend, groups, minutes=16 / 60, fps=args.stream_fps, device=args.device, window=args.window,
                batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))
@@ -393,7 +389,6 @@ def run_ingest_bench(args) -> int:
     if args.repeat > 1:
         print("\n" + format_medians(rows, names, args.repeat))
     for name in names if args.profile else []:
-        from bench.ingest_profile import profile
         print("\n" + profile(name, lambda name=name: run_config(
             name, backend, groups, minutes=args.profile, fps=args.stream_fps, device=args.device, window=args.window,
             batch=args.batch, wall_cap_s=1e9, param_counts=(vit_params, lm_params), frames=frames)))
