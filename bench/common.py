@@ -1,4 +1,5 @@
-"""What every `onlooker bench` shares: rows written as JSON lines, each with the run's header."""
+"""What every `onlooker bench` shares: the printed table, and rows written as JSON lines, each with the run's
+header."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ def write_rows(path: str | None, header: str, rows: list[dict]) -> None:
     with open(path, "w") as f:
         for r in rows:
             f.write(json.dumps({"header": header, **r}) + "\n")
+
+
+def print_table(header: str, columns: list[str], cells: list[list[str]]) -> None:
+    """Print the run's header, then a markdown table: `columns` as its head, one line per row of `cells`."""
+    print(header)
+    print()
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for line in cells:
+        print("| " + " | ".join(line) + " |")
 
 
 class BenchError(Exception):

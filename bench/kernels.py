@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from bench.common import write_rows
+from bench.common import print_table, write_rows
 
 
 def _bench(fn, warmup: int = 10, rep: int = 50) -> float:
@@ -118,14 +118,10 @@ def run_kernel_bench(args) -> int:
 
     header = (f"bench kernels: {torch.cuda.get_device_name()}, measured copy bandwidth {bw / 1e9:.0f} GB/s, "
               f"torch {torch.__version__}")
-    print(header)
-    print()
-    print("| kernel | size | Triton µs (graph) | eager call µs | torch µs (graph) | speed-up | GB/s | "
-          "of measured bandwidth |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['kernel']} | {r['size']} | {r['triton_us']:.1f} | {r['call_us']:.1f} | {r['torch_us']:.1f} | "
-              f"{r['speedup']:.2f}x | {r['gbps']:.0f} | {100 * r['bw_frac']:.0f}% |")
+    print_table(header, ["kernel", "size", "Triton µs (graph)", "eager call µs", "torch µs (graph)", "speed-up",
+                         "GB/s", "of measured bandwidth"],
+                [[r["kernel"], r["size"], f"{r['triton_us']:.1f}", f"{r['call_us']:.1f}", f"{r['torch_us']:.1f}",
+                  f"{r['speedup']:.2f}x", f"{r['gbps']:.0f}", f"{100 * r['bw_frac']:.0f}%"] for r in rows])
     write_rows(args.out, header, rows)
     return 0
 

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from bench.common import write_rows
+from bench.common import print_table, write_rows
 from reasoning import prompts
 
 QUESTIONS = [
@@ -116,12 +116,10 @@ def run_speech_bench(args) -> int:
                                                             "tts_ms", "total_ms")}
     header = (f"bench speech: {len(rows)} spoken questions (piper joe voice), Whisper base int8, SmolLM2-135M, "
               f"piper TTS ({synth.engine}), CPU, VAD silence {args.min_silence_ms} ms")
-    print(header)
-    print()
-    print("| stage | VAD end | ASR | TTFT | first phrase | TTS first chunk | end of speech -> first audio |")
-    print("|---|---|---|---|---|---|---|")
-    print("| median ms | " + " | ".join(f"{med[k]:.0f}" for k in ("vad_ms", "asr_ms", "ttft_ms", "first_phrase_ms",
-                                                                   "tts_ms", "total_ms")) + " |")
+    print_table(header, ["stage", "VAD end", "ASR", "TTFT", "first phrase", "TTS first chunk",
+                         "end of speech -> first audio"],
+                [["median ms"] + [f"{med[k]:.0f}" for k in ("vad_ms", "asr_ms", "ttft_ms", "first_phrase_ms",
+                                                           "tts_ms", "total_ms")]])
     p90 = sorted(r["total_ms"] for r in ok)[max(0, int(0.9 * len(ok)) - 1)]
     print(f"\nanswered as addressed to the assistant: {sum(r['answered'] for r in ok)}/{len(ok)} (by name: "
           f"{sum(r['woke'] for r in ok)}); total p90 {p90:.0f} ms; "

@@ -21,7 +21,7 @@ import warnings
 
 import torch
 
-from bench.common import write_rows
+from bench.common import print_table, write_rows
 
 SHAPES = {
     "qwen2.5-vl-7b": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
@@ -148,17 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(shapes, batches, args.iters, not args.no_compile)
     header = (f"bench vision: {torch.cuda.get_device_name()}, torch {torch.__version__}, random bf16 weights, "
               f"448x448 pairs, {args.iters} timed forwards each")
-    print(header)
-    print()
-    print("| tower | pairs | mode | ms / forward | frames/s | vs transformers | host syncs | rel. error "
-          "| first call s |")
-    print("|---|---|---|---|---|---|---|---|---|")
     base = {(r["shape"], r["pairs"]): r["frames_per_s"] for r in rows if r["mode"] == "transformers"}
-    for r in rows:
-        err = f"{r['rel_err']:.1e}" if "rel_err" in r else ""
-        print(f"| {r['shape']} | {r['pairs']} | {r['mode']} | {r['ms']:.1f} | {r['frames_per_s']:.0f} | "
-              f"{r['frames_per_s'] / base[(r['shape'], r['pairs'])]:.2f}x | {r['syncs']} | {err} | "
-              f"{r['first_call_s']:.1f} |")
+    print_table(header, ["tower", "pairs", "mode", "ms / forward", "frames/s", "vs transformers", "host syncs",
+                         "rel. error", "first call s"],
+                [[r["shape"], str(r["pairs"]), r["mode"], f"{r['ms']:.1f}", f"{r['frames_per_s']:.0f}",
+                  f"{r['frames_per_s'] / base[(r['shape'], r['pairs'])]:.2f}x", str(r["syncs"]),
+                  f"{r['rel_err']:.1e}" if "rel_err" in r else "", f"{r['first_call_s']:.1f}"] for r in rows])
     write_rows(args.out, header, rows)
     return 0
 
