@@ -19,7 +19,7 @@ from typing import Any
 from assistant import retention
 from assistant.config import AssistantConfig
 from assistant.events import Question, Summary
-from assistant.housekeeping import Housekeeper
+from assistant.housekeeping import Housekeeper, pin_mmap_threshold
 from assistant.runtime import Runtime
 from assistant.speech_out import Speaker
 from assistant.store import SessionStore, default_cache_dir, default_data_dir
@@ -107,6 +107,7 @@ def open_session(cfg: AssistantConfig, asks: list[tuple[float, str]], emit: Call
     speaker = open_speaker() if cfg.speak else None
     runtime = Runtime(backend, memory, cfg.reasoning, emit, store, session_id, asks, watches=cfg.watch,
                       narrate=cfg.narrate, speaker=speaker, live=source.live or cfg.perception.realtime)
+    pin_mmap_threshold()
     keeper = Housekeeper(lambda: retention.enforce(store, cfg.storage, keep={session_id}), cfg.storage.check_every_s)
     runtime.housekeeping = (keeper.every_s, keeper)
     hearing = open_hearing(cfg, source) if cfg.audio else None

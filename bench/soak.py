@@ -7,7 +7,8 @@ Every `--sample-min` stream-minutes it records: the process's RSS (and its perce
 files, device memory (CUDA), the memory's host and disk bytes, and the session folder's real size on disk.
 
 Flat means (printed as a verdict): RSS grows under 5% from the first stream-hour (a shorter run: its first
-third) to the end; threads and open
+third) to the end, read off a least-squares line through the open session's samples (one sample swings by
++-10% with the allocator's trims, so first-to-last would measure noise); threads and open
 files do not grow; device memory is flat; the session folder grows at a steady rate (its growth in the last
 quarter of the run within 25% of its mean rate after the first hour), the GB per stream-hour reported.
 
@@ -123,13 +124,23 @@ class Sampler:
         self.progress(row)
 
 
+def rss_trend(rows: list[dict]) -> tuple[float, float]:
+    """RSS at the first and the last row's stream time on the least-squares line through the rows."""
+    xs, ys = [r["stream_h"] for r in rows], [r["rss_mb"] for r in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var > 0 else 0.0
+    return my + slope * (xs[0] - mx), my + slope * (xs[-1] - mx)
+
+
 def verdict(rows: list[dict]) -> tuple[list[str], dict]:
     """The flatness checks of the module docstring, as lines, and the figures they rest on."""
     base_h = min(1.0, rows[-1]["stream_h"] / 3)      # the first hour warms up (a shorter run: its first third)
     after = [r for r in rows if r["stream_h"] >= base_h - 1e-9] or rows
     first, last = after[0], rows[-1]
     span_h = last["stream_h"] - first["stream_h"]
-    rss_growth = (last["rss_mb"] - first["rss_mb"]) / max(first["rss_mb"], 1e-9)
+    rss_start, rss_end = rss_trend([r for r in after if not r.get("closed")] or after)
+    rss_growth = (rss_end - rss_start) / max(rss_start, 1e-9)
     rate = (last["folder_mb"] - first["folder_mb"]) / 1024 / span_h if span_h > 0 else 0.0
     quarter = [r for r in rows if r["stream_h"] >= last["stream_h"] - max(span_h / 4, 1e-9)]
     q_span = quarter[-1]["stream_h"] - quarter[0]["stream_h"]
@@ -144,8 +155,10 @@ def verdict(rows: list[dict]) -> tuple[list[str], dict]:
           "open_files": figs["open_files"][1] <= figs["open_files"][0],
           "device": max(dev) - min(dev) <= max(64.0, 0.02 * max(dev)),
           "disk": rate == 0 or abs(q_rate - rate) <= 0.25 * rate}
-    lines = [f"RSS {first['rss_mb']:.0f} MB at {first['stream_h']:.1f} h -> {last['rss_mb']:.0f} MB at "
-             f"{last['stream_h']:.1f} h ({100 * rss_growth:+.1f}%): {'flat' if ok['rss'] else 'GROWS'}",
+    peak = max(r["rss_mb"] for r in after)
+    lines = [f"RSS trend {rss_start:.0f} MB at {first['stream_h']:.1f} h -> {rss_end:.0f} MB at the end "
+             f"({100 * rss_growth:+.1f}%; samples {first['rss_mb']:.0f} -> {last['rss_mb']:.0f}, peak {peak:.0f}): "
+             f"{'flat' if ok['rss'] else 'GROWS'}",
              f"threads {figs['threads'][0]} -> at most {figs['threads'][1]}, open files {figs['open_files'][0]} -> "
              f"at most {figs['open_files'][1]}: {'flat' if ok['threads'] and ok['open_files'] else 'GROWS'}",
              f"device memory {min(dev):.0f}-{max(dev):.0f} MB: {'flat' if ok['device'] else 'GROWS'}",
@@ -257,6 +270,7 @@ def run_soak(args, out: Path, data_dir: Path) -> int:
     result = session.run()
     summary = session.close(result).fields
     sampler.sample(session.runtime.stream_t)
+    sampler.rows[-1]["closed"] = True                # after close: not part of the running session's trend
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else (platform.processor() or "cpu")
     # ONLOOKER_COMMIT names the commit where .git is not the tree's own (a copy sent to another machine)
     commit = os.environ.get("ONLOOKER_COMMIT") or subprocess.run(

@@ -117,3 +117,36 @@ def test_the_housekeeper_trims_the_heap_often_and_applies_retention_hourly():
         keeper()
     assert keeper.trims == 130 and ran == [3600.0]
     assert Housekeeper(lambda: None, 5.0).every_s == 5.0      # a shorter retention period wins
+
+
+_MMAP_PROBE = """
+import ctypes, sys
+from assistant.housekeeping import pin_mmap_threshold
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+pinned = pin_mmap_threshold() if sys.argv[1] == "pin" else False
+libc.free(libc.malloc(8 << 20))          # a mapped block freed: unpinned glibc raises its threshold to 8 MiB
+before = libc.mallinfo2().hblks
+block = libc.malloc(4 << 20)
+print(pinned, libc.mallinfo2().hblks - before)
+libc.free(block)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("mode,expected", [("pin", "True 1"), ("none", "False 0")])
+def test_pinned_mmap_threshold_keeps_large_buffers_out_of_the_heap(mode, expected):
+    """The soak's runaway heap was glibc's dynamic mmap threshold: after an 8 MiB block is freed, a 4 MiB
+    buffer comes from the heap (no new mapping) unless the threshold is pinned."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    p = subprocess.run([sys.executable, "-c", _MMAP_PROBE, mode], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert p.returncode == 0 and p.stdout.split("\n")[0] == expected, p.stdout + p.stderr
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"      # the user's own setting decides
+    p = subprocess.run([sys.executable, "-c", _MMAP_PROBE, "pin"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert p.stdout.startswith("False"), p.stdout + p.stderr
