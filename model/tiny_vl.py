@@ -31,6 +31,12 @@ TRAINED = Path(__file__).with_name("data") / "tiny-vl.safetensors"
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 MAX_PIXELS = 224 * 224
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LORA_MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")          # trained with `--lora-mlp`
+
+
+def lora_module(layer: Any, proj: str) -> Any:
+    """The linear layer a LoRA key names: attention projections live in self_attn, the MLP's in mlp."""
+    return getattr(layer.mlp if proj in LORA_MLP_TARGETS else layer.self_attn, proj)
 
 
 def tiny_vl_config(vocab: int, ids: dict[str, int]) -> Any:
@@ -90,7 +96,7 @@ def apply_trained(model: Any, trained: dict[str, torch.Tensor], lora_scale: floa
                 continue
             _, i, proj, _ = k.split(".")
             b = trained[k[:-2] + ".B"].float()
-            lin = getattr(layers[int(i)].self_attn, proj)
+            lin = lora_module(layers[int(i)], proj)
             lin.weight += lora_scale * (b @ a.float())                  # (out, r) @ (r, in)
 
 

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.tiny_vl import LORA_TARGETS, VISION_TOKENS, build, save_trained
+from model.tiny_vl import LORA_MLP_TARGETS, LORA_TARGETS, VISION_TOKENS, build, lora_module, save_trained
 from train.tiny_vl_data import KINDS, Layout, collate, fixed_eval_set, make_example
 
 LORA_RANK, LORA_SCALE = 16, 2.0
@@ -40,12 +40,46 @@ class LoRA(nn.Module):
         return self.base(x) + (x @ self.A.t().to(x.dtype) @ self.B.t().to(x.dtype)) * self.scale
 
 
-def add_lora(model) -> dict[str, nn.Parameter]:
+class LetterReader(nn.Module):
+    """A training aid, not exported: reads the sign's letters off the tower's patch features (before the merger)
+    with CTC over the 16 patch columns. The answer loss reaches the tower only through the frozen LM; this
+    dense signal teaches it letters directly. The sign fills patch rows 0-5 of a 224x224 frame (SignScene's
+    board spans y 5%-36%); the head sees those rows of each column side by side."""
+
+    ROWS = 6
+
+    def __init__(self, hidden: int, grid: int = 16, merge: int = 2) -> None:
+        super().__init__()
+        self.hidden, self.grid, self.merge = hidden, grid, merge
+        self.norm = nn.LayerNorm(self.ROWS * hidden)
+        self.head = nn.Linear(self.ROWS * hidden, 27)                        # blank + A-Z
+
+    def forward(self, patch_states: torch.Tensor, words: list[str]) -> tuple[torch.Tensor, list[bool]]:
+        """CTC loss over the pairs whose sign did not change within the pair, and greedy-decode exactness."""
+        g, m, h = self.grid, self.merge, self.hidden
+        x = patch_states.reshape(-1, g // m, g // m, m, m, h).permute(0, 1, 3, 2, 4, 5).reshape(-1, g, g, h)
+        cols = x[:, :self.ROWS].permute(0, 2, 1, 3).reshape(x.shape[0], g, self.ROWS * h)   # (pairs, 16, 6h)
+        keep = [i for i, w in enumerate(words) if w]
+        if not keep:
+            return patch_states.sum() * 0.0, []
+        logp = self.head(self.norm(cols[keep].float())).log_softmax(-1)                  # (pairs, 16, 27)
+        targets = torch.tensor([ord(c) - 64 for i in keep for c in words[i]], device=logp.device)
+        loss = nn.functional.ctc_loss(logp.transpose(0, 1), targets, [g] * len(keep), [len(words[i]) for i in keep],
+                                      blank=0, zero_infinity=True)
+        read = []
+        for row in logp.argmax(-1).tolist():
+            letters = [c for j, c in enumerate(row) if c and (j == 0 or c != row[j - 1])]
+            read.append("".join(chr(64 + c) for c in letters))
+        return loss, [r == words[i] for r, i in zip(read, keep, strict=True)]
+
+
+def add_lora(model, mlp_rank: int = 0) -> dict[str, nn.Parameter]:
+    """LoRA on every attention projection (rank LORA_RANK) and, with `mlp_rank`, on the MLP's too."""
     out = {}
     for i, layer in enumerate(model.model.language_model.layers):
-        for name in LORA_TARGETS:
-            lora = LoRA(getattr(layer.self_attn, name), LORA_RANK, LORA_SCALE)
-            setattr(layer.self_attn, name, lora)
+        for name in LORA_TARGETS + (LORA_MLP_TARGETS if mlp_rank else ()):
+            lora = LoRA(lora_module(layer, name), mlp_rank if name in LORA_MLP_TARGETS else LORA_RANK, LORA_SCALE)
+            setattr(layer.mlp if name in LORA_MLP_TARGETS else layer.self_attn, name, lora)
             out[f"lora.{i}.{name}.A"], out[f"lora.{i}.{name}.B"] = lora.A, lora.B
     return out
 
@@ -63,8 +97,10 @@ class Data(torch.utils.data.IterableDataset):
             yield collate(self.layout, [make_example(rng, "train") for _ in range(self.batch)])
 
 
-def forward(model, batch: dict, device: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Loss over the answer tokens, and each example's per-token argmax hits (teacher-forced)."""
+def forward(model, batch: dict, device: str, reader: LetterReader | None = None,
+            reader_weight: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor], list[bool]]:
+    """Loss over the answer tokens (plus the letter reader's, weighted), each example's per-token argmax hits
+    (teacher-forced), and the reader's exact reads."""
     ids, labels = batch["ids"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True)
     with torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
                         enabled=device.startswith("cuda")):
@@ -79,19 +115,25 @@ def forward(model, batch: dict, device: str) -> tuple[torch.Tensor, list[torch.T
         sel = target != -100
         logits = model.lm_head(hidden[:, :-1][sel]).float()                        # (answer tokens, vocab)
         loss = nn.functional.cross_entropy(logits, target[sel])
+        read: list[bool] = []
+        if reader is not None:
+            aux, read = reader(feats.last_hidden_state, batch["words"])
+            loss = loss + reader_weight * aux
     hits = logits.argmax(-1) == target[sel]
-    return loss, list(torch.split(hits, sel.sum(1).tolist()))
+    return loss, list(torch.split(hits, sel.sum(1).tolist())), read
 
 
-def evaluate(model, layout: Layout, examples, device: str, batch: int = 32) -> dict[str, float]:
+def evaluate(model, layout: Layout, examples, device: str, batch: int = 32,
+             reader: LetterReader | None = None) -> dict[str, float]:
     model.eval()
-    right: dict[str, list[bool]] = {k: [] for k in KINDS}
+    right: dict[str, list[bool]] = {k: [] for k in KINDS} | {"letters": []}
     with torch.no_grad():
         for s in range(0, len(examples), batch):
             chunk = examples[s:s + batch]
-            _, per = forward(model, collate(layout, chunk), device)
+            _, per, read = forward(model, collate(layout, chunk), device, reader)
             for ex, h in zip(chunk, per, strict=True):
                 right[ex.kind].append(bool(h.all()))
+            right["letters"] += read
     model.train()
     return {k: round(sum(v) / len(v), 3) for k, v in right.items() if v}
 
@@ -112,7 +154,8 @@ def load_ckpt(ckpt: Path, params: dict[str, nn.Parameter], opt: torch.optim.Opti
     saved = load_file(str(ckpt / "params.safetensors"))
     with torch.no_grad():
         for k, v in params.items():
-            v.copy_(saved[k].float())
+            if k in saved:                            # a checkpoint from before the reader lacks its head
+                v.copy_(saved[k].float())
     step = json.loads((ckpt / "meta.json").read_text())["step"]
     if not all((ckpt / f"{m}.safetensors").exists() for m in ("exp_avg", "exp_avg_sq")):
         return step                                   # parameters only: Adam starts its moments afresh
@@ -133,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora-lr-ratio", type=float, default=0.2, help="LoRA's learning rate as a share of --lr")
+    p.add_argument("--reader-weight", type=float, default=1.0,
+                   help="weight of the letter reader's CTC loss on the tower's features (0: no reader)")
+    p.add_argument("--lora-mlp", type=int, default=0, metavar="RANK", help="LoRA on the MLPs too, of this rank")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-per-kind", type=int, default=48)
     p.add_argument("--workers", type=int, default=8)
@@ -149,23 +195,29 @@ def main(argv: list[str] | None = None) -> int:
     layout = Layout(tok, ids)
     for prm in model.parameters():
         prm.requires_grad_(False)
-    lora = add_lora(model)
+    lora = add_lora(model, args.lora_mlp)
     for prm in model.model.visual.parameters():
         prm.requires_grad_(True)
     model.model.language_model.to(torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     model.lm_head.to(model.model.language_model.embed_tokens.weight.dtype)
     model.to(args.device).train()
+    reader = LetterReader(model.config.vision_config.hidden_size).to(args.device) if args.reader_weight else None
+    assert model.config.vision_config.window_size >= 224, "the reader assumes one window per frame (no reordering)"
     params = {f"visual.{k}": v for k, v in model.model.visual.named_parameters()} | dict(lora.items())
+    if reader is not None:
+        params |= {f"reader.{k}": v for k, v in reader.named_parameters()}
     for v in lora.values():
         v.data = v.data.float()
-    opt = torch.optim.AdamW([{"params": list(model.model.visual.parameters()), "lr": args.lr},
+    tower = list(model.model.visual.parameters()) + (list(reader.parameters()) if reader is not None else [])
+    opt = torch.optim.AdamW([{"params": tower, "lr": args.lr},
                              {"params": list(lora.values()), "lr": args.lr * args.lora_lr_ratio}], weight_decay=0.01)
     step = load_ckpt(Path(args.ckpt), params, opt)
     if step == 0 and args.init:                       # continue from the weights in the repository
         saved = load_file(args.init)
         with torch.no_grad():
             for k, v in params.items():
-                v.copy_(saved[k].float())
+                if k in saved:                        # the exported weights hold the tower and LoRA only
+                    v.copy_(saved[k].float())
         step = json.loads(Path(args.init).with_suffix(".json").read_text())["step"]
     base_lrs = [g["lr"] for g in opt.param_groups]
     evalset = fixed_eval_set(args.eval_per_kind)
@@ -183,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.total_steps)))
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = lr * warm * decay
-        loss, _ = forward(model, batch, args.device)
+        loss, _, _ = forward(model, batch, args.device, reader, args.reader_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
@@ -192,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(float(loss.detach()))
         done = time.monotonic() - start > args.minutes * 60
         if step % args.eval_every == 0 or done:
-            acc = evaluate(model, layout, evalset, args.device)
+            acc = evaluate(model, layout, evalset, args.device, reader=reader)
             row = {"step": step, "loss": round(sum(losses) / len(losses), 4), "heldout_exact": acc,
                    "minutes": round((time.monotonic() - start) / 60, 2), "data_wait_s": round(waited, 1)}
             losses = []

@@ -38,6 +38,7 @@ class Example:
     times: list[float]                 # each pair's first frame time
     turn: str                          # the question or probe turn text
     answer: str
+    words: list[str]                   # the sign's word in each pair ("" where it changes within the pair)
 
 
 def pair(scene: SignScene, t0: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +78,8 @@ def make_example(rng: random.Random, split: str, kind: str | None = None) -> Exa
     else:
         turn, answer = prompts.probe_text(now, rng.choice(PERSON_C)), "yes" if scene.person_at(now) else "no"
     made = [pair(scene, t) for t in times]
-    return Example(kind, [p for p, _ in made], [g for _, g in made], times, turn, answer)
+    seen = [scene.sign_at(t).word if scene.sign_at(t) == scene.sign_at(t + 1.0) else "" for t in times]
+    return Example(kind, [p for p, _ in made], [g for _, g in made], times, turn, answer, seen)
 
 
 class Layout:
@@ -140,7 +142,8 @@ def collate(layout: Layout, batch: list[Example]) -> dict:
         ids[j, :len(i)], pos[:, j, :len(i)], labels[j, :len(i)], mask[j, :len(i)] = i, p, lab, 1
     return {"ids": ids, "pos": pos, "labels": labels, "mask": mask,
             "patches": torch.cat([p for ex in batch for p in ex.patches]).half(),
-            "grids": torch.stack([g for ex in batch for g in ex.grids]), "kinds": [ex.kind for ex in batch]}
+            "grids": torch.stack([g for ex in batch for g in ex.grids]), "kinds": [ex.kind for ex in batch],
+            "words": [w for ex in batch for w in ex.words]}
 
 
 def fixed_eval_set(n_per_kind: int, seed: int = 12345) -> list[Example]:
