@@ -20,6 +20,7 @@ from typing import Any
 from assistant.retention import StorageConfig
 from memory.config import MemoryConfig
 from perception.config import PerceptionConfig
+from perception.visual import VisualConfig
 from reasoning.config import ReasoningConfig
 
 
@@ -44,6 +45,7 @@ class AssistantConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    visual: VisualConfig = field(default_factory=VisualConfig)     # the VLM path's frames: pairs, token drop
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -105,8 +105,9 @@ def open_session(cfg: AssistantConfig, asks: list[tuple[float, str]], emit: Call
     memory = HierarchicalMemory(backend, cfg.memory, embedder=embedder, index=store.segment_index(session_id),
                                 spill_dir=store.session_dir(session_id) / "kv")
     speaker = open_speaker() if cfg.speak else None
-    runtime = Runtime(backend, memory, cfg.reasoning, emit, store, session_id, asks, watches=cfg.watch,
-                      narrate=cfg.narrate, speaker=speaker, live=source.live or cfg.perception.realtime)
+    runtime = Runtime(backend, memory, cfg.reasoning, emit, store, session_id, asks, visual=cfg.visual,
+                      watches=cfg.watch, narrate=cfg.narrate, speaker=speaker,
+                      live=source.live or cfg.perception.realtime)
     pin_mmap_threshold()
     keeper = Housekeeper(lambda: retention.enforce(store, cfg.storage, keep={session_id}), cfg.storage.check_every_s)
     runtime.housekeeping = (keeper.every_s, keeper)

@@ -189,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                    "safetensors; its .json beside it gives the step)")
     p.add_argument("--export", help="write the trained parts here (model/data/tiny-vl.safetensors)")
     args = p.parse_args(argv)
+    if not cv2.__version__.startswith("4."):
+        # OpenCV 5 draws FONT_HERSHEY_* text in another typeface: a model trained on it cannot read the signs
+        # the product (opencv-python-headless<5) renders. Measured: held-out words 0.56 -> 0.00.
+        print(f"tiny-vl: train with OpenCV 4 (the product's pin), not {cv2.__version__}: the signs' font differs",
+              file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)
     model, tok = build(Path(args.lite_dir))
     ids = {t: int(tok.convert_tokens_to_ids(t)) for t in VISION_TOKENS}
