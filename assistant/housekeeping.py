@@ -11,7 +11,7 @@ Trimming is not enough over hours: glibc raises its mmap threshold each time a l
 (up to 32 MiB), after which buffers of a few MiB come from the heap, and the heap's free holes stop fitting
 them. Measured with `bench soak` on the lite path: the free-but-kept heap grew ~4 GB per stream-hour after
 hour 4.75 and RSS swung by 900 MB; with the threshold pinned at 1 MiB it stayed under 760 MB for 6 hours.
-`pin_mmap_threshold` pins it once per process when a session opens (unless the user set
+`pin_mmap_threshold` pins it when a session opens (a cheap, idempotent call) (unless the user set
 MALLOC_MMAP_THRESHOLD_ themselves).
 """
 
@@ -30,17 +30,18 @@ log = logging.getLogger("onlooker")
 TRIM_EVERY_S = 30.0          # wall seconds between heap trims (a trim of a 2 GB heap takes a few ms)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc_function(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """glibc's `name` (returning int), or None where the C library has no such function (macOS, musl)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.malloc_trim
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
     return fn
 
 
-_TRIM = _malloc_trim()
+_TRIM = _libc_function("malloc_trim", [ctypes.c_size_t])
+_MALLOPT = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
 M_MMAP_THRESHOLD = -3        # glibc's mallopt parameter (malloc.h)
 MMAP_THRESHOLD_BYTES = 1 << 20
 
@@ -49,15 +50,9 @@ def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Fix glibc's mmap threshold at `nbytes` (which also turns its dynamic raising off): blocks of that size or
     more are mapped and unmapped on their own instead of fragmenting the heap. True when set; False where
     there is no glibc mallopt or the user's MALLOC_MMAP_THRESHOLD_ already decides."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or _MALLOPT is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(fn(M_MMAP_THRESHOLD, nbytes))
+    return bool(_MALLOPT(M_MMAP_THRESHOLD, nbytes))
 
 
 def trim_heap() -> bool:

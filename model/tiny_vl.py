@@ -34,9 +34,14 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LORA_MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")          # trained with `--lora-mlp`
 
 
+def lora_parent(layer: Any, proj: str) -> Any:
+    """The block holding the linear layer a LoRA key names: attention projections live in self_attn, the MLP's
+    in mlp."""
+    return layer.mlp if proj in LORA_MLP_TARGETS else layer.self_attn
+
+
 def lora_module(layer: Any, proj: str) -> Any:
-    """The linear layer a LoRA key names: attention projections live in self_attn, the MLP's in mlp."""
-    return getattr(layer.mlp if proj in LORA_MLP_TARGETS else layer.self_attn, proj)
+    return getattr(lora_parent(layer, proj), proj)
 
 
 def tiny_vl_config(vocab: int, ids: dict[str, int]) -> Any:

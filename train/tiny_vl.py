@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.tiny_vl import LORA_MLP_TARGETS, LORA_TARGETS, VISION_TOKENS, build, lora_module, save_trained
+from model.tiny_vl import LORA_MLP_TARGETS, LORA_TARGETS, VISION_TOKENS, build, lora_parent, save_trained
 from train.tiny_vl_data import KINDS, Layout, collate, fixed_eval_set, make_example
 
 LORA_RANK, LORA_SCALE = 16, 2.0
@@ -78,8 +78,9 @@ def add_lora(model, mlp_rank: int = 0) -> dict[str, nn.Parameter]:
     out = {}
     for i, layer in enumerate(model.model.language_model.layers):
         for name in LORA_TARGETS + (LORA_MLP_TARGETS if mlp_rank else ()):
-            lora = LoRA(lora_module(layer, name), mlp_rank if name in LORA_MLP_TARGETS else LORA_RANK, LORA_SCALE)
-            setattr(layer.mlp if name in LORA_MLP_TARGETS else layer.self_attn, name, lora)
+            parent = lora_parent(layer, name)
+            lora = LoRA(getattr(parent, name), mlp_rank if name in LORA_MLP_TARGETS else LORA_RANK, LORA_SCALE)
+            setattr(parent, name, lora)
             out[f"lora.{i}.{name}.A"], out[f"lora.{i}.{name}.B"] = lora.A, lora.B
     return out
 
