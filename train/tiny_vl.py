@@ -3,6 +3,8 @@ frozen. Resumable: every run continues from --ckpt (parameters fp16, Adam moment
 stops after --minutes, and writes the checkpoint back; --export writes model/data/tiny-vl.safetensors.
 
     python -m train.tiny_vl --lite-dir DIR --ckpt CKPT --minutes 8 --export model/data/tiny-vl.safetensors
+    python -m train.tiny_vl --lite-dir DIR --ckpt EMPTY --init model/data/tiny-vl.safetensors --lora-mlp 8 \
+        --eval-only --eval-per-kind 16 --device cpu          # score the committed weights
 
 Logs one JSON line per eval to --log: step, loss, held-out exact match per question kind (teacher-forced
 argmax at every answer token, which is what greedy decoding produces).
@@ -188,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", help="JSON lines of loss and held-out accuracy")
     p.add_argument("--init", help="start from these trained weights when --ckpt is empty (model/data/tiny-vl."
                    "safetensors; its .json beside it gives the step)")
+    p.add_argument("--eval-only", action="store_true", help="print the held-out exact match of --ckpt or --init "
+                   "and stop (on the CPU: scores what the product's OpenCV draws)")
     p.add_argument("--export", help="write the trained parts here (model/data/tiny-vl.safetensors)")
     args = p.parse_args(argv)
     if not cv2.__version__.startswith("4."):
@@ -228,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         step = json.loads(Path(args.init).with_suffix(".json").read_text())["step"]
     base_lrs = [g["lr"] for g in opt.param_groups]
     evalset = fixed_eval_set(args.eval_per_kind)
+    if args.eval_only:                                # score the loaded weights on the held-out set, no step
+        print(json.dumps({"step": step, "opencv": cv2.__version__, "device": args.device,
+                          "heldout_exact": evaluate(model, layout, evalset, args.device)}))   # no reader: not exported
+        return 0
     loader = torch.utils.data.DataLoader(Data(args.seed + step, args.batch, layout), batch_size=None,
                                          num_workers=args.workers, prefetch_factor=4 if args.workers else None,
                                          pin_memory=args.device.startswith("cuda"))
