@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import kernels
 from model.tiny_vl import LORA_MLP_TARGETS, LORA_TARGETS, VISION_TOKENS, build, lora_parent, save_trained
 from train.tiny_vl_data import KINDS, Layout, collate, fixed_eval_set, make_example
 
@@ -100,10 +101,32 @@ class Data(torch.utils.data.IterableDataset):
             yield collate(self.layout, [make_example(rng, "train") for _ in range(self.batch)])
 
 
+@torch.no_grad()
+def drop_keep(feats: torch.Tensor, pairs: list[int], threshold: float) -> torch.Tensor:
+    """Which visual tokens the runtime's differential token drop keeps (perception.visual.VisualStream._drop):
+    each example's first pair keeps all; a later pair's token is dropped when its cosine similarity to the
+    last kept token of that patch is >= `threshold`. Keep mask (tokens,), in the order of `feats`."""
+    per = feats.shape[0] // sum(pairs)
+    keep = torch.ones(feats.shape[0], dtype=torch.bool, device=feats.device)
+    if threshold >= 1.0:
+        return keep
+    start = 0
+    for n in pairs:
+        x = feats[start * per:(start + n) * per].float().view(n, per, -1)
+        ref = x[0].clone()
+        for j in range(1, n):
+            k = kernels.token_drop(x[j], ref, threshold)
+            ref[k] = x[j][k]
+            keep[(start + j) * per:(start + j + 1) * per] = k
+        start += n
+    return keep
+
+
 def forward(model, batch: dict, device: str, reader: LetterReader | None = None,
-            reader_weight: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor], list[bool]]:
+            reader_weight: float = 1.0, drop: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor], list[bool]]:
     """Loss over the answer tokens (plus the letter reader's, weighted), each example's per-token argmax hits
-    (teacher-forced), and the reader's exact reads."""
+    (teacher-forced), and the reader's exact reads. With `drop` < 1 the visual tokens the runtime's token drop
+    would leave out are masked from attention (their positions stay, as at runtime)."""
     ids, labels = batch["ids"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True)
     with torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
                         enabled=device.startswith("cuda")):
@@ -112,8 +135,10 @@ def forward(model, batch: dict, device: str, reader: LetterReader | None = None,
         embeds = lm.embed_tokens(ids)
         image = (ids == model.config.image_token_id).unsqueeze(-1)
         embeds = embeds.masked_scatter(image, feats.pooler_output.to(embeds.dtype))
-        hidden = lm(inputs_embeds=embeds, position_ids=batch["pos"].to(device),
-                    attention_mask=batch["mask"].to(device)).last_hidden_state
+        mask = batch["mask"].to(device)
+        if drop < 1.0:
+            mask = mask.masked_scatter(image.squeeze(-1), drop_keep(feats.pooler_output, batch["pairs"], drop).long())
+        hidden = lm(inputs_embeds=embeds, position_ids=batch["pos"].to(device), attention_mask=mask).last_hidden_state
         target = labels[:, 1:]
         sel = target != -100
         logits = model.lm_head(hidden[:, :-1][sel]).float()                        # (answer tokens, vocab)
@@ -127,15 +152,16 @@ def forward(model, batch: dict, device: str, reader: LetterReader | None = None,
 
 
 def evaluate(model, layout: Layout, examples, device: str, batch: int = 32,
-             reader: LetterReader | None = None) -> dict[str, float]:
+             reader: LetterReader | None = None, drop: float = 1.0) -> dict[str, float]:
+    """Exact match per kind; examples laid out as the runtime samples count under "kind+"."""
     model.eval()
-    right: dict[str, list[bool]] = {k: [] for k in KINDS} | {"letters": []}
+    right: dict[str, list[bool]] = {k: [] for k in KINDS} | {f"{k}+": [] for k in KINDS} | {"letters": []}
     with torch.no_grad():
         for s in range(0, len(examples), batch):
             chunk = examples[s:s + batch]
-            _, per, read = forward(model, collate(layout, chunk), device, reader)
+            _, per, read = forward(model, collate(layout, chunk), device, reader, drop=drop)
             for ex, h in zip(chunk, per, strict=True):
-                right[ex.kind].append(bool(h.all()))
+                right[ex.kind + "+" * ex.stream].append(bool(h.all()))
             right["letters"] += read
     model.train()
     return {k: round(sum(v) / len(v), 3) for k, v in right.items() if v}
@@ -182,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reader-weight", type=float, default=1.0,
                    help="weight of the letter reader's CTC loss on the tower's features (0: no reader)")
     p.add_argument("--lora-mlp", type=int, default=0, metavar="RANK", help="LoRA on the MLPs too, of this rank")
+    p.add_argument("--drop", type=float, default=0.95, help="train and score with the runtime's token drop at this "
+                   "threshold (perception.visual's default; 1: keep every token)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-per-kind", type=int, default=48)
     p.add_argument("--workers", type=int, default=8)
@@ -192,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                    "safetensors; its .json beside it gives the step)")
     p.add_argument("--eval-only", action="store_true", help="print the held-out exact match of --ckpt or --init "
                    "and stop (on the CPU: scores what the product's OpenCV draws)")
-    p.add_argument("--export", help="write the trained parts here (model/data/tiny-vl.safetensors)")
+    p.add_argument("--export", help="write the trained parts here (model/data/tiny-vl.safetensors); with --eval-only "
+                   "after scoring, without a step")
     args = p.parse_args(argv)
     if not cv2.__version__.startswith("4."):
         # OpenCV 5 draws FONT_HERSHEY_* text in another typeface: a model trained on it cannot read the signs
@@ -234,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     evalset = fixed_eval_set(args.eval_per_kind)
     if args.eval_only:                                # score the loaded weights on the held-out set, no step
         print(json.dumps({"step": step, "opencv": cv2.__version__, "device": args.device,
-                          "heldout_exact": evaluate(model, layout, evalset, args.device)}))   # no reader: not exported
+                          "heldout_exact": evaluate(model, layout, evalset, args.device, drop=args.drop)}))
+        # (no letter reader here: it is not exported)
+        if args.export:
+            save_trained(Path(args.export), model, dict(lora.items()))
         return 0
     loader = torch.utils.data.DataLoader(Data(args.seed + step, args.batch, layout), batch_size=None,
                                          num_workers=args.workers, prefetch_factor=4 if args.workers else None,
@@ -250,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.total_steps)))
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = lr * warm * decay
-        loss, _, _ = forward(model, batch, args.device, reader, args.reader_weight)
+        loss, _, _ = forward(model, batch, args.device, reader, args.reader_weight, args.drop)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
@@ -259,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(float(loss.detach()))
         done = time.monotonic() - start > args.minutes * 60
         if step % args.eval_every == 0 or done:
-            acc = evaluate(model, layout, evalset, args.device, reader=reader)
+            acc = evaluate(model, layout, evalset, args.device, reader=reader, drop=args.drop)
             row = {"step": step, "loss": round(sum(losses) / len(losses), 4), "heldout_exact": acc,
                    "minutes": round((time.monotonic() - start) / 60, 2), "data_wait_s": round(waited, 1)}
             losses = []

@@ -28,6 +28,8 @@ COUNT_Q = ["How many shapes are moving?", "How many shapes do you see?"]
 PERSON_C = ["a person is in view", "someone is visible"]
 WORD_C = ['the sign says "{w}"', "the sign shows {w}"]
 KINDS = {"now": 0.3, "past": 0.2, "colour": 0.1, "count": 0.1, "word_probe": 0.15, "person_probe": 0.15}
+STREAM_SHARE = 0.5              # examples laid out as the runtime samples: consecutive pairs 2 s apart
+STREAM_PAIRS = (3, 14)          # how many such pairs (the runtime's window holds more; retrieval brings back a few)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Example:
     turn: str                          # the question or probe turn text
     answer: str
     words: list[str]                   # the sign's word in each pair ("" where it changes within the pair)
+    stream: bool = False               # consecutive pairs 2 s apart (the runtime's 1 fps pairs) or spread out
 
 
 def pair(scene: SignScene, t0: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,25 +49,34 @@ def pair(scene: SignScene, t0: float) -> tuple[torch.Tensor, torch.Tensor]:
     return patchify(frames, 14, 2, 2, MAX_PIXELS, 56 * 56, IMAGE_MEAN, IMAGE_STD)
 
 
-def make_example(rng: random.Random, split: str, kind: str | None = None) -> Example:
+def make_example(rng: random.Random, split: str, kind: str | None = None, stream: bool | None = None) -> Example:
+    """One example; `stream` (drawn with STREAM_SHARE when None) lays its pairs out as the runtime samples."""
     kind = kind or rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
+    if stream is None:
+        stream = rng.random() < STREAM_SHARE
     scene = SignScene.random(rng.randrange(1 << 30), duration_s=rng.uniform(40, 400), split=split)
-    k = rng.randint(3, 5) if kind == "past" else rng.randint(1, 2)
+    k = rng.randint(*STREAM_PAIRS) if stream else rng.randint(3, 5) if kind == "past" else rng.randint(1, 2)
     span = scene.duration_s - 2.0
     if kind == "person_probe" and scene.people and rng.random() < 0.5:   # half the probes inside an interval
         a, b = rng.choice(scene.people)
         last = min(span, rng.uniform(a, max(a, b - 1.0)))
     else:
-        last = rng.uniform(0.0, span)
-    gaps = sorted(rng.uniform(2.0, 40.0) for _ in range(k - 1))
-    times = [max(0.0, last - g) for g in reversed(gaps)] + [last]
-    times = sorted({round(t) * 1.0 for t in times})
+        last = rng.uniform(2.0 * k if stream else 0.0, max(span, 2.0 * k))
+    if stream:
+        times = [max(0.0, round(last) - 2.0 * j) for j in reversed(range(k))]
+        times = sorted(set(times))
+    else:
+        gaps = sorted(rng.uniform(2.0, 40.0) for _ in range(k - 1))
+        times = [max(0.0, last - g) for g in reversed(gaps)] + [last]
+        times = sorted({round(t) * 1.0 for t in times})
     now = times[-1] + 1.0
     sign = scene.sign_at(now)
     if kind == "now":
         turn, answer = prompts.question_text(now, rng.choice(NOW_Q)), sign.word
     elif kind == "past":
         target = rng.choice(times[:-1] or times)
+        if stream:                                  # ask of a moment when another word showed, where there is one
+            target = rng.choice([t for t in times if scene.sign_at(t).word != sign.word] or [target])
         turn = prompts.question_text(now, rng.choice(PAST_Q).format(t=format_time(target)))
         answer = scene.sign_at(target).word
     elif kind == "colour":
@@ -79,7 +91,7 @@ def make_example(rng: random.Random, split: str, kind: str | None = None) -> Exa
         turn, answer = prompts.probe_text(now, rng.choice(PERSON_C)), "yes" if scene.person_at(now) else "no"
     made = [pair(scene, t) for t in times]
     seen = [scene.sign_at(t).word if scene.sign_at(t) == scene.sign_at(t + 1.0) else "" for t in times]
-    return Example(kind, [p for p, _ in made], [g for _, g in made], times, turn, answer, seen)
+    return Example(kind, [p for p, _ in made], [g for _, g in made], times, turn, answer, seen, stream)
 
 
 class Layout:
@@ -143,10 +155,16 @@ def collate(layout: Layout, batch: list[Example]) -> dict:
     return {"ids": ids, "pos": pos, "labels": labels, "mask": mask,
             "patches": torch.cat([p for ex in batch for p in ex.patches]).half(),
             "grids": torch.stack([g for ex in batch for g in ex.grids]), "kinds": [ex.kind for ex in batch],
+            "pairs": [len(ex.times) for ex in batch],
             "words": [w for ex in batch for w in ex.words]}
 
 
-def fixed_eval_set(n_per_kind: int, seed: int = 12345) -> list[Example]:
-    """Held-out examples (words and scenes never trained on), the same every time."""
+def fixed_eval_set(n_per_kind: int, seed: int = 12345, stream: bool = True) -> list[Example]:
+    """Held-out examples (words and scenes never trained on), the same every time: the spread-out layout (the
+    set of earlier logs) and, with `stream`, as many laid out as the runtime samples."""
     rng = random.Random(seed)
-    return [make_example(rng, "heldout", kind) for kind in KINDS for _ in range(n_per_kind)]
+    out = [make_example(rng, "heldout", kind, stream=False) for kind in KINDS for _ in range(n_per_kind)]
+    if stream:
+        rng = random.Random(seed + 1)
+        out += [make_example(rng, "heldout", kind, stream=True) for kind in KINDS for _ in range(n_per_kind)]
+    return out
