@@ -11,8 +11,8 @@ Trimming is not enough over hours: glibc raises its mmap threshold each time a l
 (up to 32 MiB), after which buffers of a few MiB come from the heap, and the heap's free holes stop fitting
 them. Measured with `bench soak` on the lite path: the free-but-kept heap grew ~4 GB per stream-hour after
 hour 4.75 and RSS swung by 900 MB; with the threshold pinned at 1 MiB it stayed under 760 MB for 6 hours.
-`pin_mmap_threshold` pins it when a session opens (a cheap, idempotent call) (unless the user set
-MALLOC_MMAP_THRESHOLD_ themselves).
+`pin_mmap_threshold` pins it each time a session opens (a cheap, idempotent call), unless the user set
+MALLOC_MMAP_THRESHOLD_ themselves.
 """
 
 from __future__ import annotations

@@ -369,8 +369,8 @@ def run_ingest_bench(args) -> int:
         torch.backends.cuda.enable_cudnn_sdp(True)
     if args.compile_vision:                  # every batch size ingest can make, compiled before the clock runs
         backend.compile_vision()
-    for k in range(1, args.batch + 1) if args.compile_vision else []:
-        backend.encode_patches([groups[0][0]] * k, [groups[0][1]] * k)
+        for k in range(1, args.batch + 1):
+            backend.encode_patches([groups[0][0]] * k, [groups[0][1]] * k)
     # warm-up (kernel selection, allocator, cuBLAS handles), not recorded
     run_config("window", backend, groups, minutes=16 / 60, fps=args.stream_fps, device=args.device, window=args.window,
                batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))

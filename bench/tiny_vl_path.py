@@ -36,6 +36,16 @@ def asks() -> list[str]:
     return out + [f"--ask={PAST_AT + i:g}:{PAST_Q.format(int(p))}" for i, p in enumerate(PAST_OF)]
 
 
+def watch_score(scene: SignScene, alerts: list[float]) -> tuple[int, int, int]:
+    """(entries, hits, false) for a watch on the figure: entries are its stays of 3 s or more that start by
+    0:57; a hit is an alert within 5 s of an entry; a false alert is one while nobody is in view (2 s of grace
+    after a stay)."""
+    timed = [(a, b) for a, b in scene.people if b - a >= 3.0 and a <= 57.0]
+    hits = sum(any(a <= t <= a + 5.0 for t in alerts) for a, _ in timed)
+    false = sum(not any(a <= t <= b + 2.0 for a, b in scene.people) for t in alerts)
+    return len(timed), hits, false
+
+
 def score_scene(seed: int, data_dir: str) -> dict:
     """One run of scene `seed`; right answers per kind, and the watcher's hits and false alerts."""
     os.environ["ONLOOKER_DATA_DIR"] = data_dir
@@ -62,11 +72,8 @@ def score_scene(seed: int, data_dir: str) -> dict:
             want = scene.sign_at(float(q.rsplit(":", 1)[1].rstrip("?"))).word
         row[kind] += text == want
         row["answers"].append({"t": r["t"], "kind": kind, "want": want, "got": r["text"]})
-    alerts = [r["t"] for r in records if r.get("type") == "alert"]
-    timed = [(a, b) for a, b in scene.people if b - a >= 3.0 and a <= 57.0]
-    row["entries"] = len(timed)
-    row["hits"] = sum(any(a <= t <= a + 5.0 for t in alerts) for a, _ in timed)
-    row["false"] = sum(not any(a <= t <= b + 2.0 for a, b in scene.people) for t in alerts)
+    row["entries"], row["hits"], row["false"] = watch_score(scene, [r["t"] for r in records
+                                                                     if r.get("type") == "alert"])
     row["sealed"] = records[-1].get("segments_sealed") if records else None
     return row
 

@@ -163,6 +163,12 @@ class VisualStream:
         if ref is None or ref.shape != embeds.shape or self.config.drop_threshold >= 1.0:
             self._ref = embeds.clone()
             return None
-        keep = torch.nonzero(kernels.token_drop(embeds, ref, self.config.drop_threshold)).squeeze(1)
-        ref[keep] = embeds[keep]
-        return keep
+        return drop_against(embeds, ref, self.config.drop_threshold)
+
+
+def drop_against(embeds: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Indices of the tokens of `embeds` whose cosine similarity to the same patch of `ref` is below
+    `threshold`; those become `ref`'s (in place), the last kept token of each patch."""
+    keep = torch.nonzero(kernels.token_drop(embeds, ref, threshold)).squeeze(1)
+    ref[keep] = embeds[keep]
+    return keep

@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import kernels
 from model.tiny_vl import LORA_MLP_TARGETS, LORA_TARGETS, VISION_TOKENS, build, lora_parent, save_trained
+from perception.visual import drop_against
 from train.tiny_vl_data import KINDS, Layout, collate, fixed_eval_set, make_example
 
 LORA_RANK, LORA_SCALE = 16, 2.0
@@ -103,9 +103,10 @@ class Data(torch.utils.data.IterableDataset):
 
 @torch.no_grad()
 def drop_keep(feats: torch.Tensor, pairs: list[int], threshold: float) -> torch.Tensor:
-    """Which visual tokens the runtime's differential token drop keeps (perception.visual.VisualStream._drop):
-    each example's first pair keeps all; a later pair's token is dropped when its cosine similarity to the
-    last kept token of that patch is >= `threshold`. Keep mask (tokens,), in the order of `feats`."""
+    """Which visual tokens the runtime's differential token drop keeps (perception.visual.drop_against, applied
+    as VisualStream applies it): each example's first pair keeps all; a later pair's token is dropped when its
+    cosine similarity to the last kept token of that patch is >= `threshold`. Keep mask (tokens,), in the order
+    of `feats`."""
     per = feats.shape[0] // sum(pairs)
     keep = torch.ones(feats.shape[0], dtype=torch.bool, device=feats.device)
     if threshold >= 1.0:
@@ -115,9 +116,9 @@ def drop_keep(feats: torch.Tensor, pairs: list[int], threshold: float) -> torch.
         x = feats[start * per:(start + n) * per].float().view(n, per, -1)
         ref = x[0].clone()
         for j in range(1, n):
-            k = kernels.token_drop(x[j], ref, threshold)
-            ref[k] = x[j][k]
-            keep[(start + j) * per:(start + j + 1) * per] = k
+            row = keep[(start + j) * per:(start + j + 1) * per]
+            row[:] = False
+            row[drop_against(x[j], ref, threshold)] = True
         start += n
     return keep
 
