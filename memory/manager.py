@@ -320,7 +320,8 @@ class HierarchicalMemory:
             query = self.backend.question_query(probe, kv_cache.fork_cache(self.cache), self.next_pos)
         embedder = self.embedder
         embed = (lambda text: embedder.encode([text])[0]) if embedder is not None else None
-        return retrieve(question, now, cands, query=query, embed=embed, top_k=top_k, max_tokens=max_tokens)
+        return retrieve(question, now, cands, query=query, embed=embed, top_k=top_k, max_tokens=max_tokens,
+                        keyframe_seconds=self.config.keyframe_seconds)
 
     def context(self, question: str | None = None, now: float | None = None) -> ContextView:
         """The context a question is answered from. Without a question (or with retrieval off): sink + window."""

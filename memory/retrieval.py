@@ -1,6 +1,7 @@
 """Which past segments a question gets: time references, the model's own query-key scores, and text search.
 
-    time reference ("at 2:10", "two minutes ago", "just before MANGO")  -> the segments covering it
+    time reference ("at 2:10", "two minutes ago", "just before MANGO")  -> the segments covering it (on the
+        VLM path from the keyframe before it: token drop keeps in a later segment only what changed)
     content: reciprocal-rank fusion of
         - query . representative-key scores (ReKV-style; queries and keys before RoPE, so the score
           does not depend on where a segment sits),
@@ -85,16 +86,20 @@ def _ranking(scores: torch.Tensor, keys: list[int], positive_only: bool = False)
     return [keys[i] for i in order if not positive_only or scores[i] > 0]
 
 
-def resolve_time(ref: TimeRef, cands: list[Candidate], anchor_scores: torch.Tensor | None) -> list[Candidate]:
-    """Candidates (sorted by t0) that a time reference points at."""
+def resolve_time(ref: TimeRef, cands: list[Candidate], anchor_scores: torch.Tensor | None,
+                 keyframe_seconds: float = 0.0) -> list[Candidate]:
+    """Candidates (sorted by t0) that a time reference points at; with `keyframe_seconds`, a point or range
+    also gets the segments back to the keyframe before it (the last full view of the scene)."""
     if not cands:
         return []
     if ref.kind == "now":
         return []
-    if ref.kind == "range":
-        return [c for c in cands if c.t0 <= ref.t_end and c.t1 >= ref.t] or [_covering(cands, ref.t)]
-    if ref.kind == "point":
-        return [_covering(cands, ref.t)]
+    if ref.kind in ("point", "range"):
+        end = ref.t_end if ref.kind == "range" else ref.t
+        start = _covering(cands, ref.t).t0
+        if keyframe_seconds > 0:
+            start = min(start, math.floor(ref.t / keyframe_seconds) * keyframe_seconds)
+        return [c for c in cands if c.t1 > start and c.t0 <= end] or [_covering(cands, ref.t)]
     # anchor: the best content match, then its neighbour in time
     if anchor_scores is None or float(anchor_scores.max()) <= 0:
         return []
@@ -114,9 +119,10 @@ def _covering(cands: list[Candidate], t: float) -> Candidate:
 
 
 def retrieve(question: str, now: float, cands: list[Candidate], *, query: torch.Tensor | None,
-             embed: Callable[[str], torch.Tensor] | None, top_k: int, max_tokens: int) -> Retrieval:
+             embed: Callable[[str], torch.Tensor] | None, top_k: int, max_tokens: int,
+             keyframe_seconds: float = 0.0) -> Retrieval:
     """Rank `cands` for `question` asked at stream time `now`. `query`: the model's pre-RoPE question query
-    (L, Hkv, D) or None; `embed`: text -> normalized embedding, or None."""
+    (L, Hkv, D) or None; `embed`: text -> normalized embedding, or None; `keyframe_seconds`: see resolve_time."""
     cands = sorted(cands, key=lambda c: c.t0)
     ref = parse_time_ref(question, now)
     if not cands:
@@ -149,7 +155,7 @@ def retrieve(question: str, now: float, cands: list[Candidate], *, query: torch.
         anchor_scores = lexical_scores(ref.anchor, texts)
         if float(anchor_scores.max()) <= 0 and embed is not None and has_emb:
             anchor_scores = torch.stack(embeddings) @ embed(ref.anchor)
-    timed = resolve_time(ref, cands, anchor_scores) if ref is not None else []
+    timed = resolve_time(ref, cands, anchor_scores, keyframe_seconds) if ref is not None else []
 
     if timed:
         recalled = timed[:top_k] if ref is not None and ref.kind == "range" else timed

@@ -6,7 +6,10 @@
            ─► batched vision tower over the groups that need it
            ─► differential token drop (TimeChat-Online): a merged token whose cosine similarity to the
               same patch of the last kept token there is above `drop_threshold` is dropped; kept tokens
-              keep their (t, h, w) positions. The dropped share of a group is its scene-change signal
+              keep their (t, h, w) positions. The dropped share of a group is its scene-change signal.
+              The first group of every `keyframe_seconds` of stream keeps all its tokens (a keyframe), so
+              a sealed segment read back alone still holds what was in view: memory places the segments
+              from the keyframe before an asked time onwards (memory.retrieval)
            ─► one Chunk per batch of groups, each group behind its own time marker; with a backend whose
               frame layout is "video" (Qwen2.5-VL) the pairs of `block_seconds` form one video block
               (model.qwen_vl), and a batch is cut into one chunk per block it touches
@@ -31,12 +34,20 @@ class VisualConfig:
     batch_groups: int = 1            # groups encoded and prefilled together (a larger batch fills a GPU better)
     drop_threshold: float = 0.95     # cosine similarity above which a token is dropped; >= 1.0 keeps every token
     reuse_threshold: float = 0.02    # mean |pixel difference| (normalised units) under which the ViT is skipped
+    keyframe_seconds: float = 8.0    # the first group of each such span of stream keeps every token; 0: never
     block_seconds: float = 4.0       # video layout: frame pairs within this much stream time form one video block
     compile_vision: bool = False     # the vision tower's blocks under torch.compile (GPU; bench vision)
 
     def __post_init__(self) -> None:
         if self.batch_groups < 1:
             raise ValueError("batch_groups must be >= 1")
+        if not self.keyframe_seconds >= 0:
+            raise ValueError(f"keyframe_seconds must be >= 0, got {self.keyframe_seconds}")
+
+
+def keyframe_bucket(t: float, keyframe_seconds: float) -> int:
+    """The span of stream a group at `t` falls in; a group opening a new span is a keyframe (-1: none)."""
+    return int(t // keyframe_seconds) if keyframe_seconds > 0 else -1
 
 
 @dataclass
@@ -65,6 +76,7 @@ class VisualStream:
         self._prev_patches: torch.Tensor | None = None
         self._prev_embeds: torch.Tensor | None = None
         self._ref: torch.Tensor | None = None          # last kept token per patch position (n, hidden)
+        self._key_bucket: int | None = None            # keyframe span of the last keyframe
         self.video = self.group_size > 1 and getattr(backend, "frame_layout", "image") == "video"
         self._block: VideoBlock | None = None
         if self.config.compile_vision and hasattr(backend, "compile_vision"):
@@ -126,7 +138,7 @@ class VisualStream:
                 self._prev_patches = patches
                 self.stats.vit_groups += 1
             self._prev_embeds = embeds
-            keep = self._drop(embeds)
+            keep = self._drop(embeds, t0)
             n = int(embeds.shape[0])
             kept = n if keep is None else int(keep.numel())
             self.stats.groups += 1
@@ -157,11 +169,15 @@ class VisualStream:
         self._block = VideoBlock(t0, grid)
         return self._block
 
-    def _drop(self, embeds: torch.Tensor) -> torch.Tensor | None:
-        """Indices of the tokens to keep (None: all). Updates the per-patch reference with the kept ones."""
+    def _drop(self, embeds: torch.Tensor, t0: float) -> torch.Tensor | None:
+        """Indices of the tokens to keep (None: all). Updates the per-patch reference with the kept ones; a
+        keyframe (the first group at `t0` in a new keyframe span) keeps all and becomes the reference."""
         ref = self._ref
-        if ref is None or ref.shape != embeds.shape or self.config.drop_threshold >= 1.0:
+        bucket = keyframe_bucket(t0, self.config.keyframe_seconds)
+        if ref is None or ref.shape != embeds.shape or self.config.drop_threshold >= 1.0 or \
+                (bucket >= 0 and bucket != self._key_bucket):
             self._ref = embeds.clone()
+            self._key_bucket = bucket
             return None
         return drop_against(embeds, ref, self.config.drop_threshold)
 

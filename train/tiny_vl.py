@@ -102,24 +102,24 @@ class Data(torch.utils.data.IterableDataset):
 
 
 @torch.no_grad()
-def drop_keep(feats: torch.Tensor, pairs: list[int], threshold: float) -> torch.Tensor:
+def drop_keep(feats: torch.Tensor, keys: list[bool], threshold: float) -> torch.Tensor:
     """Which visual tokens the runtime's differential token drop keeps (perception.visual.drop_against, applied
-    as VisualStream applies it): each example's first pair keeps all; a later pair's token is dropped when its
-    cosine similarity to the last kept token of that patch is >= `threshold`. Keep mask (tokens,), in the order
-    of `feats`."""
-    per = feats.shape[0] // sum(pairs)
+    as VisualStream applies it): a key pair (`keys`, one per pair in batch order: a keyframe or an example's
+    first pair) keeps all and becomes the reference; a later pair's token is dropped when its cosine similarity
+    to the last kept token of that patch is >= `threshold`. Keep mask (tokens,), in the order of `feats`."""
+    per = feats.shape[0] // len(keys)
     keep = torch.ones(feats.shape[0], dtype=torch.bool, device=feats.device)
     if threshold >= 1.0:
         return keep
-    start = 0
-    for n in pairs:
-        x = feats[start * per:(start + n) * per].float().view(n, per, -1)
-        ref = x[0].clone()
-        for j in range(1, n):
-            row = keep[(start + j) * per:(start + j + 1) * per]
-            row[:] = False
-            row[drop_against(x[j], ref, threshold)] = True
-        start += n
+    x = feats.float().view(len(keys), per, -1)
+    ref = x[0].clone()
+    for j, key in enumerate(keys):
+        if key:
+            ref = x[j].clone()
+            continue
+        row = keep[j * per:(j + 1) * per]
+        row[:] = False
+        row[drop_against(x[j], ref, threshold)] = True
     return keep
 
 
@@ -138,7 +138,7 @@ def forward(model, batch: dict, device: str, reader: LetterReader | None = None,
         embeds = embeds.masked_scatter(image, feats.pooler_output.to(embeds.dtype))
         mask = batch["mask"].to(device)
         if drop < 1.0:
-            mask = mask.masked_scatter(image.squeeze(-1), drop_keep(feats.pooler_output, batch["pairs"], drop).long())
+            mask = mask.masked_scatter(image.squeeze(-1), drop_keep(feats.pooler_output, batch["keys"], drop).long())
         hidden = lm(inputs_embeds=embeds, position_ids=batch["pos"].to(device), attention_mask=mask).last_hidden_state
         target = labels[:, 1:]
         sel = target != -100

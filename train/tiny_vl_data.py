@@ -6,6 +6,11 @@ M-RoPE positions, question and probe turns from reasoning.prompts), so what it l
 Kinds: the word on the sign now; the word at a given past time (several pairs in context); the board colour;
 how many shapes; yes/no probes on a word and on a person being in view (the watcher's probe text). Training
 draws scenes and words from the "train" split only; evaluation from "heldout" (perception.synthetic).
+
+Layouts: pairs spread out over the scene; or laid out as the runtime samples (consecutive 1 fps pairs 2 s apart,
+the recent window), half of those after one or two earlier runs of pairs that start at a keyframe, as memory
+places retrieved segments (a past question then mostly asks about a moment in them). Each pair says whether the
+runtime's token drop keeps all of it (`keys`: a keyframe, or the first pair after a gap).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from model.chunk import format_time
 from model.qwen_vl import IMAGE_MEAN, IMAGE_STD, frame_marker, patchify, vision_positions
 from model.tiny_vl import MAX_PIXELS
 from perception.synthetic import SignScene, words
+from perception.visual import VisualConfig, keyframe_bucket
 from reasoning import prompts
 
 NOW_Q = ["What word is on the sign?", "What word is written on the sign right now?", "What does the sign say?"]
@@ -30,6 +36,8 @@ WORD_C = ['the sign says "{w}"', "the sign shows {w}"]
 KINDS = {"now": 0.3, "past": 0.2, "colour": 0.1, "count": 0.1, "word_probe": 0.15, "person_probe": 0.15}
 STREAM_SHARE = 0.5              # examples laid out as the runtime samples: consecutive pairs 2 s apart
 STREAM_PAIRS = (3, 14)          # how many such pairs (the runtime's window holds more; retrieval brings back a few)
+RETRIEVED_SHARE = 0.5           # of those, the share with earlier runs of pairs before them (retrieved segments)
+KEYFRAME_S = VisualConfig().keyframe_seconds
 
 
 @dataclass
@@ -42,6 +50,24 @@ class Example:
     answer: str
     words: list[str]                   # the sign's word in each pair ("" where it changes within the pair)
     stream: bool = False               # consecutive pairs 2 s apart (the runtime's 1 fps pairs) or spread out
+    keys: list[bool] | None = None     # per pair: the token drop keeps all of it (see key_pairs)
+
+
+def key_pairs(times: list[float]) -> list[bool]:
+    """Which pairs the runtime's token drop keeps whole: the first of each keyframe span, and (in training,
+    where the pair before it is not in the example) the first pair after a gap."""
+    return [i == 0 or b - a > 2.0 or keyframe_bucket(b, KEYFRAME_S) != keyframe_bucket(a, KEYFRAME_S)
+            for i, (a, b) in enumerate(zip([0.0, *times], times))]
+
+
+def retrieved_runs(rng: random.Random, before: float) -> list[float]:
+    """Times of one or two runs of pairs that start at a keyframe and end at a segment boundary (2 or 4 pairs),
+    all before `before`: what memory places for a question about a moment in them."""
+    spans = [b for b in range(int(before // KEYFRAME_S)) if b * KEYFRAME_S + 8.0 <= before]
+    out: list[float] = []
+    for b in sorted(rng.sample(spans, min(len(spans), rng.randint(1, 2)))):
+        out += [b * KEYFRAME_S + 2.0 * j for j in range(rng.choice((2, 4)))]
+    return out
 
 
 def pair(scene: SignScene, t0: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,9 +88,13 @@ def make_example(rng: random.Random, split: str, kind: str | None = None, stream
         last = min(span, rng.uniform(a, max(a, b - 1.0)))
     else:
         last = rng.uniform(2.0 * k if stream else 0.0, max(span, 2.0 * k))
+    early: list[float] = []
     if stream:
-        times = [max(0.0, round(last) - 2.0 * j) for j in reversed(range(k))]
-        times = sorted(set(times))
+        last = 2.0 * round(last / 2.0)                          # the runtime's pairs start on even seconds
+        times = sorted({max(0.0, last - 2.0 * j) for j in range(k)})
+        if KEYFRAME_S > 0 and times[0] >= 16.0 and rng.random() < RETRIEVED_SHARE:
+            early = retrieved_runs(rng, times[0] - 4.0)
+            times = sorted(set(early) | set(times))
     else:
         gaps = sorted(rng.uniform(2.0, 40.0) for _ in range(k - 1))
         times = [max(0.0, last - g) for g in reversed(gaps)] + [last]
@@ -76,7 +106,8 @@ def make_example(rng: random.Random, split: str, kind: str | None = None, stream
     elif kind == "past":
         target = rng.choice(times[:-1] or times)
         if stream:                                  # ask of a moment when another word showed, where there is one
-            target = rng.choice([t for t in times if scene.sign_at(t).word != sign.word] or [target])
+            pool = [t + d for t in (early if early and rng.random() < 0.8 else times) for d in (0.0, 1.0)]
+            target = rng.choice([t for t in pool if scene.sign_at(t).word != sign.word] or [target])
         turn = prompts.question_text(now, rng.choice(PAST_Q).format(t=format_time(target)))
         answer = scene.sign_at(target).word
     elif kind == "colour":
@@ -91,7 +122,8 @@ def make_example(rng: random.Random, split: str, kind: str | None = None, stream
         turn, answer = prompts.probe_text(now, rng.choice(PERSON_C)), "yes" if scene.person_at(now) else "no"
     made = [pair(scene, t) for t in times]
     seen = [scene.sign_at(t).word if scene.sign_at(t) == scene.sign_at(t + 1.0) else "" for t in times]
-    return Example(kind, [p for p, _ in made], [g for _, g in made], times, turn, answer, seen, stream)
+    return Example(kind, [p for p, _ in made], [g for _, g in made], times, turn, answer, seen, stream,
+                   key_pairs(times))
 
 
 class Layout:
@@ -155,7 +187,8 @@ def collate(layout: Layout, batch: list[Example]) -> dict:
     return {"ids": ids, "pos": pos, "labels": labels, "mask": mask,
             "patches": torch.cat([p for ex in batch for p in ex.patches]).half(),
             "grids": torch.stack([g for ex in batch for g in ex.grids]), "kinds": [ex.kind for ex in batch],
-            "pairs": [len(ex.times) for ex in batch],
+            "pairs": [len(ex.times) for ex in batch], "keys": [k for ex in batch for k in (ex.keys or
+                                                                                              key_pairs(ex.times))],
             "words": [w for ex in batch for w in ex.words]}
 
 

@@ -10,15 +10,15 @@ import torch
 
 from perception.visual import VisualConfig, VisualStream
 from train.tiny_vl import drop_keep
-from train.tiny_vl_data import make_example
+from train.tiny_vl_data import key_pairs, make_example
 
 
-def runtime_keep(pairs: list[torch.Tensor], threshold: float) -> torch.Tensor:
-    """VisualStream._drop applied pair after pair, as the runtime applies it to one stream."""
-    state = SimpleNamespace(_ref=None, config=VisualConfig(drop_threshold=threshold))
+def runtime_keep(pairs: list[torch.Tensor], times: list[float], threshold: float) -> torch.Tensor:
+    """VisualStream._drop applied pair after pair, as the runtime applies it to one stream (keyframes every 8 s)."""
+    state = SimpleNamespace(_ref=None, _key_bucket=None, config=VisualConfig(drop_threshold=threshold))
     out = []
-    for x in pairs:
-        keep = VisualStream._drop(state, x)
+    for x, t in zip(pairs, times, strict=True):
+        keep = VisualStream._drop(state, x, t)
         mask = torch.ones(x.shape[0], dtype=torch.bool)
         if keep is not None:
             mask[:] = False
@@ -30,8 +30,8 @@ def runtime_keep(pairs: list[torch.Tensor], threshold: float) -> torch.Tensor:
 def test_the_training_drop_mask_is_the_runtimes_token_drop():
     torch.manual_seed(0)
     base = torch.randn(16, 8)
-    streams = []
-    for n in (4, 3):                            # two examples: each is its own stream (its first pair keeps all)
+    streams, times = [], []
+    for t0, n in ((2.0, 6), (30.0, 3)):         # two examples: each is its own stream (its first pair keeps all)
         pairs = [base + 0.05 * torch.randn(16, 8)]
         for _ in range(n - 1):
             nxt = pairs[-1].clone()
@@ -39,20 +39,49 @@ def test_the_training_drop_mask_is_the_runtimes_token_drop():
             nxt[moved] = torch.randn(int(moved.sum()), 8)
             pairs.append(nxt + 0.01 * torch.randn(16, 8))
         streams.append(pairs)
+        times.append([t0 + 2.0 * j for j in range(n)])    # 2, 4, 6, 8 (a keyframe: a new 8-s span), 10, 12
     feats = torch.cat([torch.cat(p) for p in streams])
-    got = drop_keep(feats, [len(p) for p in streams], 0.95)
-    want = torch.cat([runtime_keep(p, 0.95) for p in streams])
+    keys = [k for ts in times for k in key_pairs(ts)]
+    assert keys == [True, False, False, True, False, False, True, True, False]
+    got = drop_keep(feats, keys, 0.95)
+    want = torch.cat([runtime_keep(p, ts, 0.95) for p, ts in zip(streams, times, strict=True)])
     assert torch.equal(got, want)
-    assert 0 < int((~got).sum()) < got.numel() - 32       # some dropped, the first pairs kept: the test can fail
-    assert bool(drop_keep(feats, [4, 3], 1.0).all())       # threshold 1 keeps every token
+    assert 0 < int((~got).sum()) < got.numel() - 64       # some dropped, the key pairs kept: the test can fail
+    assert bool(drop_keep(feats, keys, 1.0).all())         # threshold 1 keeps every token
 
 
-def test_runtime_layout_examples_are_consecutive_pairs_two_seconds_apart():
+def runs(times: list[float]) -> list[list[float]]:
+    """Times split where consecutive pairs are more than 2 s apart."""
+    out = [[times[0]]]
+    for a, b in zip(times, times[1:]):
+        out.append([b]) if b - a > 2.0 else out[-1].append(b)
+    return out
+
+
+def test_runtime_layout_examples_end_in_a_window_of_consecutive_pairs():
     rng = random.Random(5)
-    exs = [make_example(rng, "train", kind, stream=True) for kind in ("now", "past", "person_probe") for _ in range(3)]
+    exs = [make_example(rng, "train", kind, stream=True) for kind in ("now", "past", "person_probe") for _ in range(6)]
     for ex in exs:
-        assert ex.stream and len(ex.times) >= 2
-        assert all(b - a == 2.0 for a, b in zip(ex.times, ex.times[1:]))
-        assert len(ex.patches) == len(ex.times)
+        window = runs(ex.times)[-1]
+        assert ex.stream and len(window) >= 2 and len(ex.patches) == len(ex.times) == len(ex.keys)
+        assert all(t % 2.0 == 0.0 for t in ex.times)             # the runtime's pairs start on even seconds
     spread = make_example(random.Random(5), "train", "past", stream=False)
     assert not spread.stream
+
+
+def test_retrieved_runs_start_at_keyframes_and_past_questions_ask_about_them():
+    rng = random.Random(3)
+    exs = [make_example(rng, "train", "past", stream=True) for _ in range(16)]
+    with_runs = [ex for ex in exs if len(runs(ex.times)) > 1]
+    assert len(with_runs) >= 4
+    asked_early = 0
+    for ex in with_runs:
+        *early, window = runs(ex.times)
+        for run in early:
+            assert run[0] % 8.0 == 0.0 and len(run) in (2, 4)     # from a keyframe to a segment boundary
+            assert ex.keys[ex.times.index(run[0])]                # kept whole, as the runtime kept it
+        assert ex.keys[ex.times.index(window[0])]
+        m, sec = ex.turn.rsplit(" at ", 1)[1].split("?")[0].split(":")
+        asked = 60.0 * int(m) + int(sec)
+        asked_early += any(r[0] <= asked <= r[-1] + 1.0 for r in early)
+    assert asked_early >= len(with_runs) // 2
