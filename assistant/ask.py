@@ -84,8 +84,8 @@ def ask_stored(cfg: AssistantConfig, session: str, question: str, model: str | N
     if not segments:
         raise AskError(f"{label} has no stored segments to answer from")
     embedder = load_embedder() if cfg.memory.use_embeddings else None
-    memory = open_stored(backend, cfg.memory_for(backend.accepts_frames), segments, prompts.system_chunk(backend), embedder=embedder,
-                         label=label)
+    memory = open_stored(backend, cfg.memory_for(backend.accepts_frames), segments, prompts.system_chunk(backend),
+                         embedder=embedder, label=label)
     now = max(s.t1 for s in segments)
     job, view = answer(backend, memory, question, now, latest=(segments[-1].t0, segments[-1].text),
                        restate=cfg.memory.restate, max_new_tokens=cfg.reasoning.max_new_tokens)

@@ -102,7 +102,8 @@ def open_session(cfg: AssistantConfig, asks: list[tuple[float, str]], emit: Call
         source.close()
         raise
     embedder = load_embedder() if cfg.memory.retrieval and cfg.memory.use_embeddings else None
-    memory = HierarchicalMemory(backend, cfg.memory_for(backend.accepts_frames), embedder=embedder, index=store.segment_index(session_id),
+    memory = HierarchicalMemory(backend, cfg.memory_for(backend.accepts_frames), embedder=embedder,
+                                index=store.segment_index(session_id),
                                 spill_dir=store.session_dir(session_id) / "kv")
     speaker = open_speaker() if cfg.speak else None
     runtime = Runtime(backend, memory, cfg.reasoning, emit, store, session_id, asks, visual=cfg.visual,
