@@ -2,7 +2,7 @@
 memory (window, sealing, retrieval) -> answers and the watcher, with the perceivers beside the model off, so
 nothing but the model's own reading of the pixels can answer or fire (no text restated).
 
-    python -m bench.tiny_vl_path [--seeds 61,62,63,64,65] [--out rows.jsonl] [--config FILE.toml]
+    python -m bench.tiny_vl_path [--seeds 61,62,63,64,65] [--out rows.jsonl] [--config FILE.toml] [--sweep]
 
 Per scene (60 s, split "heldout": words and scenes never trained on) it asks what the sign says and its colour
 at 0:12, 0:30 and 0:50, what the sign said at 0:04 and 0:20 (asked at 0:56), and watches for "a person is in
@@ -84,14 +84,42 @@ def score_scene(seed: int, data_dir: str, extra: list[str] | None = None) -> dic
                                                                      if r.get("type") == "alert"])
     row["sealed"] = records[-1].get("segments_sealed") if records else None
     row["kept_pct"] = records[-1].get("visual_tokens_kept_pct") if records else None
+    row["reused"] = records[-1].get("vit_reused_groups", 0) if records else 0
+    row["groups"] = records[-1].get("visual_groups", 0) if records else 0
     return row
+
+
+# --sweep: the token drop, keyframes, ViT reuse and compression at sealing against the default, each a config
+# table for `onlooker run --config`
+VARIANTS: dict[str, dict[str, dict]] = {
+    "default": {}, "keyframes off": {"visual": {"keyframe_seconds": 0.0}},
+    "drop off (keep all)": {"visual": {"drop_threshold": 1.0}}, "drop 0.98": {"visual": {"drop_threshold": 0.98}},
+    "drop 0.90": {"visual": {"drop_threshold": 0.9}}, "ViT reuse off": {"visual": {"reuse_threshold": 0.0}},
+    "int8 at sealing": {"memory": {"quantize": True}}, "keep 50% at sealing": {"memory": {"keep_ratio": 0.5}}}
+
+
+def cells(rows: list[dict]) -> list[str]:
+    n = len(rows)
+    hits, entries = sum(r["hits"] for r in rows), sum(r["entries"] for r in rows)
+    return [f"{sum(r['now'] for r in rows)}/{3 * n}", f"{sum(r['colour'] for r in rows)}/{3 * n}",
+            f"{sum(r['past'] for r in rows)}/{2 * n}", f"{sum(r['past_retrieved'] for r in rows)}/{2 * n}",
+            f"{hits}/{entries}", str(sum(r["false"] for r in rows)),
+            f"{sum(r['kept_pct'] or 0.0 for r in rows) / n:.1f}%",
+            f"{sum(r['reused'] for r in rows)}/{sum(r['groups'] for r in rows)}"]
+
+
+QUESTIONS = ["sign word now", "board colour now", "sign word at a past time (asked at 0:56)",
+             "  of which the moment was sealed and retrieved", f"watch '{WATCH}': entries alerted within 5 s",
+             "watch: alerts with nobody in view", "visual tokens kept by the token drop (mean of scenes)",
+             "frame pairs that reused the previous pair's ViT features"]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="61,62,63,64,65", help="held-out scene seeds (comma-separated)")
     p.add_argument("--out", help="write the rows as JSON lines here")
-    p.add_argument("--config", help="a TOML config for every run (e.g. [visual] drop_threshold: the sweeps)")
+    p.add_argument("--config", help="a TOML config for every run")
+    p.add_argument("--sweep", action="store_true", help="also run the variants of VARIANTS (token drop, keyframes)")
     args = p.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -99,26 +127,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bad --seeds {args.seeds!r}: expected integers separated by commas", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    rows = []
+    variants: dict[str, dict[str, dict]] = VARIANTS if args.sweep else {"": {}}
+    rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as data_dir:
-        for seed in seeds:
-            rows.append(score_scene(seed, data_dir, ["--config", args.config] if args.config else None))
-            print(f"seed {seed}: {rows[-1]['now']}/3 now, {rows[-1]['colour']}/3 colour, {rows[-1]['past']}/2 past, "
-                  f"{rows[-1]['hits']}/{rows[-1]['entries']} entries, {rows[-1]['false']} false", file=sys.stderr)
-    n = len(rows)
-    header = (f"tiny-vl through the VLM path, perceivers beside it off; {n} held-out scenes (seeds {args.seeds}); "
-              f"{platform.machine()}, {os.cpu_count()} cores, {time.perf_counter() - start:.0f} s")
-    hits, entries = sum(r["hits"] for r in rows), sum(r["entries"] for r in rows)
-    cells = [["sign word now", f"{sum(r['now'] for r in rows)}/{3 * n}"],
-             ["board colour now", f"{sum(r['colour'] for r in rows)}/{3 * n}"],
-             ["sign word at a past time (asked at 0:56)", f"{sum(r['past'] for r in rows)}/{2 * n}"],
-             ["  of which the moment was sealed and retrieved", f"{sum(r['past_retrieved'] for r in rows)}/{2 * n}"],
-             [f"watch '{WATCH}': entries alerted within 5 s", f"{hits}/{entries}"],
-             ["watch: alerts with nobody in view", str(sum(r["false"] for r in rows))],
-             ["visual tokens kept by the token drop (mean of scenes)",
-              f"{sum(r['kept_pct'] or 0.0 for r in rows) / n:.1f}%"]]
-    write_rows(args.out, header, rows)
-    print_table(header, ["question", "right"], cells)
+        for name, tables in variants.items():
+            extra = ["--config", args.config] if args.config else []
+            if tables:
+                toml = os.path.join(data_dir, f"variant-{len(rows)}.toml")
+                with open(toml, "w") as f:
+                    f.write("".join(f"[{t}]\n" + "".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n"
+                                                         for k, v in kv.items()) for t, kv in tables.items()))
+                extra = ["--config", toml]
+            rows[name] = []
+            for seed in seeds:
+                r = score_scene(seed, data_dir, extra)
+                r["variant"] = name
+                rows[name].append(r)
+                print(f"{name or 'seed'} {seed}: {r['now']}/3 now, {r['colour']}/3 colour, {r['past']}/2 past, "
+                      f"{r['hits']}/{r['entries']} entries, {r['false']} false", file=sys.stderr)
+    header = (f"tiny-vl through the VLM path, perceivers beside it off; {len(seeds)} held-out scenes (seeds "
+              f"{args.seeds}); {platform.machine()}, {os.cpu_count()} cores, {time.perf_counter() - start:.0f} s")
+    write_rows(args.out, header, [r for rs in rows.values() for r in rs])
+    table = [cells(rs) for rs in rows.values()]
+    print_table(header, ["question", *(name or "right" for name in rows)],
+                [[q, *(col[i] for col in table)] for i, q in enumerate(QUESTIONS)])
     return 0
 
 
