@@ -1,8 +1,9 @@
 """Frames -> visual-token chunks for a VLM backend, with the two savings that make streaming cheap.
 
     frames ─► groups of `temporal_patch_size` (Qwen-VL takes frames in pairs: half the tokens of two stills)
-           ─► ViT feature reuse (STC-Cacher): a group whose pixels barely differ from the previous
-              group's reuses its merged features, and the vision tower is skipped for it
+           ─► ViT feature reuse (STC-Cacher): a group none of whose patches differs from the previous
+              group's reuses its merged features, and the vision tower is skipped for it (a whole-frame
+              mean let a small figure walking in go unseen)
            ─► batched vision tower over the groups that need it
            ─► differential token drop (TimeChat-Online): a merged token whose cosine similarity to the
               same patch of the last kept token there is above `drop_threshold` is dropped; kept tokens
@@ -33,7 +34,7 @@ class VisualConfig:
     group_frames: bool = True        # feed frames to the vision tower in temporal pairs (Qwen-VL video style)
     batch_groups: int = 1            # groups encoded and prefilled together (a larger batch fills a GPU better)
     drop_threshold: float = 0.95     # cosine similarity above which a token is dropped; >= 1.0 keeps every token
-    reuse_threshold: float = 0.02    # mean |pixel difference| (normalised units) under which the ViT is skipped
+    reuse_threshold: float = 0.1     # ViT skipped when no patch's mean |pixel difference| (normalised) reaches it
     keyframe_seconds: float = 8.0    # the first group of each such span of stream keeps every token; 0: never
     block_seconds: float = 4.0       # video layout: frame pairs within this much stream time form one video block
     compile_vision: bool = False     # the vision tower's blocks under torch.compile (GPU; bench vision)
@@ -43,6 +44,11 @@ class VisualConfig:
             raise ValueError("batch_groups must be >= 1")
         if not self.keyframe_seconds >= 0:
             raise ValueError(f"keyframe_seconds must be >= 0, got {self.keyframe_seconds}")
+
+
+def patch_change(patches: torch.Tensor, prev: torch.Tensor) -> float:
+    """The largest mean |difference| of one patch between two groups (normalised pixel units)."""
+    return float((patches - prev).abs().mean(dim=1).max())
 
 
 def keyframe_bucket(t: float, keyframe_seconds: float) -> int:
@@ -121,7 +127,7 @@ class VisualStream:
         prev = self._prev_patches
         for patches, grid, _, _ in groups:
             if prev is not None and prev.shape == patches.shape and self.config.reuse_threshold > 0 and \
-                    float((patches - prev).abs().mean()) < self.config.reuse_threshold:
+                    patch_change(patches, prev) < self.config.reuse_threshold:
                 reuse.append(True)
             else:
                 reuse.append(False)

@@ -121,3 +121,17 @@ def test_patchify_matches_the_qwen_image_processor_on_real_frames():
         assert grid.tolist() == theirs["image_grid_thw"][0].tolist()
         diff = (ours - theirs["pixel_values"]).abs().max().item()
         assert diff < 1e-5, diff
+
+
+def test_a_small_figure_walking_into_a_still_scene_is_not_given_the_previous_features(tiny_qwen):
+    """Feature reuse skips the tower only when no patch changed: a figure covering a few patches changes the
+    whole frame's mean very little (under the old whole-frame rule it was reused and never seen)."""
+    still = SyntheticScene("short").render(0)
+    walked_in = still.copy()
+    walked_in[40:72, 60:76] = 255 - walked_in[40:72, 60:76]            # a small bright figure
+    vs = VisualStream(tiny_qwen, VisualConfig())
+    for i, frame in enumerate([still, still, still, still, walked_in, walked_in]):
+        vs.push(frame, i * 0.5)
+    assert vs.stats.reused_groups == 1 and vs.stats.vit_groups == 2       # the still pair reused, the figure not
+    before, after = vs.backend.patchify([still, still])[0], vs.backend.patchify([walked_in, walked_in])[0]
+    assert float((after - before).abs().mean()) < 0.02     # the old rule (whole-frame mean under 0.02) reused it
