@@ -23,6 +23,7 @@ import platform
 import sys
 import tempfile
 import time
+from typing import Any
 
 from assistant.cli import main as onlooker
 from bench.common import print_table, write_rows
@@ -62,7 +63,7 @@ def score_scene(seed: int, data_dir: str, extra: list[str] | None = None) -> dic
         raise RuntimeError(f"onlooker run exited {rc} on seed {seed}")
     scene = SignScene.random(seed, 60, "heldout")
     records = [json.loads(line) for line in buf.getvalue().splitlines() if line.startswith("{")]
-    row = {"seed": seed, "now": 0, "colour": 0, "past": 0, "past_retrieved": 0, "answers": []}
+    row: dict[str, Any] = {"seed": seed, "now": 0, "colour": 0, "past": 0, "past_retrieved": 0, "answers": []}
     for r in records:
         if r.get("type") == "question" and PAST_Q.split("{")[0] in r["question"]:
             asked = float(r["question"].rsplit(":", 1)[1].rstrip("?"))       # sealed, and placed back from memory
