@@ -204,8 +204,7 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
     mcfg = MemoryConfig(window_tokens=10**9 if naive else window, retrieval=onl, use_embeddings=False,
                         quantize=onl, retain=onl, host_mb=64_000, shrink_on_oom=not naive, segment_seconds=4.0,
                         segment_tokens=4096)
-    vcfg = VisualConfig(batch_groups=batch, drop_threshold=0.95 if onl else 1.0,
-                        reuse_threshold=VisualConfig().reuse_threshold if onl else 0.0)
+    vcfg = VisualConfig(batch_groups=batch, **({} if onl else {"drop_threshold": 1.0, "reuse_threshold": 0.0}))
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)
     mem.set_sink(prompts.system_chunk(backend))
