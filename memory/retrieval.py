@@ -96,10 +96,11 @@ def resolve_time(ref: TimeRef, cands: list[Candidate], anchor_scores: torch.Tens
         return []
     if ref.kind in ("point", "range"):
         end = ref.t_end if ref.kind == "range" else ref.t
-        start = _covering(cands, ref.t).t0
+        covering = _covering(cands, ref.t)
+        start = covering.t0
         if keyframe_seconds > 0:
             start = min(start, math.floor(ref.t / keyframe_seconds) * keyframe_seconds)
-        return [c for c in cands if c.t1 > start and c.t0 <= end] or [_covering(cands, ref.t)]
+        return [c for c in cands if c.t1 > start and c.t0 <= end] or [covering]
     # anchor: the best content match, then its neighbour in time
     if anchor_scores is None or float(anchor_scores.max()) <= 0:
         return []

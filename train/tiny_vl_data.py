@@ -10,7 +10,7 @@ draws scenes and words from the "train" split only; evaluation from "heldout" (p
 Layouts: pairs spread out over the scene; or laid out as the runtime samples (consecutive 1 fps pairs 2 s apart,
 the recent window), half of those after one or two earlier runs of pairs that start at a keyframe, as memory
 places retrieved segments (a past question then mostly asks about a moment in them). Each pair says whether the
-runtime's token drop keeps all of it (`keys`: a keyframe, or the first pair after a gap).
+runtime's token drop keeps all of it (`key_pairs`: a keyframe, or the first pair after a gap).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ class Example:
     answer: str
     words: list[str]                   # the sign's word in each pair ("" where it changes within the pair)
     stream: bool = False               # consecutive pairs 2 s apart (the runtime's 1 fps pairs) or spread out
-    keys: list[bool] | None = None     # per pair: the token drop keeps all of it (see key_pairs)
 
 
 def key_pairs(times: list[float]) -> list[bool]:
@@ -122,8 +121,7 @@ def make_example(rng: random.Random, split: str, kind: str | None = None, stream
         turn, answer = prompts.probe_text(now, rng.choice(PERSON_C)), "yes" if scene.person_at(now) else "no"
     made = [pair(scene, t) for t in times]
     seen = [scene.sign_at(t).word if scene.sign_at(t) == scene.sign_at(t + 1.0) else "" for t in times]
-    return Example(kind, [p for p, _ in made], [g for _, g in made], times, turn, answer, seen, stream,
-                   key_pairs(times))
+    return Example(kind, [p for p, _ in made], [g for _, g in made], times, turn, answer, seen, stream)
 
 
 class Layout:
@@ -187,8 +185,7 @@ def collate(layout: Layout, batch: list[Example]) -> dict:
     return {"ids": ids, "pos": pos, "labels": labels, "mask": mask,
             "patches": torch.cat([p for ex in batch for p in ex.patches]).half(),
             "grids": torch.stack([g for ex in batch for g in ex.grids]), "kinds": [ex.kind for ex in batch],
-            "pairs": [len(ex.times) for ex in batch], "keys": [k for ex in batch for k in (ex.keys or
-                                                                                              key_pairs(ex.times))],
+            "keys": [k for ex in batch for k in key_pairs(ex.times)],
             "words": [w for ex in batch for w in ex.words]}
 
 

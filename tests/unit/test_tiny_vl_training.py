@@ -63,7 +63,7 @@ def test_runtime_layout_examples_end_in_a_window_of_consecutive_pairs():
     exs = [make_example(rng, "train", kind, stream=True) for kind in ("now", "past", "person_probe") for _ in range(6)]
     for ex in exs:
         window = runs(ex.times)[-1]
-        assert ex.stream and len(window) >= 2 and len(ex.patches) == len(ex.times) == len(ex.keys)
+        assert ex.stream and len(window) >= 2 and len(ex.patches) == len(ex.times) == len(key_pairs(ex.times))
         assert all(t % 2.0 == 0.0 for t in ex.times)             # the runtime's pairs start on even seconds
     spread = make_example(random.Random(5), "train", "past", stream=False)
     assert not spread.stream
@@ -77,10 +77,11 @@ def test_retrieved_runs_start_at_keyframes_and_past_questions_ask_about_them():
     asked_early = 0
     for ex in with_runs:
         *early, window = runs(ex.times)
+        keys = key_pairs(ex.times)
         for run in early:
             assert run[0] % 8.0 == 0.0 and len(run) in (2, 4)     # from a keyframe to a segment boundary
-            assert ex.keys[ex.times.index(run[0])]                # kept whole, as the runtime kept it
-        assert ex.keys[ex.times.index(window[0])]
+            assert keys[ex.times.index(run[0])]                # kept whole, as the runtime kept it
+        assert keys[ex.times.index(window[0])]
         m, sec = ex.turn.rsplit(" at ", 1)[1].split("?")[0].split(":")
         asked = 60.0 * int(m) + int(sec)
         asked_early += any(r[0] <= asked <= r[-1] + 1.0 for r in early)
