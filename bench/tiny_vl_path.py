@@ -40,6 +40,11 @@ def asks() -> list[str]:
     return out + [f"--ask={PAST_AT + i:g}:{PAST_Q.format(int(p))}" for i, p in enumerate(PAST_OF)]
 
 
+def asked_of(question: str) -> float:
+    """The second a past question asks about ("What did the sign say at 0:SS?"; these scenes last a minute)."""
+    return float(question.rsplit(":", 1)[1].rstrip("?"))
+
+
 def watch_score(scene: SignScene, alerts: list[float]) -> tuple[int, int, int]:
     """(entries, hits, false) for a watch on the figure: entries are its stays of 3 s or more that start by
     0:57; a hit is an alert within 5 s of an entry; a false alert is one while nobody is in view (2 s of grace
@@ -66,7 +71,7 @@ def score_scene(seed: int, data_dir: str, extra: list[str] | None = None) -> dic
     row: dict[str, Any] = {"seed": seed, "now": 0, "colour": 0, "past": 0, "past_retrieved": 0, "answers": []}
     for r in records:
         if r.get("type") == "question" and PAST_Q.split("{")[0] in r["question"]:
-            asked = float(r["question"].rsplit(":", 1)[1].rstrip("?"))       # sealed, and placed back from memory
+            asked = asked_of(r["question"])                                   # sealed, and placed back from memory
             row["past_retrieved"] += any(a <= asked < b for a, b in r.get("retrieved", []))
         if r.get("type") != "answer":
             continue
@@ -77,8 +82,7 @@ def score_scene(seed: int, data_dir: str, extra: list[str] | None = None) -> dic
         elif WORD_Q in q:
             kind, want = "now", scene.sign_at(r["t"]).word
         else:
-            kind = "past"                                             # "... at 0:SS?": the asked-of second
-            want = scene.sign_at(float(q.rsplit(":", 1)[1].rstrip("?"))).word
+            kind, want = "past", scene.sign_at(asked_of(q)).word
         row[kind] += text == want
         row["answers"].append({"t": r["t"], "kind": kind, "want": want, "got": r["text"]})
     row["entries"], row["hits"], row["false"] = watch_score(scene, [r["t"] for r in records

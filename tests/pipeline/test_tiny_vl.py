@@ -10,7 +10,7 @@ import json
 import torch
 
 from assistant.cli import main
-from bench.tiny_vl_path import PAST_Q, watch_score
+from bench.tiny_vl_path import PAST_Q, asked_of, watch_score
 from model.tiny_vl import TRAINED
 from perception.synthetic import BOARD_COLOURS, SignScene, word_split, words
 
@@ -127,16 +127,16 @@ def test_tiny_vl_reads_a_past_moment_back_from_sealed_segments(tmp_path, monkeyp
     61-65) gave 5 of 10 at step 14604, and 0 of 6 on seeds 61-63 with keyframes off (a sealed segment then holds
     only what changed since the pair before it)."""
     monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path))
-    asked_of = (4, 12, 20, 28)
+    moments = (4, 12, 20, 28)
     right = placed = 0
     for seed in (46, 47):
         assert main(["run", "--source", f"synthetic:vl-heldout-{seed}", "--model", "tiny-vl", "--headless", "--fast",
                      "--no-audio", "--perceive-beside", "off", "--window", "256",
-                     *[f"--ask={56 + i * 0.5}:{PAST_Q.format(t)}" for i, t in enumerate(asked_of)]]) == 0
+                     *[f"--ask={56 + i * 0.5}:{PAST_Q.format(t)}" for i, t in enumerate(moments)]]) == 0
         scene = SignScene.random(seed, 60, "heldout")
         for line in capsys.readouterr().out.splitlines():
             r = json.loads(line) if line.startswith("{") else {}
-            asked = float(r["question"].rsplit(":", 1)[1].rstrip("?")) if "question" in r else None
+            asked = asked_of(r["question"]) if "question" in r else None
             if r.get("type") == "question":
                 placed += any(a <= asked < b for a, b in r["retrieved"])
             elif r.get("type") == "answer":
