@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 log = logging.getLogger("onlooker")
@@ -331,7 +332,24 @@ def _sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _leave_if_torch_still_runs(code: int) -> None:
+    """A runtime thread still inside torch when the interpreter finalises aborts the process ("terminate called
+    without an active exception"): after a second Ctrl-C the session is closed and everything printed, so
+    leave at once with the exit code instead."""
+    if any(th.name == "onlooker-runtime" for th in threading.enumerate()):    # not is_alive(): see Pipeline
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None:                              # the process's own command line, not a test calling in
+        _leave_if_torch_still_runs(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args, rest = build_parser().parse_known_args(argv)

@@ -11,8 +11,9 @@
     runtime  : Runtime.run(), the only thread that owns the model and its cache
 
 Capture and perception never touch torch. Every thread is named, tracked, and joined with a bounded wait
-on shutdown. A source failure ends the stream with its one-line error; the end of a live source ends the
-session even while the microphone is on.
+on shutdown, but the runtime thread, whose last work (sealing and writing what is left) is waited for.
+A source failure ends the stream with its one-line error; the end of a live source ends the session even
+while the microphone is on.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Pipeline:
         self.frames = FrameQueue(config.frame_queue, drop_oldest=source.live or config.realtime)
         self._stop = threading.Event()
         self._hearing_stop = threading.Event()   # set with _stop, or when a live source ends
+        self._runtime_done = threading.Event()
         self._error: str | None = None
         self._frames_sampled = 0
         self._threads: list[threading.Thread] = []
@@ -203,6 +205,8 @@ class Pipeline:
             self._stop.set()
             self._hearing_stop.set()
             self.frames.close()
+        finally:
+            self._runtime_done.set()
 
     def run(self) -> PipelineResult:
         start = time.monotonic()
@@ -216,8 +220,8 @@ class Pipeline:
         for th in self._threads:
             th.start()
         try:
-            while self._threads[2].is_alive():
-                self._threads[2].join(0.2)
+            while not self._runtime_done.wait(0.2):
+                pass
         except KeyboardInterrupt:
             log.warning("interrupted; stopping")
             self.interrupted = True
@@ -233,6 +237,21 @@ class Pipeline:
         self.runtime.data.close()
         self.runtime.submit(Shutdown("stop"))
 
+    def _wait_for_runtime(self, quiet_s: float = 3.0) -> None:
+        """The runtime thread seals what is left in memory and writes it (bounded work): wait for it, since a
+        process leaving while it runs loses those segments (and aborts inside torch). A second Ctrl-C leaves
+        them unsaved. Waits on an event, not Thread.join: a Ctrl-C inside join() on Python 3.11 can mark a
+        thread that still runs as stopped."""
+        waited, told = 0.0, False
+        try:
+            while self._threads and not self._runtime_done.wait(0.2):
+                waited += 0.2
+                if waited >= quiet_s and not told:
+                    told = True
+                    log.warning("saving what is left in memory; Ctrl-C again leaves it unsaved")
+        except KeyboardInterrupt:
+            log.warning("interrupted again: what is left in memory may go unsaved")
+
     def _finish(self, start: float) -> PipelineResult:
         self._stop.set()
         self._hearing_stop.set()
@@ -240,9 +259,13 @@ class Pipeline:
         if self.beside is not None:
             self.beside.close()
         self.runtime.data.close()
+        self._wait_for_runtime()
         for th in self._threads:
             th.join(timeout=5.0)
         skipped = self.beside.num_dropped if self.beside is not None else 0
+        alive = [th.name for th in self._threads if th.is_alive() and th is not self._threads[2]]
+        if self._threads and not self._runtime_done.is_set():
+            alive.append(self._threads[2].name)
         return PipelineResult(self._error, self.source.stats.frames_read, self._frames_sampled,
-                              self.frames.num_dropped, round(time.monotonic() - start, 3), skipped,
-                              [th.name for th in self._threads if th.is_alive()], self.interrupted)
+                              self.frames.num_dropped, round(time.monotonic() - start, 3), skipped, alive,
+                              self.interrupted)

@@ -51,6 +51,8 @@ def test_sigterm_stops_like_ctrl_c_with_a_summary(tmp_path):
                              capture_output=True, text=True, timeout=60).stdout
     line = next(row for row in listing.splitlines() if summary["session_id"] in row)
     assert "running" not in line                    # the session was closed, with its end time
+    segs = int(line.split()[4])                     # ID, date, time, LENGTH, SEGS: what was left was sealed
+    assert segs == summary["segments_sealed"] >= 1, (line, summary)
 
 
 def test_a_complete_video_file_over_http_ends_like_a_file(tmp_path, monkeypatch, capsys):
