@@ -88,7 +88,7 @@ def ask_stored(cfg: AssistantConfig, session: str, question: str, model: str | N
                          embedder=embedder, label=label)
     now = max(s.t1 for s in segments)
     job, view = answer(backend, memory, question, now, latest=(segments[-1].t0, segments[-1].text),
-                       restate=cfg.memory.restate, max_new_tokens=cfg.reasoning.max_new_tokens)
+                       restate=cfg.memory.restate, **cfg.reasoning.decoding())
     for note in view.notes:
         warn(note)
     text = job.text.strip()

@@ -360,7 +360,7 @@ class Runtime:
     def _start_answer(self, q: ev.Question, context: ContextView, latest: tuple[float, str] | None) -> None:
         assert q.t is not None
         job = answer_job(self.backend, context, q.text, q.t, latest=latest, restate=self.memory.config.restate,
-                         max_new_tokens=self.config.max_new_tokens, asked_at=q.ts)
+                         asked_at=q.ts, **self.config.decoding())
         self._job, self._job_question = job, q
         r = context.retrieval
         self.emit(ev.QuestionStarted(q.question_id, q.t, q.text, context.num_tokens,
