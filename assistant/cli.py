@@ -319,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", choices=BENCHMARKS)
     b.set_defaults(func=cmd_bench)
 
+    ev = sub.add_parser("eval", add_help=False, help="answer quality and alerts on held-out scenes, beside "
+                        "baselines (bench/eval.py; its flags follow: --help)")
+    ev.set_defaults(func=cmd_bench, name="eval")
+
     dv = sub.add_parser("devices", help="list audio input and output devices")
     dv.set_defaults(func=cmd_devices)
 
@@ -353,7 +357,7 @@ def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args, rest = build_parser().parse_known_args(argv)
-    if rest and args.command != "bench":
+    if rest and args.command not in ("bench", "eval"):
         build_parser().parse_args(argv)          # unknown arguments: argparse's own message, exit 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="onlooker: %(levelname)s: %(message)s")
@@ -369,7 +373,7 @@ def _main(argv: list[str] | None) -> int:
     except ValueError:                            # not the main thread (tests): leave signals alone
         old = None
     try:
-        return args.func(args, rest) if args.command == "bench" else args.func(args)
+        return args.func(args, rest) if args.command in ("bench", "eval") else args.func(args)
     except bad_input as e:
         print(f"onlooker: error: {e}", file=sys.stderr)
         return 2

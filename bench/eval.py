@@ -1,0 +1,227 @@
+"""`onlooker eval`: answer quality and alerts on held-out scenes, beside baselines given the same help.
+
+Through the real pipeline, with baselines that get the same perception and the same restated text, all in one
+run.
+
+    onlooker eval [--model lite|tiny-vl|PATH] [--suite quick|full] [--seeds 1001,1002] [--configs ...] [--out FILE]
+                  [--check]
+
+Every scene of the suite (bench.eval_suite: held-out words, seeds and phrasings) is rendered frame by frame and
+run as `onlooker run --source synthetic:vl-eval-SEED --fast` once per configuration:
+
+    onlooker   the defaults: sink + retrieved segments' KV + window, what memory recalled restated as text
+    text       the same retrieval, every selected segment restated as text, no KV placed (the honest lite baseline)
+    window     sink + window only (StreamingVLM-style), the newest observation restated as in every config
+    full       every observation's KV kept on the device (no window, no retrieval)
+    interval   for alerts: the question "Does the board show W right now?" asked every POLL_S seconds
+
+The window is WINDOW[model] tokens, so the moments that past questions ask about have left it. Standing
+instructions are also scored for a keyword / count rule on the perception records of the onlooker run alone.
+`--check` exits 1 when a figure of the onlooker config is under its bar in CHECKS (the CI's quick suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+from bench import eval_suite as suite
+from bench.common import BenchError, print_table, write_rows
+
+CONFIGS: dict[str, dict[str, dict]] = {
+    "onlooker": {}, "text": {"memory": {"place_kv": False}}, "window": {"memory": {"retrieval": False}},
+    "full": {"memory": {"retrieval": False, "window_tokens": 1_000_000}}, "interval": {}}
+SUITE_CONFIGS = {"quick": ["onlooker", "text", "window"], "full": list(CONFIGS)}
+WINDOW = {"lite": 96, "tiny-vl": 256}         # tokens; a VLM path model given by PATH gets 1024 (its default)
+POLL_S = 5.0
+KINDS = ["now", "past_time", "past_content", "when", "before_after", "count"]
+# the quick suite's bars for the onlooker config (lite), set below what it scored at 00be1e7 + the loop guard
+CHECKS = {"now": 0.6, "past_time": 0.25, "watch_word_f1": 0.6}
+
+
+def toml(tables: dict[str, dict]) -> str:
+    def value(v: object) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+    return "".join(f"[{t}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in kv.items()) for t, kv in tables.items())
+
+
+def run_scene(model: str, seed: int, config: str, data_dir: str) -> list[dict]:
+    """One scene through `onlooker run` in this process; its JSON records."""
+    from assistant.cli import main as onlooker
+
+    sc = suite.scene(seed)
+    tables = {k: dict(v) for k, v in CONFIGS[config].items()}
+    if model in WINDOW and "window_tokens" not in tables.get("memory", {}):
+        tables.setdefault("memory", {})["window_tokens"] = WINDOW[model]
+    path = os.path.join(data_dir, f"{config}.toml")
+    with open(path, "w") as f:
+        f.write(toml(tables))
+    if config == "interval":
+        watch = [w for w in suite.watches(sc) if w.kind == "word"]
+        if not watch:
+            return []
+        poll = suite.PHRASINGS["poll_word"].format(w=watch[0].condition.split('"')[1])
+        args = [f"--ask={t:g}:{poll}" for t in range(2, int(suite.DURATION), int(POLL_S))]
+    else:
+        args = [f"--ask={a.t:g}:{a.question}" for a in suite.asks(sc, seed)]
+        args += [f"--watch={w.condition}" for w in suite.watches(sc)]
+    os.environ["ONLOOKER_DATA_DIR"] = data_dir
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = onlooker(["run", "--source", f"synthetic:vl-eval-{seed}", "--model", model, "--headless", "--fast",
+                       "--no-audio", "--config", path, *args])
+    if rc != 0:
+        raise RuntimeError(f"onlooker run exited {rc} on scene {seed} ({config})")
+    return [json.loads(line) for line in buf.getvalue().splitlines() if line.startswith("{")]
+
+
+def score(seed: int, config: str, records: list[dict]) -> dict:
+    sc = suite.scene(seed)
+    row: dict = {"seed": seed, "config": config, "answers": [], "alerts": {}}
+    if config == "interval":
+        watch = [w for w in suite.watches(sc) if w.kind == "word"]
+        if not watch:
+            return row
+        polls = [r for r in records if r.get("type") == "answer"]
+        row["polls"] = [{"t": r["t"], "got": r["text"], "yes": suite.says_yes(r["text"])} for r in polls]
+        said_yes = [r["t"] for r in polls if suite.says_yes(r["text"])]
+        fired = [t for i, t in enumerate(said_yes) if i == 0 or t - said_yes[i - 1] > POLL_S + 0.1]
+        row["alerts"]["word"] = suite.alert_score(watch[0].events, fired)
+        return row
+    asked = suite.asks(sc, seed)
+    for r in records:
+        match = [a for a in asked if r.get("type") == "answer" and a.question == r["question"]]
+        if match:
+            a = min(match, key=lambda a: abs(a.t - r["t"]))      # the same question asked at several times
+            row["answers"].append({"kind": a.kind, "t": r["t"], "want": a.want, "got": r["text"],
+                                   "right": suite.correct(a, r["text"]), "ttft_ms": r["ttft_ms"]})
+    for w in suite.watches(sc):
+        alerts = [r["t"] for r in records if r.get("type") == "alert" and r["condition"] == w.condition]
+        row["alerts"][w.kind] = suite.alert_score(w.events, alerts)
+        if config == "onlooker":                     # the perception-only rule, on the same observations
+            row["alerts"][f"rule_{w.kind}"] = suite.alert_score(w.events, rule_alerts(w, records))
+    row["summary"] = next((r for r in records if r.get("type") == "summary"), {})
+    return row
+
+
+def rule_alerts(w: suite.Watch, records: list[dict]) -> list[float]:
+    """The keyword / count rule: fire when an observation first shows the word (people > 0), re-arm when not."""
+    word = w.condition.split('"')[1].lower() if w.kind == "word" else None
+    out, on = [], False
+    for r in (r for r in records if r.get("type") == "observation"):
+        now = (word in (r.get("text") or "").lower()) if word else r.get("people", 0) > 0
+        if now and not on:
+            out.append(r["t"])
+        on = now
+    return out
+
+
+def table(rows: list[dict], configs: list[str]) -> tuple[list[str], list[list[str]]]:
+    qa = [c for c in configs if c != "interval"]
+    cells = []
+    for kind in KINDS:
+        line = [kind]
+        for c in qa:
+            got = [a["right"] for r in rows if r["config"] == c for a in r["answers"] if a["kind"] == kind]
+            lo, hi = suite.wilson(sum(got), len(got))
+            line.append(f"{sum(got)}/{len(got)} [{lo:.0%}-{hi:.0%}]" if got else "-")
+        cells.append(line + ["" for _ in configs if _ == "interval"])
+    line = ["all questions"]
+    for c in qa:
+        got = [a["right"] for r in rows if r["config"] == c for a in r["answers"]]
+        lo, hi = suite.wilson(sum(got), len(got))
+        line.append(f"**{sum(got)}/{len(got)}** [{lo:.0%}-{hi:.0%}]" if got else "-")
+    cells.append(line + ["" for _ in configs if _ == "interval"])
+    line = ["TTFT ms (median of 'now' questions, asked alone)"]
+    for c in qa:
+        t = [a["ttft_ms"] for r in rows if r["config"] == c for a in r["answers"]
+             if a["ttft_ms"] is not None and a["kind"] == "now"]
+        line.append(f"{statistics.median(t):.0f}" if t else "-")
+    cells.append(line + ["" for _ in configs if _ == "interval"])
+    for kind, label in (("word", "watch: the board shows a word"), ("person", "watch: a person walks in")):
+        line = [f"{label}: P / R / F1 / delay"]
+        for c in configs:
+            got = [r["alerts"][kind] for r in rows if r["config"] == c and kind in r["alerts"]]
+            line.append(alert_cell(got))
+        cells.append(line)
+        got = [r["alerts"][f"rule_{kind}"] for r in rows if f"rule_{kind}" in r["alerts"]]
+        cells.append([f"  perception rule alone ({kind})", alert_cell(got), *["" for _ in configs[1:]]])
+    return ["", *qa, *(c for c in configs if c == "interval")], cells
+
+
+def alert_cell(got: list[dict]) -> str:
+    if not got:
+        return "-"
+    p, r, f, d = suite.prf(got)
+    return f"{p:.2f} / {r:.2f} / {f:.2f} / {d:.1f} s" if d is not None else f"{p:.2f} / {r:.2f} / {f:.2f} / -"
+
+
+def checks(rows: list[dict]) -> list[str]:
+    """The bars of CHECKS the onlooker config missed."""
+    mine = [r for r in rows if r["config"] == "onlooker"]
+    failed = []
+    for kind, bar in CHECKS.items():
+        if kind == "watch_word_f1":
+            value = suite.prf([r["alerts"]["word"] for r in mine if "word" in r["alerts"]])[2]
+        else:
+            got = [a["right"] for r in mine for a in r["answers"] if a["kind"] == kind]
+            value = sum(got) / len(got) if got else 0.0
+        if value < bar:
+            failed.append(f"{kind} {value:.2f} < {bar}")
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="onlooker eval", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="lite", help="lite, tiny-vl, or a model folder (default: lite)")
+    p.add_argument("--suite", default="quick", choices=sorted(suite.SUITES), help="quick: 2 scenes; full: 10")
+    p.add_argument("--seeds", help="scene seeds instead of the suite's (comma-separated, from EVAL_SEEDS)")
+    p.add_argument("--configs", help=f"a subset of {', '.join(CONFIGS)} (default: quick "
+                   f"{','.join(SUITE_CONFIGS['quick'])}; full all)")
+    p.add_argument("--out", help="write one JSON line per scene and configuration here")
+    p.add_argument("--check", action="store_true", help="exit 1 when the onlooker config misses a bar of CHECKS")
+    args = p.parse_args(argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()] if args.configs is not None \
+        else SUITE_CONFIGS[args.suite]
+    if not configs or any(c not in CONFIGS for c in configs):
+        raise BenchError(f"--configs: choose from {', '.join(CONFIGS)}, got {args.configs!r}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else suite.SUITES[args.suite]
+    except ValueError:
+        raise BenchError(f"--seeds: expected integers separated by commas, got {args.seeds!r}") from None
+    if any(s not in suite.EVAL_SEEDS for s in seeds):
+        raise BenchError(f"--seeds: the eval scenes are {suite.EVAL_SEEDS[0]}-{suite.EVAL_SEEDS[-1]}")
+    start = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory() as data_dir:
+        for seed in seeds:
+            for c in configs:
+                t0 = time.perf_counter()
+                rows.append(score(seed, c, run_scene(args.model, seed, c, data_dir)))
+                right = sum(a["right"] for a in rows[-1]["answers"])
+                print(f"eval: scene {seed}, {c}: {right}/{len(rows[-1]['answers'])} right, "
+                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    header = (f"onlooker eval --model {args.model} --suite {args.suite}: {len(seeds)} held-out scenes (seeds "
+              f"{','.join(map(str, seeds))}), window {WINDOW.get(args.model, 1024)} tokens; {platform.machine()}, "
+              f"{os.cpu_count()} cores, {time.perf_counter() - start:.0f} s")
+    write_rows(args.out, header, rows)
+    columns, cells = table(rows, configs)
+    print_table(header, columns, cells)
+    if args.check and "onlooker" in configs:
+        failed = checks(rows)
+        if failed:
+            print(f"eval: under the bars: {'; '.join(failed)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
