@@ -179,6 +179,26 @@ def checks(rows: list[dict]) -> list[str]:
     return failed
 
 
+def public_main(args: argparse.Namespace) -> int:
+    from bench.eval_public import run_public
+
+    if not args.videos:
+        raise BenchError("--public needs --videos DIR (the benchmark's videos, downloaded by you)")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as data_dir:
+        rows = run_public(args.public, args.videos, args.model, data_dir)
+    header = (f"onlooker eval --public {args.public} --model {args.model}: {len(rows)} questions; "
+              f"{platform.machine()}, {os.cpu_count()} cores, {time.perf_counter() - start:.0f} s")
+    write_rows(args.out, header, rows)
+    cells = []
+    for task in sorted({r["task"] for r in rows}) + ["all"]:
+        got = [r["right"] for r in rows if task in ("all", r["task"])]
+        lo, hi = suite.wilson(sum(got), len(got))
+        cells.append([task, f"{sum(got)}/{len(got)} [{lo:.0%}-{hi:.0%}]"])
+    print_table(header, ["task", "right [95% interval]"], cells)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="onlooker eval", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="lite", help="lite, tiny-vl, or a model folder (default: lite)")
@@ -188,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
                    f"{','.join(SUITE_CONFIGS['quick'])}; full all)")
     p.add_argument("--out", help="write one JSON line per scene and configuration here")
     p.add_argument("--check", action="store_true", help="exit 1 when the onlooker config misses a bar of CHECKS")
+    p.add_argument("--public", metavar="NAME:FILE", help="a public benchmark's questions instead of the suite: "
+                   "streamingbench:FILE or ovo:FILE (bench/eval_public.py), with --videos")
+    p.add_argument("--videos", help="the folder the public benchmark's video paths are under")
     args = p.parse_args(argv)
+    if args.public:
+        return public_main(args)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()] if args.configs is not None \
         else SUITE_CONFIGS[args.suite]
     if not configs or any(c not in CONFIGS for c in configs):
