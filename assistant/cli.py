@@ -21,7 +21,7 @@ from pathlib import Path
 log = logging.getLogger("onlooker")
 
 DEMO_QUESTION = "What word is written on the sign right now?"
-BENCHMARKS = ["memory", "ingest", "timing", "speech", "kernels", "soak"]
+BENCHMARKS = ["memory", "ingest", "speech", "kernels", "soak"]
 
 
 class UsageError(Exception):

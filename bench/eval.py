@@ -199,6 +199,21 @@ def public_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def speech_main(args: argparse.Namespace) -> int:
+    from bench.eval_speech import SPEECH_COLUMNS, run_speech
+
+    if args.model != "lite":
+        raise BenchError("--speech runs on the lite model only (the answers come from its memory of a board)")
+    start = time.perf_counter()
+    rows, cells = run_speech()
+    header = (f"onlooker eval --speech: {len(rows)} spoken questions ({len({r['said'] for r in rows})} distinct), "
+              f"3 voices, every third with noise; Whisper base int8, SmolLM2-135M, piper TTS; {platform.machine()}, "
+              f"{os.cpu_count()} cores, {time.perf_counter() - start:.0f} s")
+    write_rows(args.out, header, rows)
+    print_table(header, SPEECH_COLUMNS, cells)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="onlooker eval", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="lite", help="lite, tiny-vl, or a model folder (default: lite)")
@@ -211,9 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--public", metavar="NAME:FILE", help="a public benchmark's questions instead of the suite: "
                    "streamingbench:FILE or ovo:FILE (bench/eval_public.py), with --videos")
     p.add_argument("--videos", help="the folder the public benchmark's video paths are under")
+    p.add_argument("--speech", action="store_true", help="spoken questions instead (bench/eval_speech.py; lite)")
     args = p.parse_args(argv)
     if args.public:
         return public_main(args)
+    if args.speech:
+        return speech_main(args)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()] if args.configs is not None \
         else SUITE_CONFIGS[args.suite]
     if not configs or any(c not in CONFIGS for c in configs):

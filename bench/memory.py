@@ -12,11 +12,15 @@ of the stream, questions about past moments, of four kinds:
 Configurations, all on the same model, stream and questions:
     full          every observation's KV on the device, no eviction (the upper bound on memory use)
     window        sink + recent window only (StreamingVLM-style)
+    text          the hierarchy's retrieval, every selected segment restated as text beside the question, no
+                  retrieved KV placed (the fair baseline: the same help as the hierarchy, without its KV)
     hierarchy     sink + retrieved segments + window, the default settings (host tier spills to disk)
     ...           variants: original positions, int8 + pruning, no restated text (KV only)
 
-Baselines get the plain question ("It is now m:ss. Question: ..."); the hierarchy restates what it
-recalled beside the question unless `restate` is off. Prints one table; `--out` writes JSON lines.
+`full` and `window` have no retrieval and so nothing to restate: they get the plain question. The hierarchy
+and `text` get the same retrieval and restated text; the margin between them is what the KV adds. Prints one
+table; `--out` writes JSON lines. Answer quality on held-out scenes through the whole pipeline is
+`onlooker eval`.
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ def configurations(window: int) -> dict[str, MemoryConfig]:
     return {
         "full": MemoryConfig(window_tokens=1_000_000, retrieval=False),
         "window": MemoryConfig(window_tokens=window, retrieval=False),
+        "text": replace(hier, place_kv=False),
         "hierarchy": hier,
         "hierarchy-original-pos": replace(hier, positions="original"),
         "hierarchy-int8-keep0.75": replace(hier, quantize=True, keep_ratio=0.75),

@@ -48,15 +48,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_speech_bench(args) -> int:
-    from assistant.speech_out import OUT_RATE, SentenceSplitter, Synthesizer
+    from assistant.speech_out import OUT_RATE, Synthesizer
     from assistant.store import default_cache_dir
     from memory.config import MemoryConfig
     from memory.manager import HierarchicalMemory
     from model.causal_lm import load_lite_backend
-    from perception.audio import SAMPLE_RATE, blocks, resample
+    from perception.audio import SAMPLE_RATE, resample
     from perception.observation import Observation
-    from perception.speech import Transcriber, VadSegmenter, addressed_question, wake_question, whisper_dir
-    from reasoning.answerer import answer_job
+    from perception.speech import Transcriber, whisper_dir
 
     backend = load_lite_backend(default_cache_dir())
     transcriber = Transcriber(whisper_dir(default_cache_dir()))
@@ -70,47 +69,14 @@ def run_speech_bench(args) -> int:
     questions = (QUESTIONS * ((args.questions + len(QUESTIONS) - 1) // len(QUESTIONS)))[:args.questions]
     transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))          # warm-up, not measured
     for text in questions:
-        speech = synth.synth(text)                                         # at OUT_RATE
-        speech16 = resample(speech, OUT_RATE)
+        speech16 = resample(synth.synth(text), OUT_RATE)                  # synthesised at OUT_RATE
         lead = np.zeros(SAMPLE_RATE // 2, np.float32)
         audio = np.concatenate([lead, speech16, np.zeros(2 * SAMPLE_RATE, np.float32)])
-        speech_end = (len(lead) + len(speech16)) / SAMPLE_RATE
-        seg = VadSegmenter(min_silence_ms=args.min_silence_ms)
-        utt, closed_at = None, None
-        for b in blocks(audio):
-            u = seg.feed(b)
-            if u is not None:
-                utt, closed_at = u, b.t + len(b.samples) / SAMPLE_RATE
-                break
-        if utt is None:
-            rows.append({"question": text, "error": "no utterance detected"})
-            continue
-        vad_ms = max(0.0, closed_at - speech_end) * 1000
-        t = time.monotonic()
-        heard = transcriber.transcribe(utt.audio)
-        asr_ms = (time.monotonic() - t) * 1000
-        question = addressed_question(heard) or heard
-        t = time.monotonic()
-        job = answer_job(backend, mem.context(question, now), question, now, latest=None, restate=mem.config.restate,
-                         max_new_tokens=48, asked_at=t)
-        splitter = SentenceSplitter()
-        first = None
-        while not job.done and first is None:
-            piece = job.step(1)
-            phrases = splitter.feed(piece)
-            if phrases:
-                first = phrases[0]
-        first = first or (splitter.flush() or [job.text.strip() or "I did not catch that."])[0]
-        decode_ms = (time.monotonic() - t) * 1000 - (job.ttft_ms or 0.0)
-        t = time.monotonic()
-        synth.synth(first)
-        tts_ms = (time.monotonic() - t) * 1000
-        total = vad_ms + asr_ms + (job.ttft_ms or 0.0) + decode_ms + tts_ms
-        rows.append({"question": text, "heard": heard, "woke": wake_question(heard) is not None,
-                     "answered": addressed_question(heard) is not None, "vad_ms": vad_ms,
-                     "asr_ms": asr_ms, "ttft_ms": job.ttft_ms, "first_phrase_ms": decode_ms, "tts_ms": tts_ms,
-                     "total_ms": total, "first_phrase": first})
-        print(f"  {total:6.0f} ms  heard {heard!r}", file=sys.stderr)
+        row = respond(audio, (len(lead) + len(speech16)) / SAMPLE_RATE, backend, mem, now, transcriber, synth,
+                      args.min_silence_ms)
+        rows.append({"question": text, **row})
+        if "error" not in row:
+            print(f"  {row['total_ms']:6.0f} ms  heard {row['heard']!r}", file=sys.stderr)
     ok = [r for r in rows if "error" not in r]
     med = {k: statistics.median(r[k] for r in ok) for k in ("vad_ms", "asr_ms", "ttft_ms", "first_phrase_ms",
                                                             "tts_ms", "total_ms")}
@@ -126,6 +92,51 @@ def run_speech_bench(args) -> int:
           f"utterances missed by the VAD: {len(rows) - len(ok)}")
     write_rows(args.out, header, rows)
     return 0
+
+
+def respond(audio: np.ndarray, speech_end: float, backend, mem, now: float, transcriber, synth,
+            min_silence_ms: int) -> dict:
+    """One spoken question (16 kHz audio whose speech ends at `speech_end` s) through VAD, ASR, the answer's
+    first phrase and TTS, each stage timed; the row (with "error" when the VAD heard nothing)."""
+    from assistant.speech_out import SentenceSplitter
+    from perception.audio import SAMPLE_RATE, blocks
+    from perception.speech import VadSegmenter, addressed_question, wake_question
+    from reasoning.answerer import answer_job
+
+    seg = VadSegmenter(min_silence_ms=min_silence_ms)
+    utt, closed_at = None, None
+    for b in blocks(audio):
+        u = seg.feed(b)
+        if u is not None:
+            utt, closed_at = u, b.t + len(b.samples) / SAMPLE_RATE
+            break
+    if utt is None or closed_at is None:
+        return {"error": "no utterance detected"}
+    vad_ms = max(0.0, closed_at - speech_end) * 1000
+    t = time.monotonic()
+    heard = transcriber.transcribe(utt.audio)
+    asr_ms = (time.monotonic() - t) * 1000
+    question = addressed_question(heard) or heard
+    t = time.monotonic()
+    job = answer_job(backend, mem.context(question, now), question, now, latest=None, restate=mem.config.restate,
+                     max_new_tokens=48, asked_at=t)
+    splitter = SentenceSplitter()
+    first = None
+    while not job.done and first is None:
+        phrases = splitter.feed(job.step(1))
+        if phrases:
+            first = phrases[0]
+    first = first or (splitter.flush() or [job.text.strip() or "I did not catch that."])[0]
+    decode_ms = (time.monotonic() - t) * 1000 - (job.ttft_ms or 0.0)
+    job.run()                                        # the rest of the answer, for scoring (not timed)
+    t = time.monotonic()
+    synth.synth(first)
+    tts_ms = (time.monotonic() - t) * 1000
+    return {"heard": heard, "woke": wake_question(heard) is not None,
+            "answered": addressed_question(heard) is not None, "vad_ms": vad_ms, "asr_ms": asr_ms,
+            "ttft_ms": job.ttft_ms, "first_phrase_ms": decode_ms, "tts_ms": tts_ms,
+            "total_ms": vad_ms + asr_ms + (job.ttft_ms or 0.0) + decode_ms + tts_ms, "first_phrase": first,
+            "answer": job.text.strip()}
 
 
 if __name__ == "__main__":

@@ -64,3 +64,20 @@ def test_public_benchmark_files_are_read_in_their_published_formats():
     for bad in ("nope:x.json", f"ovo:{ROOT_PUBLIC}/missing.json", f"ovo:{ROOT_PUBLIC}/streamingbench.json"):
         with pytest.raises(BenchError):
             eval_public.load(bad)
+
+
+def test_the_spoken_questions_are_held_out_distinct_and_scored_against_the_board():
+    from bench import eval_speech, speech
+
+    said = eval_speech.utterances(95.0)
+    assert len(said) == 36 and len({text for _, text, _ in said}) == 36          # 30+ distinct sentences
+    assert {voice for voice, _, _ in said} == set(eval_speech.VOICES)
+    assert all(word_split(w) == "eval" for w in eval_speech.SPOKEN_WORDS)
+    assert not {text for _, text, _ in said} & set(speech.QUESTIONS)             # not bench speech's sentences
+    board = dict((w, t) for t, w in eval_speech.board())
+    for _, text, ask in said:
+        if ask.kind == "past_content":
+            w = next(x.upper() for x in text.rstrip("?").split() if x.upper() in eval_speech.SPOKEN_WORDS)
+            assert (w in board) == (ask.want == "yes")
+    assert eval_speech.wer("Onlooker, was banana ever written?", "On looker was banana ever written") == (2, 5)
+    assert eval_speech.wer("a b c", "a b c") == (0, 3)
