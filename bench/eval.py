@@ -10,7 +10,7 @@ Every scene of the suite (bench.eval_suite: held-out words, seeds and phrasings)
 run as `onlooker run --source synthetic:vl-eval-SEED --fast` once per configuration:
 
     onlooker   the defaults: sink + retrieved segments' KV + window, what memory recalled restated as text
-    text       the same retrieval, every selected segment restated as text, no KV placed (the honest lite baseline)
+    text       the same retrieval and the same restated text, no retrieved KV placed (the honest lite baseline)
     window     sink + window only (StreamingVLM-style), the newest observation restated as in every config
     full       every observation's KV kept on the device (no window, no retrieval)
     interval   for alerts: the question "Does the board show W right now?" asked every POLL_S seconds
@@ -38,8 +38,9 @@ from bench.common import BenchError, print_table, write_rows
 
 CONFIGS: dict[str, dict[str, dict]] = {
     "onlooker": {}, "text": {"memory": {"place_kv": False}}, "window": {"memory": {"retrieval": False}},
-    "full": {"memory": {"retrieval": False, "window_tokens": 1_000_000}}, "interval": {}}
-SUITE_CONFIGS = {"quick": ["onlooker", "text", "window"], "full": list(CONFIGS)}
+    "full": {"memory": {"retrieval": False, "window_tokens": 1_000_000}}, "interval": {},
+    "onlooker-no-guard": {"reasoning": {"no_repeat_ngram": 0}}}     # the loop guard ablated (on request)
+SUITE_CONFIGS = {"quick": ["onlooker", "text", "window"], "full": ["onlooker", "text", "window", "full", "interval"]}
 WINDOW = {"lite": 96, "tiny-vl": 256}         # tokens; a VLM path model given by PATH gets 1024 (its default)
 POLL_S = 5.0
 KINDS = ["now", "past_time", "past_content", "when", "before_after", "count"]
@@ -140,6 +141,18 @@ def table(rows: list[dict], configs: list[str]) -> tuple[list[str], list[list[st
         lo, hi = suite.wilson(sum(got), len(got))
         line.append(f"**{sum(got)}/{len(got)}** [{lo:.0%}-{hi:.0%}]" if got else "-")
     cells.append(line + ["" for _ in configs if _ == "interval"])
+    mine = [a["right"] for r in rows if r["config"] == "onlooker" for a in r["answers"]]
+    line = ["onlooker's margin (all questions, points)"]
+    for c in qa:
+        got = [a["right"] for r in rows if r["config"] == c for a in r["answers"]]
+        line.append(f"{100 * (sum(mine) / len(mine) - sum(got) / len(got)):+.0f}" if mine and got and c != "onlooker"
+                    else "")
+    cells.append(line + ["" for _ in configs if _ == "interval"])
+    line = ["answers repeating a 4-word run (loops)"]
+    for c in qa:
+        got = [looped(a["got"]) for r in rows if r["config"] == c for a in r["answers"]]
+        line.append(f"{sum(got)}/{len(got)}" if got else "-")
+    cells.append(line + ["" for _ in configs if _ == "interval"])
     line = ["TTFT ms (median of 'now' questions, asked alone)"]
     for c in qa:
         t = [a["ttft_ms"] for r in rows if r["config"] == c for a in r["answers"]
@@ -155,6 +168,13 @@ def table(rows: list[dict], configs: list[str]) -> tuple[list[str], list[list[st
         got = [r["alerts"][f"rule_{kind}"] for r in rows if f"rule_{kind}" in r["alerts"]]
         cells.append([f"  perception rule alone ({kind})", alert_cell(got), *["" for _ in configs[1:]]])
     return ["", *qa, *(c for c in configs if c == "interval")], cells
+
+
+def looped(text: str, n: int = 4) -> bool:
+    """The answer says some run of `n` words twice (a repetition loop)."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
 
 
 def alert_cell(got: list[dict]) -> str:

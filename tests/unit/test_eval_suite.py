@@ -43,8 +43,9 @@ def test_the_scoring_rules_say_no_to_wrong_answers():
     assert not eval_suite.correct(yes, 'The word "X" was never written on the board.')
     count = eval_suite.Ask(60, "count", "How many", "7")
     assert eval_suite.correct(count, "Seven words.") and not eval_suite.correct(count, "The board has shown 10 words.")
-    word = eval_suite.Ask(5, "now", "Which word", "ROUTE")
+    word = eval_suite.Ask(5, "now", "Which word", "ROUTE", ("DONE", "ROUTE"))
     assert eval_suite.correct(word, 'It says "route".') and not eval_suite.correct(word, "It says ROUTES.")
+    assert not eval_suite.correct(word, 'At 0:11 "DONE", at 0:23 "ROUTE".')          # a list is no answer
     s = eval_suite.alert_score(((10.0, 20.0), (40.0, 45.0)), [11.0, 30.0])
     assert (s["events"], s["hits"], s["false"]) == (2, 1, 1)
     p, r, f, d = eval_suite.prf([s])
