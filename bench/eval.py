@@ -127,6 +127,7 @@ def rule_alerts(w: suite.Watch, records: list[dict]) -> list[float]:
 
 def table(rows: list[dict], configs: list[str]) -> tuple[list[str], list[list[str]]]:
     qa = [c for c in configs if c != "interval"]
+    configs = qa + [c for c in configs if c == "interval"]           # the columns' order
     cells = []
     for kind in KINDS:
         line = [kind]
@@ -167,7 +168,7 @@ def table(rows: list[dict], configs: list[str]) -> tuple[list[str], list[list[st
         cells.append(line)
         got = [r["alerts"][f"rule_{kind}"] for r in rows if f"rule_{kind}" in r["alerts"]]
         cells.append([f"  perception rule alone ({kind})", alert_cell(got), *["" for _ in configs[1:]]])
-    return ["", *qa, *(c for c in configs if c == "interval")], cells
+    return ["", *configs], cells
 
 
 def looped(text: str, n: int = 4) -> bool:
@@ -219,6 +220,18 @@ def public_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def reprint(path: str) -> int:
+    try:
+        rows = [json.loads(line) for line in open(path)]
+    except (OSError, ValueError) as e:
+        raise BenchError(f"cannot read the rows of {path}: {e}") from None
+    if not rows or "config" not in rows[0]:
+        raise BenchError(f"{path}: not the rows of an `onlooker eval` run of the suite")
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    print_table(rows[0]["header"] + f" (table from {path})", *table(rows, configs))
+    return 0
+
+
 def speech_main(args: argparse.Namespace) -> int:
     from bench.eval_speech import SPEECH_COLUMNS, run_speech
 
@@ -247,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                    "streamingbench:FILE or ovo:FILE (bench/eval_public.py), with --videos")
     p.add_argument("--videos", help="the folder the public benchmark's video paths are under")
     p.add_argument("--speech", action="store_true", help="spoken questions instead (bench/eval_speech.py; lite)")
+    p.add_argument("--table-from", metavar="FILE", help="print the table of an earlier run's --out rows, no run")
     args = p.parse_args(argv)
+    if args.table_from:
+        return reprint(args.table_from)
     if args.public:
         return public_main(args)
     if args.speech:
