@@ -58,7 +58,8 @@ def utterances(now: float) -> list[tuple[str, str, suite.Ask]]:
             text = ""
             while not text or any(text == said for _, said, _ in out):      # every sentence once
                 text, want = sentence(kind, template, k, v, rng, shown, now)
-            out.append((voice, text, suite.Ask(now, kind, text, want)))
+            subject = next((w for w in SPOKEN_WORDS if w.lower() in text.split()), "") if kind == "past_content" else ""
+            out.append((voice, text, suite.Ask(now, kind, text, want, subject=subject)))
     return out
 
 

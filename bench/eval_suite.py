@@ -61,6 +61,7 @@ class Ask:
     question: str
     want: str                          # the word, "yes"/"no", a number, or "t0-t1" for `when`
     others: tuple[str, ...] = ()       # the scene's other words: an answer naming one of them too is wrong
+    subject: str = ""                  # past_content: the word asked about
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def asks(sc: SignScene, seed: int) -> list[Ask]:
         present = rng.choice(shown).word
         absent = rng.choice([w for w in words("eval") if w not in seen])
         for w, yes in rng.sample([(present, "yes"), (absent, "no")], 2):
-            out.append(Ask(t, "past_content", PHRASINGS["past_content"].format(w=w), yes))
+            out.append(Ask(t, "past_content", PHRASINGS["past_content"].format(w=w), yes, subject=w))
             t += 0.5
         s = rng.choice(shown)
         out.append(Ask(t, "when", PHRASINGS["when"].format(w=s.word), f"{s.t0:g}-{s.t1:g}"))
@@ -131,7 +132,7 @@ def correct(ask: Ask, answer: str) -> bool:
         times = [int(h or 0) * 3600 + int(m) * 60 + int(s) for h, m, s in _CLOCK.findall(answer)]
         return bool(times) and t0 - 1 <= times[0] <= t1 + 1          # the first time it names
     if ask.kind == "past_content":
-        return says_yes(answer) == (ask.want == "yes")
+        return yes_no(answer, ask.subject) == ask.want
     if ask.kind == "count":
         said = [int(n) for n in re.findall(r"\b\d+\b", text)] + [_NUMBERS[w] for w in re.findall(r"[a-z]+", text)
                                                                   if w in _NUMBERS]
@@ -141,9 +142,15 @@ def correct(ask: Ask, answer: str) -> bool:
     return names(ask.want) and not any(names(w) for w in ask.others if w != ask.want)
 
 
-def says_yes(answer: str) -> bool:
-    """A yes/no answer read as yes: it says no negation ("The word X was never written" is a no)."""
-    return re.search(r"\b(no|not|never|none|nothing|wasn't|isn't|didn't|doesn't)\b", answer.lower()) is None
+def yes_no(answer: str, subject: str = "") -> str | None:
+    """A yes/no answer read: "no" when it negates ("The word X was never written"), "yes" when it starts with yes
+    or names the word asked about without negating, None for anything else (no answer is a wrong answer)."""
+    text = answer.lower()
+    if re.search(r"\b(no|not|never|none|nothing|wasn't|isn't|didn't|doesn't)\b", text):
+        return "no"
+    if text.lstrip(" \"'").startswith("yes") or (subject and re.search(rf"\b{re.escape(subject.lower())}\b", text)):
+        return "yes"
+    return None
 
 
 def alert_score(events: tuple[tuple[float, float], ...], alerts: list[float], horizon: float = DURATION,

@@ -38,9 +38,12 @@ def test_every_question_type_is_asked_and_its_answer_is_what_the_scene_showed():
 def test_the_scoring_rules_say_no_to_wrong_answers():
     when = eval_suite.Ask(59, "when", "At what time was X written on the board?", "10.5-22")
     assert eval_suite.correct(when, "At 0:11 the board showed X.") and not eval_suite.correct(when, "At 0:25.")
-    yes = eval_suite.Ask(58, "past_content", "Was the word X ever written on the board?", "yes")
-    assert eval_suite.correct(yes, "The word X was written at 0:11.")
+    yes = eval_suite.Ask(58, "past_content", "Was the word X ever written on the board?", "yes", subject="X")
+    no = eval_suite.Ask(58, "past_content", "Was the word Y ever written on the board?", "no", subject="Y")
+    assert eval_suite.correct(yes, "The word X was written at 0:11.") and eval_suite.correct(yes, "Yes.")
     assert not eval_suite.correct(yes, 'The word "X" was never written on the board.')
+    assert eval_suite.correct(no, 'The word "Y" was never written on the board.')
+    assert not eval_suite.correct(yes, "I'm sorry.") and not eval_suite.correct(no, "I'm sorry.")   # no answer
     count = eval_suite.Ask(60, "count", "How many", "7")
     assert eval_suite.correct(count, "Seven words.") and not eval_suite.correct(count, "The board has shown 10 words.")
     word = eval_suite.Ask(5, "now", "Which word", "ROUTE", ("DONE", "ROUTE"))
