@@ -70,7 +70,7 @@ def run_scene(model: str, seed: int, config: str, data_dir: str) -> list[dict]:
         watch = [w for w in suite.watches(sc) if w.kind == "word"]
         if not watch:
             return []
-        poll = suite.PHRASINGS["poll_word"].format(w=watch[0].condition.split('"')[1])
+        poll = suite.PHRASINGS["poll_word"].format(w=watch[0].word)
         args = [f"--ask={t:g}:{poll}" for t in range(2, int(suite.DURATION), int(POLL_S))]
     else:
         args = [f"--ask={a.t:g}:{a.question}" for a in suite.asks(sc, seed)]
@@ -89,9 +89,6 @@ def score(seed: int, config: str, records: list[dict]) -> dict:
     sc = suite.scene(seed)
     row: dict = {"seed": seed, "config": config, "answers": [], "alerts": {}}
     if config == "interval":
-        watch = [w for w in suite.watches(sc) if w.kind == "word"]
-        if not watch:
-            return row
         row["polls"] = [{"t": r["t"], "got": r["text"]} for r in records if r.get("type") == "answer"]
         return rescore(row)
     asked = suite.asks(sc, seed)
@@ -100,14 +97,14 @@ def score(seed: int, config: str, records: list[dict]) -> dict:
         if match:
             a = min(match, key=lambda a: abs(a.t - r["t"]))      # the same question asked at several times
             row["answers"].append({"kind": a.kind, "t": r["t"], "want": a.want, "got": r["text"],
-                                   "right": suite.correct(a, r["text"]), "ttft_ms": r["ttft_ms"]})
+                                   "ttft_ms": r["ttft_ms"]})
     for w in suite.watches(sc):
         alerts = [r["t"] for r in records if r.get("type") == "alert" and r["condition"] == w.condition]
         row["alerts"][w.kind] = suite.alert_score(w.events, alerts)
         if config == "onlooker":                     # the perception-only rule, on the same observations
             row["alerts"][f"rule_{w.kind}"] = suite.alert_score(w.events, rule_alerts(w, records))
     row["summary"] = next((r for r in records if r.get("type") == "summary"), {})
-    return row
+    return rescore(row)                                  # "right" for each answer
 
 
 def rescore(row: dict) -> dict:
@@ -117,8 +114,7 @@ def rescore(row: dict) -> dict:
         watch = [w for w in suite.watches(sc) if w.kind == "word"]
         if not watch:
             return row
-        word = watch[0].condition.split('"')[1]
-        said_yes = [p["t"] for p in row.get("polls", []) if suite.yes_no(p["got"], word) == "yes"]
+        said_yes = [p["t"] for p in row.get("polls", []) if suite.yes_no(p["got"], watch[0].word) == "yes"]
         fired = [t for i, t in enumerate(said_yes) if i == 0 or t - said_yes[i - 1] > POLL_S + 0.1]
         row["alerts"]["word"] = suite.alert_score(watch[0].events, fired)
         return row
@@ -131,7 +127,7 @@ def rescore(row: dict) -> dict:
 
 def rule_alerts(w: suite.Watch, records: list[dict]) -> list[float]:
     """The keyword / count rule: fire when an observation first shows the word (people > 0), re-arm when not."""
-    word = w.condition.split('"')[1].lower() if w.kind == "word" else None
+    word = w.word.lower() if w.kind == "word" else None
     out, on = [], False
     for r in (r for r in records if r.get("type") == "observation"):
         now = (word in (r.get("text") or "").lower()) if word else r.get("people", 0) > 0
@@ -144,44 +140,37 @@ def rule_alerts(w: suite.Watch, records: list[dict]) -> list[float]:
 def table(rows: list[dict], configs: list[str]) -> tuple[list[str], list[list[str]]]:
     qa = [c for c in configs if c != "interval"]
     configs = qa + [c for c in configs if c == "interval"]           # the columns' order
-    cells = []
-    for kind in KINDS:
-        line = [kind]
-        for c in qa:
-            got = [a["right"] for r in rows if r["config"] == c for a in r["answers"] if a["kind"] == kind]
-            lo, hi = suite.wilson(sum(got), len(got))
-            line.append(f"{sum(got)}/{len(got)} [{lo:.0%}-{hi:.0%}]" if got else "-")
-        cells.append(line + ["" for _ in configs if _ == "interval"])
-    line = ["all questions"]
-    for c in qa:
-        got = [a["right"] for r in rows if r["config"] == c for a in r["answers"]]
+    pad = [""] * (len(configs) - len(qa))
+
+    def answers(c: str, kind: str | None = None) -> list[dict]:
+        return [a for r in rows if r["config"] == c for a in r["answers"] if kind in (None, a["kind"])]
+
+    def right(c: str, kind: str | None = None, bold: bool = False) -> str:
+        got = [a["right"] for a in answers(c, kind)]
         lo, hi = suite.wilson(sum(got), len(got))
-        line.append(f"**{sum(got)}/{len(got)}** [{lo:.0%}-{hi:.0%}]" if got else "-")
-    cells.append(line + ["" for _ in configs if _ == "interval"])
-    mine = [a["right"] for r in rows if r["config"] == "onlooker" for a in r["answers"]]
-    line = ["onlooker's margin (all questions, points)"]
-    for c in qa:
-        got = [a["right"] for r in rows if r["config"] == c for a in r["answers"]]
-        line.append(f"{100 * (sum(mine) / len(mine) - sum(got) / len(got)):+.0f}" if mine and got and c != "onlooker"
-                    else "")
-    cells.append(line + ["" for _ in configs if _ == "interval"])
-    line = ["answers repeating a 4-word run (loops)"]
-    for c in qa:
-        got = [looped(a["got"]) for r in rows if r["config"] == c for a in r["answers"]]
-        line.append(f"{sum(got)}/{len(got)}" if got else "-")
-    cells.append(line + ["" for _ in configs if _ == "interval"])
-    line = ["TTFT ms (median of 'now' questions, asked alone)"]
-    for c in qa:
-        t = [a["ttft_ms"] for r in rows if r["config"] == c for a in r["answers"]
-             if a["ttft_ms"] is not None and a["kind"] == "now"]
-        line.append(f"{statistics.median(t):.0f}" if t else "-")
-    cells.append(line + ["" for _ in configs if _ == "interval"])
+        k = f"**{sum(got)}/{len(got)}**" if bold else f"{sum(got)}/{len(got)}"
+        return f"{k} [{lo:.0%}-{hi:.0%}]" if got else "-"
+
+    def share(c: str) -> float | None:
+        got = [a["right"] for a in answers(c)]
+        return sum(got) / len(got) if got else None
+
+    cells = [[kind, *(right(c, kind) for c in qa), *pad] for kind in KINDS]
+    cells.append(["all questions", *(right(c, bold=True) for c in qa), *pad])
+    mine = share("onlooker")
+    cells.append(["onlooker's margin (all questions, points)",
+                  *(f"{100 * (mine - other):+.0f}" if mine is not None and (other := share(c)) is not None
+                    and c != "onlooker" else "" for c in qa), *pad])
+    cells.append(["answers repeating a 4-word run (loops)",
+                  *(f"{sum(looped(a['got']) for a in answers(c))}/{len(answers(c))}" if answers(c) else "-"
+                    for c in qa), *pad])
+    ttft = {c: [a["ttft_ms"] for a in answers(c, "now") if a["ttft_ms"] is not None] for c in qa}
+    cells.append(["TTFT ms (median of 'now' questions, asked alone)",
+                  *(f"{statistics.median(ttft[c]):.0f}" if ttft[c] else "-" for c in qa), *pad])
     for kind, label in (("word", "watch: the board shows a word"), ("person", "watch: a person walks in")):
-        line = [f"{label}: P / R / F1 / delay"]
-        for c in configs:
-            got = [r["alerts"][kind] for r in rows if r["config"] == c and kind in r["alerts"]]
-            line.append(alert_cell(got))
-        cells.append(line)
+        cells.append([f"{label}: P / R / F1 / delay",
+                      *(alert_cell([r["alerts"][kind] for r in rows if r["config"] == c and kind in r["alerts"]])
+                        for c in configs)])
         got = [r["alerts"][f"rule_{kind}"] for r in rows if f"rule_{kind}" in r["alerts"]]
         cells.append([f"  perception rule alone ({kind})", alert_cell(got), *["" for _ in configs[1:]]])
     return ["", *configs], cells

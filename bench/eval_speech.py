@@ -55,29 +55,28 @@ def utterances(now: float) -> list[tuple[str, str, suite.Ask]]:
     for v, voice in enumerate(VOICES):
         for k in range(12):
             kind, template = TEMPLATES[k % len(TEMPLATES)]
-            text = ""
-            while not text or any(text == said for _, said, _ in out):      # every sentence once
-                text, want = sentence(kind, template, k, v, rng, shown, now)
-            subject = next((w for w in SPOKEN_WORDS if w.lower() in text.split()), "") if kind == "past_content" else ""
-            out.append((voice, text, suite.Ask(now, kind, text, want, subject=subject)))
+            ask = sentence(kind, template, k, v, rng, shown, now)
+            while any(ask.question == said for _, said, _ in out):      # every sentence once
+                ask = sentence(kind, template, k, v, rng, shown, now)
+            out.append((voice, ask.question, ask))
     return out
 
 
 def sentence(kind: str, template: str, k: int, v: int, rng: random.Random, shown: list[tuple[float, str]],
-             now: float) -> tuple[str, str]:
+             now: float) -> suite.Ask:
     i = rng.randrange(1, len(shown) - 2)
     t0, w = shown[i]
     if kind == "now":
-        return NOW[k // len(TEMPLATES) + 2 * v], shown[-1][1]        # 2 per voice, 6 in all
+        return suite.Ask(now, kind, NOW[k // len(TEMPLATES) + 2 * v], shown[-1][1])     # 2 per voice, 6 in all
     if kind == "past_content":
         absent = k in (5, 7)                          # per voice two words shown, two never shown
         w = SPOKEN_WORDS[12 + rng.randrange(8)] if absent else w
-        return template.format(w=w.lower()), "no" if absent else "yes"
+        return suite.Ask(now, kind, template.format(w=w.lower()), "no" if absent else "yes", subject=w)
     if kind == "when":
-        return template.format(w=w.lower()), f"{t0:g}-{t0 + PERIOD:g}"
+        return suite.Ask(now, kind, template.format(w=w.lower()), f"{t0:g}-{t0 + PERIOD:g}")
     if kind == "before_after":
-        return template.format(w=w.lower()), shown[i + 1][1]
-    return template.format(ago=int(now - (t0 + PERIOD / 2))), w
+        return suite.Ask(now, kind, template.format(w=w.lower()), shown[i + 1][1])
+    return suite.Ask(now, kind, template.format(ago=int(now - (t0 + PERIOD / 2))), w)
 
 
 def speak(voice: str, text: str, synth) -> np.ndarray:

@@ -69,6 +69,7 @@ class Watch:
     kind: str                          # "word" or "person"
     condition: str
     events: tuple[tuple[float, float], ...]      # when the condition was true
+    word: str = ""                     # "word": the word the board must show
 
 
 def scene(seed: int) -> SignScene:
@@ -116,7 +117,7 @@ def watches(sc: SignScene) -> list[Watch]:
     if later:
         w = later[len(later) // 2].word
         out.append(Watch("word", PHRASINGS["watch_word"].format(w=w),
-                         tuple((s.t0, s.t1) for s in sc.signs if s.word == w)))
+                         tuple((s.t0, s.t1) for s in sc.signs if s.word == w), w))
     out.append(Watch("person", PHRASINGS["watch_person"], tuple(sc.people)))
     return out
 

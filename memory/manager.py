@@ -334,8 +334,8 @@ class HierarchicalMemory:
             view.retrieval = Retrieval(ref, [], [])
             return view
         r = self._retrieve(question, now, self.candidates(), True, self.config.top_k, self.config.retrieve_tokens)
-        placed = [self.segments[c.key] for c in r.selected if c.key >= 0 and self.segments[c.key].tier != "dropped"
-                  and self.config.place_kv]
+        placed = [self.segments[c.key] for c in r.selected if c.key >= 0 and self.segments[c.key].tier != "dropped"] \
+            if self.config.place_kv else []
         view = self.assemble(placed)
         view.retrieval = r
         self.stats.retrieved_segments += len(view.placed)
