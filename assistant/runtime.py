@@ -82,10 +82,9 @@ class Runtime:
             self.watcher.add(w)
         self.narrate = narrate
         self.speaker = speaker
-        self.muted = False
-        self.status: dict = {}
+        self.muted, self.status, self._house_stream_t = False, {}, 0.0
         self._status_at = self._house_at = time.monotonic()
-        self.housekeeping: tuple[float, Callable[[], Any]] | None = None   # (every s, fn): retention, on this thread
+        self.housekeeping: tuple[float, Callable[[], Any]] | None = None   # (every s of wall or stream, fn)
         self._ingest_times: deque[float] = deque(maxlen=30)
         self._splitter: SentenceSplitter | None = None
         self._last_text: str | None = None
@@ -136,8 +135,9 @@ class Runtime:
         now = time.monotonic()
         if now - self._status_at >= 0.2:
             self._status_at, self.status = now, self._status()
-        if self.housekeeping is not None and now - self._house_at >= self.housekeeping[0]:
-            self._house_at = now
+        if self.housekeeping is not None and max(now - self._house_at, self.stream_t - self._house_stream_t) \
+                >= self.housekeeping[0]:                  # a fast replay churns per stream second, as live does
+            self._house_at, self._house_stream_t = now, self.stream_t
             self.housekeeping[1]()
         return did
 

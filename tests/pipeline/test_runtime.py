@@ -213,3 +213,16 @@ def test_housekeeping_runs_on_the_runtime_thread_every_so_often(lite_backend, mo
     rt.step()
     rt.step()
     assert calls == [1000.0 + 3601.0]       # once, then not again until the next hour
+
+
+def test_housekeeping_also_runs_every_so_often_of_stream_time_in_a_fast_replay(lite_backend, monkeypatch):
+    import assistant.runtime as runtime_mod
+    rt, _ = _runtime(lite_backend)
+    calls: list[float] = []
+    monkeypatch.setattr(runtime_mod.time, "monotonic", lambda: 1000.0)       # the wall clock stands still
+    rt._house_at = 1000.0
+    rt.housekeeping = (30.0, lambda: calls.append(rt.stream_t))
+    for t in (10.0, 29.0, 31.0, 40.0, 62.0):
+        rt.stream_t = t
+        rt.step()
+    assert calls == [31.0, 62.0]            # every 30 s of stream, though no wall time passed
