@@ -5,7 +5,8 @@ M-RoPE positions, question and probe turns from reasoning.prompts), so what it l
 
 Kinds: the word on the sign now; the word at a given past time (several pairs in context); the board colour;
 how many shapes; yes/no probes on a word and on a person being in view (the watcher's probe text). Training
-draws scenes and words from the "train" split only; evaluation from "heldout" (perception.synthetic).
+draws scenes and words from the "train" split only (a share of them random letter strings of that split);
+evaluation from "heldout" (perception.synthetic).
 
 Layouts: pairs spread out over the scene; or laid out as the runtime samples (consecutive 1 fps pairs 2 s apart,
 the recent window), half of those after one or two earlier runs of pairs that start at a keyframe, as memory
@@ -38,6 +39,7 @@ STREAM_SHARE = 0.5              # examples laid out as the runtime samples: cons
 STREAM_PAIRS = (3, 14)          # how many such pairs (the runtime's window holds more; retrieval brings back a few)
 RETRIEVED_SHARE = 0.5           # of those, the share with earlier runs of pairs before them (retrieved segments)
 KEYFRAME_S = VisualConfig().keyframe_seconds
+STRING_SHARE = 0.3              # training scenes whose signs show random letter strings instead of train words
 
 
 @dataclass
@@ -79,6 +81,8 @@ def make_example(rng: random.Random, split: str, kind: str | None = None, stream
     kind = kind or rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
     if stream is None:
         stream = rng.random() < STREAM_SHARE
+    if split == "train" and rng.random() < STRING_SHARE:
+        split = "strings"                           # random letter strings: reading, not recalling a word
     scene = SignScene.random(rng.randrange(1 << 30), duration_s=rng.uniform(40, 400), split=split)
     k = rng.randint(*STREAM_PAIRS) if stream else rng.randint(3, 5) if kind == "past" else rng.randint(1, 2)
     span = scene.duration_s - 2.0

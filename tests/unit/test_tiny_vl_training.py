@@ -86,3 +86,12 @@ def test_retrieved_runs_start_at_keyframes_and_past_questions_ask_about_them():
         asked = 60.0 * int(m) + int(sec)
         asked_early += any(r[0] <= asked <= r[-1] + 1.0 for r in early)
     assert asked_early >= len(with_runs) // 2
+
+
+def test_training_strings_are_never_words_and_never_held_out():
+    from perception.synthetic import all_words, letter_strings, word_split
+    strings = letter_strings()
+    assert len(strings) == len(set(strings)) == 20000
+    assert not set(strings) & set(all_words())
+    assert {word_split(s) for s in strings} == {"train"}
+    assert all(4 <= len(s) <= 7 and s.isalpha() and s.isupper() for s in strings)
