@@ -230,6 +230,14 @@ def reprint(path: str) -> int:
         rows = [json.loads(line) for line in open(path)]
     except (OSError, ValueError) as e:
         raise BenchError(f"cannot read the rows of {path}: {e}") from None
+    if rows and "said" in rows[0]:                       # an `onlooker eval --speech` run
+        from bench.eval_speech import SPEECH_COLUMNS, rescore_speech, speech_table
+        try:
+            rows = rescore_speech(rows)
+        except (KeyError, ValueError) as e:
+            raise BenchError(f"{path}: {e}") from None
+        print_table(rows[0]["header"] + f" (answers from {path}, scored now)", SPEECH_COLUMNS, speech_table(rows))
+        return 0
     if not rows or "config" not in rows[0]:
         raise BenchError(f"{path}: not the rows of an `onlooker eval` run of the suite")
     configs = list(dict.fromkeys(r["config"] for r in rows))

@@ -18,6 +18,7 @@ import re
 import statistics
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,14 @@ def utterances(now: float) -> list[tuple[str, str, suite.Ask]]:
 
 def sentence(kind: str, template: str, k: int, v: int, rng: random.Random, shown: list[tuple[float, str]],
              now: float) -> suite.Ask:
+    """One spoken question; a word answer that also names another word of the board is wrong, as in the suite."""
+    ask = _sentence(kind, template, k, v, rng, shown, now)
+    words = tuple(sorted({w for _, w in shown}))
+    return replace(ask, others=words) if kind in ("now", "past_time", "before_after") else ask
+
+
+def _sentence(kind: str, template: str, k: int, v: int, rng: random.Random, shown: list[tuple[float, str]],
+              now: float) -> suite.Ask:
     i = rng.randrange(1, len(shown) - 2)
     t0, w = shown[i]
     if kind == "now":
@@ -147,6 +156,17 @@ def run_speech(min_silence_ms: int = 300) -> tuple[list[dict], list[list[str]]]:
                      "edits": edits, "words": words,
                      "right": "error" not in row and row["answered"] and suite.correct(ask, row["answer"])})
     return rows, speech_table(rows)
+
+
+def rescore_speech(rows: list[dict]) -> list[dict]:
+    """Judge saved rows by today's rules (the questions are rebuilt from the same seed, matched by sentence)."""
+    asks = {said: ask for _, said, ask in utterances(board()[-1][0] + PERIOD - 1.0)}
+    for r in rows:
+        ask = asks.get(r["said"])
+        if ask is None:
+            raise ValueError(f"no such spoken question in this version: {r['said']!r}")
+        r["right"] = "error" not in r and r["answered"] and suite.correct(ask, r["answer"])
+    return rows
 
 
 def speech_table(rows: list[dict]) -> list[list[str]]:

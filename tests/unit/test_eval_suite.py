@@ -85,3 +85,16 @@ def test_the_spoken_questions_are_held_out_distinct_and_scored_against_the_board
             assert (w in board) == (ask.want == "yes")
     assert eval_speech.wer("Onlooker, was banana ever written?", "On looker was banana ever written") == (2, 5)
     assert eval_speech.wer("a b c", "a b c") == (0, 3)
+
+
+def test_a_spoken_word_answer_that_lists_other_board_words_is_wrong():
+    from bench import eval_speech
+    said = eval_speech.utterances(eval_speech.board()[-1][0] + eval_speech.PERIOD - 1.0)
+    _, text, ask = next(u for u in said if u[2].kind == "now")
+    other = next(w for _, w in eval_speech.board() if w != ask.want)
+    row = {"said": text, "answered": True, "answer": f'The board says "{ask.want}".'}
+    assert eval_speech.rescore_speech([dict(row)])[0]["right"]
+    listed = dict(row, answer=f"The board showed {other} and {ask.want}.")
+    assert not eval_speech.rescore_speech([listed])[0]["right"]
+    with pytest.raises(ValueError):
+        eval_speech.rescore_speech([dict(row, said="Onlooker, something never asked?")])
