@@ -139,7 +139,7 @@ def letter_strings(n: int = 20000, seed: int = 4242) -> list[str]:
     """Random 4-7 letter strings for training only: not words of the list, and of the "train" split by the same
     hash, so none can be a held-out or eval word. A model trained on words alone learns the words (train 24/24,
     held-out 11/24 at step 14604); strings have no word to fall back on, only their letters."""
-    rng, known, out = random.Random(seed), set(all_words()), set()
+    rng, known, out = random.Random(seed), set(all_words()), set[str]()
     while len(out) < n:
         s = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(rng.randint(4, 7)))
         if s not in known and word_split(s) == "train":
