@@ -48,6 +48,11 @@ def board() -> list[tuple[float, str]]:
     return [(PERIOD * i, w) for i, w in enumerate(SPOKEN_WORDS[:12])]
 
 
+def asked_at() -> float:
+    """The stream time the spoken questions are asked at: just before the last word leaves the board."""
+    return board()[-1][0] + PERIOD - 1.0
+
+
 def utterances(now: float) -> list[tuple[str, str, suite.Ask]]:
     """(voice, sentence, what a right answer says): 12 distinct sentences per voice, 36 in all."""
     rng = random.Random(2026)
@@ -68,7 +73,7 @@ def sentence(kind: str, template: str, k: int, v: int, rng: random.Random, shown
     """One spoken question; a word answer that also names another word of the board is wrong, as in the suite."""
     ask = _sentence(kind, template, k, v, rng, shown, now)
     words = tuple(sorted({w for _, w in shown}))
-    return replace(ask, others=words) if kind in ("now", "past_time", "before_after") else ask
+    return replace(ask, others=words) if kind in suite.WORD_KINDS else ask
 
 
 def _sentence(kind: str, template: str, k: int, v: int, rng: random.Random, shown: list[tuple[float, str]],
@@ -138,7 +143,7 @@ def run_speech(min_silence_ms: int = 300) -> tuple[list[dict], list[list[str]]]:
     mem.set_sink(prompts.system_chunk(backend))
     for t, w in board():
         mem.append(prompts.observation_chunk(backend, Observation(t, w)))
-    now = board()[-1][0] + PERIOD - 1.0
+    now = asked_at()
     rng = np.random.default_rng(7)
     transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))          # warm-up, not measured
     rows = []
@@ -160,7 +165,7 @@ def run_speech(min_silence_ms: int = 300) -> tuple[list[dict], list[list[str]]]:
 
 def rescore_speech(rows: list[dict]) -> list[dict]:
     """Judge saved rows by today's rules (the questions are rebuilt from the same seed, matched by sentence)."""
-    asks = {said: ask for _, said, ask in utterances(board()[-1][0] + PERIOD - 1.0)}
+    asks = {said: ask for _, said, ask in utterances(asked_at())}
     for r in rows:
         ask = asks.get(r["said"])
         if ask is None:

@@ -53,6 +53,8 @@ PHRASINGS = {
     "poll_word": "Does the board show {w} right now? Answer yes or no.",
 }
 
+WORD_KINDS = ("now", "past_time", "before_after")    # answered with a word of the board: naming another is wrong
+
 
 @dataclass(frozen=True)
 class Ask:
@@ -108,7 +110,7 @@ def asks(sc: SignScene, seed: int) -> list[Ask]:
     distinct = len({s.word for s in sc.signs if s.t0 < t - 2.0})
     out.append(Ask(t, "count", PHRASINGS["count"], str(distinct)))
     board = tuple(sorted(seen))
-    return [replace(a, others=board) if a.kind in ("now", "past_time", "before_after") else a for a in out]
+    return [replace(a, others=board) if a.kind in WORD_KINDS else a for a in out]
 
 
 def watches(sc: SignScene) -> list[Watch]:

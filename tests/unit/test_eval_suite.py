@@ -89,7 +89,7 @@ def test_the_spoken_questions_are_held_out_distinct_and_scored_against_the_board
 
 def test_a_spoken_word_answer_that_lists_other_board_words_is_wrong():
     from bench import eval_speech
-    said = eval_speech.utterances(eval_speech.board()[-1][0] + eval_speech.PERIOD - 1.0)
+    said = eval_speech.utterances(eval_speech.asked_at())
     _, text, ask = next(u for u in said if u[2].kind == "now")
     other = next(w for _, w in eval_speech.board() if w != ask.want)
     row = {"said": text, "answered": True, "answer": f'The board says "{ask.want}".'}
