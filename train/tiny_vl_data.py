@@ -143,6 +143,15 @@ class Layout:
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
+    def answer_ids(self, answer: str) -> list[int]:
+        """A sign's word is answered one letter per token ("ZEBRA" as Z E B R A, not the tokenizer's ZE B RA):
+        the decoded text is the same word, and copying letters read off the frame generalises to unseen words
+        where composing the tokenizer's pieces did not (held-out words stayed near 0.54 over 6,000 steps while
+        a linear reader of the tower's features read 0.96 of them). Other answers keep their usual tokens."""
+        if answer.isascii() and answer.isalpha() and answer.isupper():
+            return [int(self.tok.convert_tokens_to_ids(c)) for c in answer]
+        return self.encode(answer)
+
     def build(self, ex: Example, grid_hw: tuple[int, int] = (8, 8)) -> tuple[torch.Tensor, torch.Tensor,
                                                                            torch.Tensor]:
         """(input_ids (n,), position_ids (3, n), labels (n,)). Every visual token is kept (token drop is
@@ -168,7 +177,7 @@ class Layout:
             offset = start + len(head) + max(gh, gw)
             text(self.tail)
         text(self.encode(ex.turn))
-        answer = self.encode(ex.answer) + [self.end]
+        answer = self.answer_ids(ex.answer) + [self.end]
         text(answer)
         labels = torch.full((len(ids),), -100, dtype=torch.long)
         labels[-len(answer):] = torch.tensor(answer)

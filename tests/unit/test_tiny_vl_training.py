@@ -95,3 +95,17 @@ def test_training_strings_are_never_words_and_never_held_out():
     assert not set(strings) & set(all_words())
     assert {word_split(s) for s in strings} == {"train"}
     assert all(4 <= len(s) <= 7 and s.isalpha() and s.isupper() for s in strings)
+
+
+def test_word_answers_are_taught_one_letter_per_token_and_decode_to_the_word(lite_tokenizer):
+    from train.tiny_vl_data import Layout
+    tok = lite_tokenizer
+    layout = Layout(tok, {t: int(tok.convert_tokens_to_ids(t)) for t in
+                          ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>")})
+    for word in ("ZEBRA", "QUILT", "STOP", "XKQJWV"):
+        ids = layout.answer_ids(word)
+        assert len(ids) == len(word)                              # one token per letter
+        assert tok.decode(ids) == word                            # the answer's text is the word itself
+    assert layout.answer_ids("ZEBRA") != layout.encode("ZEBRA")   # not the tokenizer's own pieces (ZE B RA)
+    assert layout.answer_ids("red") == layout.encode("red")       # colours, counts, yes/no: unchanged
+    assert layout.answer_ids("3") == layout.encode("3")
