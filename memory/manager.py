@@ -40,6 +40,7 @@ from memory.index import SegmentIndex
 from memory.retrieval import Candidate, Retrieval, SearchHit, retrieve, top_hits
 from memory.segment_store import MB, MemoryStats, SegmentStore
 from memory.segments import Segment, SegmentFileError, host_kv, prune_by_value_norm
+from memory.slab import HostSlabs
 from memory.timeref import parse_time_ref
 from memory.window import ChunkRecord, WindowSegment
 from model.backend import Backend
@@ -86,6 +87,7 @@ class HierarchicalMemory:
         self.window_budget = config.window_tokens
         self._notes: list[tuple[float, str]] = []   # (stream time, text) ahead of the chunk that will hold it
         self._open: VideoBlock | None = None         # the video block the last chunk left open
+        self.slabs = HostSlabs()                     # sealed segments' mean keys and embeddings (memory.slab)
 
     @property
     def segments(self) -> list[Segment]:
@@ -279,15 +281,16 @@ class HierarchicalMemory:
             st.segments_dropped += 1
             st.tokens_sealed += w.num_tokens
             return Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
-                           w.sealed_rep_key())
+                           self.slabs.put(w.sealed_rep_key()))
         kept = prune_by_value_norm(values, self.config.keep_ratio) if self.config.keep_ratio < 1.0 else None
         if kept is not None:
             keys, values = keys[:, :, kept.to(keys.device)], values[:, :, kept.to(values.device)]
         seg = Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
-                      w.sealed_rep_key(), kept, host_kv(keys, values, self.config.quantize))
+                      self.slabs.put(w.sealed_rep_key()), kept, host_kv(keys, values, self.config.quantize))
         if w.checkpoint is not None:        # its checkpoint's row and file are replaced by the sealed segment
             seg.index_id, seg.file, seg.extra = w.checkpoint.index_id, w.checkpoint.file, w.checkpoint.extra
-        seg.embedding = w.embedding if w.embedding is not None else self._embed_text(seg.text)
+        emb = w.embedding if w.embedding is not None else self._embed_text(seg.text)
+        seg.embedding = self.slabs.put(emb) if emb is not None else None
         st.segments_sealed += 1
         st.tokens_sealed += seg.num_tokens
         st.tokens_pruned += seg.num_tokens - seg.kept_tokens

@@ -1,7 +1,7 @@
 """tiny-vl: what is established so far. Its language model is SmolLM2 exactly (the builder maps the weights
 right), its trained parts are small, and it runs through the whole VLM path (source -> VisualStream ->
-memory -> answer) on held-out scenes: colours, a past moment read back from sealed segments, the person watch.
-Words are read, but short of the issue's targets (docs/benchmarks.md, train/logs)."""
+memory -> answer) on held-out scenes: the sign's word now (the issue's 90%), a past moment's word read back from
+sealed segments (its 80%), colours, the person watch (docs/benchmarks.md, train/logs)."""
 
 from __future__ import annotations
 
@@ -102,6 +102,38 @@ def test_tiny_vl_names_the_board_colour_above_chance_through_the_vlm_path(tmp_pa
     assert right >= 4, right
 
 
+def stable_moments(scene: SignScene, last: float = 58.0) -> list[float]:
+    """One ask time per sign that is shown for 5 s or more: 4 s after it appears, so both frames of the newest
+    frame pair the runtime has taken in (1 fps, pairs on even seconds) show it; the answer is then the sign's
+    word without doubt about what the model could have seen yet."""
+    return [s.t0 + 4.0 for s in scene.signs if s.t1 - s.t0 >= 5.0 and s.t0 + 4.0 <= last]
+
+
+def test_tiny_vl_reads_unseen_words_on_the_sign_now(tmp_path, monkeypatch, capsys):
+    """The issue's first target: the current sign's word on held-out scenes (words never trained on), read off
+    the pixels through the whole VLM path with no text restated (perceivers beside the model off), >= 90% exact.
+    Seeds 71-73 and the bar were fixed before these seeds were run; the benchmark's seeds (61-65) gave 12 of 15
+    at step 17553 when scored at the ask time, 14 of 15 against the newest frame taken in."""
+    monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path))
+    right = asked = 0
+    wrong = []
+    for seed in (71, 72, 73):
+        scene = SignScene.random(seed, 60, "heldout")
+        times = stable_moments(scene)
+        assert main(["run", "--source", f"synthetic:vl-heldout-{seed}", "--model", "tiny-vl", "--headless", "--fast",
+                     "--no-audio", "--perceive-beside", "off",
+                     *[f"--ask={t:g}:What word is on the sign?" for t in times]]) == 0
+        for line in capsys.readouterr().out.splitlines():
+            r = json.loads(line) if line.startswith("{") else {}
+            if r.get("type") == "answer":
+                want = scene.sign_at(r["t"]).word
+                asked += 1
+                right += r["text"].strip().rstrip(".").upper() == want
+                wrong += [(seed, r["t"], want, r["text"])] if r["text"].strip().rstrip(".").upper() != want else []
+        assert word_split(scene.signs[0].word) == "heldout"
+    assert asked >= 12 and right >= 0.9 * asked, (right, asked, wrong)
+
+
 def test_a_standing_instruction_fires_on_tinyvls_own_probe_without_perception(tmp_path, monkeypatch, capsys):
     """The watcher on the VLM path with perception beside the model off: only tiny-vl's P(yes) on "a person is
     in view" (a phrasing it was trained on, asked of held-out scenes) can fire. Bars fixed before seeds 44-45 were
@@ -124,8 +156,9 @@ def test_a_standing_instruction_fires_on_tinyvls_own_probe_without_perception(tm
 def test_tiny_vl_reads_a_past_moment_back_from_sealed_segments(tmp_path, monkeypatch, capsys):
     """Past times asked at 0:56 with a 256-token window (about 20 s here), so each moment has been sealed off
     the device and is answered from the retrieved KV alone, with no text restated (perceivers beside the model
-    off). Held-out scenes 46-47, 8 questions; bars fixed before these seeds were run: at least 7 of the 8
-    moments placed back by retrieval, at least 3 of 8 words exact. The benchmark (bench.tiny_vl_path, seeds
+    off). Held-out scenes 46-47, 8 questions: at least 7 of the 8 moments placed back by retrieval (fixed before
+    these seeds were run), and the issue's 80% of the words exact (7 of 8; raised from 3 of 8 at step 17553, before
+    these seeds were run with it). The benchmark (bench.tiny_vl_path, seeds
     61-65) gave 5 of 10 at step 14604, and 0 of 6 on seeds 61-63 with keyframes off (a sealed segment then holds
     only what changed since the pair before it)."""
     monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path))
@@ -143,4 +176,4 @@ def test_tiny_vl_reads_a_past_moment_back_from_sealed_segments(tmp_path, monkeyp
                 placed += any(a <= asked < b for a, b in r["retrieved"])
             elif r.get("type") == "answer":
                 right += r["text"].strip().rstrip(".").upper() == scene.sign_at(asked).word
-    assert placed >= 7 and right >= 3, (placed, right)
+    assert placed >= 7 and right >= 7, (placed, right)
