@@ -313,3 +313,21 @@ def test_out_of_device_memory_undoes_the_append_shrinks_the_window_and_goes_on(l
     assert mem.stats.segments_sealed > sealed_before and mem.window_tokens <= 100
     lengths = {layer.keys.shape[2] for layer in mem.cache.layers}
     assert lengths == {mem.sink_tokens + mem.window_tokens}            # every layer consistent again
+
+
+def test_host_slabs_pack_long_lived_rows_into_shared_blocks_that_save_as_before(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from memory.slab import HostSlabs
+    slabs = HostSlabs(rows=4)
+    keys = [torch.randn(30, 3, 64).half() for _ in range(6)]
+    rows = [slabs.put(k) for k in keys]
+    assert all(torch.equal(r, k) for r, k in zip(rows, keys, strict=True)) and slabs.blocks == 2
+    assert rows[0].untyped_storage().data_ptr() == rows[3].untyped_storage().data_ptr()    # one block for 4 rows
+    assert rows[3].untyped_storage().data_ptr() != rows[4].untyped_storage().data_ptr()
+    assert all(r.is_contiguous() for r in rows)
+    emb = slabs.put(torch.randn(384))                       # another shape or dtype gets its own block
+    assert slabs.blocks == 3 and emb.shape == (384,)
+    save_file({"rep_key": rows[2]}, str(tmp_path / "s.safetensors"))   # a row saves alone, not its whole block
+    assert torch.equal(load_file(str(tmp_path / "s.safetensors"))["rep_key"], keys[2])
+    assert (tmp_path / "s.safetensors").stat().st_size < 30 * 3 * 64 * 2 + 1000
