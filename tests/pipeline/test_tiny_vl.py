@@ -81,27 +81,6 @@ def test_tiny_vl_runs_the_whole_vlm_path_on_a_held_out_scene(tmp_path, monkeypat
     assert answer["text"].strip().lower() in BOARD_COLOURS        # it answers in the form it was trained on
 
 
-def test_tiny_vl_names_the_board_colour_above_chance_through_the_vlm_path(tmp_path, monkeypatch, capsys):
-    """Colour asked through the real path (1 fps pairs, token drop 0.95, the window, retrieval) on held-out
-    scenes 21-24. Chance is 1/7; the bar (4 of 12) was fixed before these seeds were run. Seeds 11-15, run once
-    to decide whether to add this test, gave 8 of 15. It failed with the step-9124 weights (2 of 12: trained on
-    1-2 pairs with every token kept, it named an earlier sign's colour) and passes since training lays half the
-    examples out as the runtime samples, with its token drop masked (step 12066). The perceivers beside the model
-    are off (they read text, never colour, and took two thirds of this test's time): 9 of 12 at step 14604."""
-    monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path))
-    right = 0
-    for seed in (21, 22, 23, 24):
-        assert main(["run", "--source", f"synthetic:vl-heldout-{seed}", "--model", "tiny-vl", "--headless", "--fast",
-                     "--no-audio", "--perceive-beside", "off",
-                     *[f"--ask={t}:What colour is the sign?" for t in (12, 30, 50)]]) == 0
-        scene = SignScene.random(seed, 60, "heldout")
-        for line in capsys.readouterr().out.splitlines():
-            r = json.loads(line) if line.startswith("{") else {}
-            if r.get("type") == "answer":
-                right += r["text"].strip().lower() == scene.sign_at(r["t"]).board
-    assert right >= 4, right
-
-
 def stable_moments(scene: SignScene, last: float = 58.0) -> list[float]:
     """One ask time per sign that is shown for 5 s or more: 4 s after it appears, so both frames of the newest
     frame pair the runtime has taken in (1 fps, pairs on even seconds) show it; the answer is then the sign's
@@ -109,29 +88,35 @@ def stable_moments(scene: SignScene, last: float = 58.0) -> list[float]:
     return [s.t0 + 4.0 for s in scene.signs if s.t1 - s.t0 >= 5.0 and s.t0 + 4.0 <= last]
 
 
-def test_tiny_vl_reads_unseen_words_on_the_sign_now(tmp_path, monkeypatch, capsys):
+def test_tiny_vl_reads_unseen_words_and_colours_on_the_sign_now(tmp_path, monkeypatch, capsys):
     """The issue's first target: the current sign's word on held-out scenes (words never trained on), read off
     the pixels through the whole VLM path with no text restated (perceivers beside the model off), >= 90% exact.
     Seeds 71-73 and the bar were fixed before these seeds were run; the benchmark's seeds (61-65) gave 12 of 15
-    at step 17553 when scored at the ask time, 14 of 15 against the newest frame taken in."""
+    at step 17553 when scored at the ask time, 14 of 15 against the newest frame taken in. The board's colour is
+    asked half a second after each word, bar 50% (chance 1/7), fixed before these runs; the colour test it
+    replaces (seeds 21-24, bar 4 of 12) gave 2 of 12 with the step-9124 weights and 9 of 12 at step 14604."""
     monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path))
-    right = asked = 0
+    words_right = colours_right = asked = 0
     wrong = []
     for seed in (71, 72, 73):
         scene = SignScene.random(seed, 60, "heldout")
         times = stable_moments(scene)
         assert main(["run", "--source", f"synthetic:vl-heldout-{seed}", "--model", "tiny-vl", "--headless", "--fast",
                      "--no-audio", "--perceive-beside", "off",
-                     *[f"--ask={t:g}:What word is on the sign?" for t in times]]) == 0
+                     *[f"--ask={t:g}:What word is on the sign?" for t in times],
+                     *[f"--ask={t + 0.5:g}:What colour is the sign?" for t in times]]) == 0
         for line in capsys.readouterr().out.splitlines():
             r = json.loads(line) if line.startswith("{") else {}
-            if r.get("type") == "answer":
+            if r.get("type") == "answer" and "word" in r["question"]:
                 want = scene.sign_at(r["t"]).word
                 asked += 1
-                right += r["text"].strip().rstrip(".").upper() == want
+                words_right += r["text"].strip().rstrip(".").upper() == want
                 wrong += [(seed, r["t"], want, r["text"])] if r["text"].strip().rstrip(".").upper() != want else []
+            elif r.get("type") == "answer":
+                colours_right += r["text"].strip().rstrip(".").lower() == scene.sign_at(r["t"]).board
         assert word_split(scene.signs[0].word) == "heldout"
-    assert asked >= 12 and right >= 0.9 * asked, (right, asked, wrong)
+    assert asked >= 12 and words_right >= 0.9 * asked, (words_right, asked, wrong)
+    assert colours_right >= 0.5 * asked, (colours_right, asked)
 
 
 def test_a_standing_instruction_fires_on_tinyvls_own_probe_without_perception(tmp_path, monkeypatch, capsys):
