@@ -123,7 +123,8 @@ def test_a_standing_instruction_fires_on_tinyvls_own_probe_without_perception(tm
     """The watcher on the VLM path with perception beside the model off: only tiny-vl's P(yes) on "a person is
     in view" (a phrasing it was trained on, asked of held-out scenes) can fire. Bars fixed before seeds 44-45 were
     run (seeds 41-43, the development run, gave 9 of 10 entries within 4.2 s and one false alert at 0:01): an
-    alert within 5 s of at least 3 in 4 entries of 3 s or more, at most one alert when nobody is in view."""
+    alert within 5 s of at least 3 in 4 entries of 3 s or more, at most one alert when nobody is in view. Since
+    step 17553 the issue's own bar, no alert when nobody is in view (set before these seeds were run with it)."""
     monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path))
     entries = hits = false = 0
     for seed in (44, 45):
@@ -135,7 +136,7 @@ def test_a_standing_instruction_fires_on_tinyvls_own_probe_without_perception(tm
         assert all(a["source"] == "model" for a in alerts)
         e, h, f = watch_score(scene, [a["t"] for a in alerts])
         entries, hits, false = entries + e, hits + h, false + f
-    assert entries and hits >= 0.75 * entries and false <= 1, (hits, entries, false)
+    assert entries and hits >= 0.75 * entries and false == 0, (hits, entries, false)
 
 
 def test_tiny_vl_reads_a_past_moment_back_from_sealed_segments(tmp_path, monkeypatch, capsys):
