@@ -6,7 +6,8 @@ M-RoPE positions, question and probe turns from reasoning.prompts), so what it l
 Kinds: the word on the sign now; the word at a given past time (several pairs in context); the board colour;
 how many shapes; yes/no probes on a word and on a person being in view (the watcher's probe text). Training
 draws scenes and words from the "train" split only (a share of them random letter strings of that split);
-evaluation from "heldout" (perception.synthetic).
+evaluation from "heldout" (perception.synthetic). A sign's word is answered one letter per token
+(`Layout.answer_ids`).
 
 Layouts: pairs spread out over the scene; or laid out as the runtime samples (consecutive 1 fps pairs 2 s apart,
 the recent window), half of those after one or two earlier runs of pairs that start at a keyframe, as memory
