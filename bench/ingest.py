@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from bench.common import BenchError, write_rows
+from bench.ingest_beside import Beside
 from bench.ingest_profile import profile
 from bench.ingest_report import MARKS_S, format_medians, format_table
 from memory.config import MemoryConfig
@@ -158,42 +159,9 @@ def _mem(device: str) -> float | None:
 CONFIGS = ("naive", "window", "onlooker", "onlooker+perception", "onlooker+captions", "onlooker-tf-vision")
 
 
-class Beside:
-    """The lite perceivers on their own thread, fed the newest frame (a queue of one that drops the oldest)."""
-
-    def __init__(self) -> None:
-        import threading
-        from collections import deque
-
-        from assistant.perceiver_process import ProcessPerceiver
-        from assistant.queues import FrameQueue
-        from perception.config import PerceptionConfig
-        self.perceiver = ProcessPerceiver(PerceptionConfig())
-        self.queue = FrameQueue(1, drop_oldest=True)
-        self.out: deque = deque()
-        self.error: str | None = None
-        self.thread = threading.Thread(target=self._run, name="beside", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        from assistant.queues import CLOSED
-        try:
-            while (frame := self.queue.get(timeout=0.5)) is not CLOSED:
-                if frame is not None:
-                    self.out.append(self.perceiver.process(frame)[0])
-        except Exception as e:                                 # reported in the row, the run goes on
-            self.error = f"{type(e).__name__}: {e}"
-
-    def close(self) -> tuple[int, int]:
-        self.queue.close()
-        self.thread.join(timeout=60)
-        self.perceiver.close()
-        return self.perceiver.num_processed, self.queue.num_dropped
-
-
 def run_config(name: str, backend, groups, *, minutes: float, fps: float, device: str, window: int,
                batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9,
-               frames: list[np.ndarray] | None = None) -> dict:
+               frames: list[np.ndarray] | None = None, beside_factory=None) -> dict:
     from model import vision_attention
     from perception.sources import VideoFrame
     from reasoning.captions import Captioner
@@ -208,7 +176,7 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)
     mem.set_sink(prompts.system_chunk(backend))
-    beside = Beside() if name == "onlooker+perception" else None
+    beside = beside_factory() if beside_factory else Beside() if name == "onlooker+perception" else None
     captioner = Captioner(backend, mem, ReasoningConfig(captions=True)) if name == "onlooker+captions" else None
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
