@@ -31,6 +31,7 @@ from assistant.events import ObservationEvent, PerceptionEvent, Shutdown, Speech
 from assistant.perceiver_process import PerceiverProcessError, ProcessPerceiver
 from assistant.queues import CLOSED, FrameQueue
 from assistant.runtime import Runtime
+from model.backend import launching_thread
 from perception.config import PerceptionConfig
 from perception.lite import LitePerceiver
 from perception.observation import Observation
@@ -198,6 +199,7 @@ class Pipeline:
 
     def _run_runtime(self) -> None:
         try:
+            launching_thread(self.runtime.backend.device)
             self.runtime.run()
         except Exception as e:
             log.exception("runtime failed")

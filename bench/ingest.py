@@ -311,8 +311,10 @@ def default_tokenizer() -> Path:
 
 
 def run_ingest_bench(args) -> int:
+    from model.backend import launching_thread
     from model.loading import check_device
     check_device(args.device)
+    launching_thread(args.device)            # as the runtime's thread does: its CPU work on one thread
     tok = Path(args.tokenizer) if args.tokenizer else default_tokenizer()
     media_dir = Path(args.media) if args.media else None
     media = sorted(media_dir.glob("*.mp4")) if media_dir else []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
+import time
 from collections import deque
 
 
@@ -23,7 +24,7 @@ def pin(cpus: list[int] | None) -> None:
 class Beside:
     """The lite perceivers beside the model; `queue.put(frame)`, observations in `out`, `close()` -> counts."""
 
-    def __init__(self, cpus: list[int] | None = None) -> None:
+    def __init__(self, cpus: list[int] | None = None, max_fps: float | None = None) -> None:
         from assistant.perceiver_process import ProcessPerceiver
         from assistant.queues import FrameQueue
         from perception.config import PerceptionConfig
@@ -31,6 +32,7 @@ class Beside:
         self.queue = FrameQueue(1, drop_oldest=True)
         self.out: deque = deque()
         self.error: str | None = None
+        self.period = 1.0 / max_fps if max_fps else 0.0        # at most this many frames per wall second
         self.thread = threading.Thread(target=self._run, name="beside", daemon=True)
         self.thread.start()
 
@@ -39,7 +41,9 @@ class Beside:
         try:
             while (frame := self.queue.get(timeout=0.5)) is not CLOSED:
                 if frame is not None:
+                    start = time.perf_counter()
                     self.out.append(self.perceiver.process(frame)[0])
+                    time.sleep(max(0.0, self.period - (time.perf_counter() - start)))
         except Exception as e:                                 # reported in the row, the run goes on
             self.error = f"{type(e).__name__}: {e}"
 

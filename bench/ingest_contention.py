@@ -6,6 +6,10 @@
     alone-split       nothing beside, the launching thread kept off the last two CPUs (and their siblings)
     perception-split  the perceivers' child on those two CPUs, the launching thread on the others
     burn2-split       the two spinning children on those two CPUs, the launching thread on the others
+    alone-pin1        nothing beside, the launching thread on CPU 0 alone
+    perception-2fps   the perceivers at most 2 frames per wall second (what a live 2-fps stream asks of them)
+    *-t1              the same with torch's CPU pool at one thread on the launching thread (what the runtime and
+                      bench ingest now do on a GPU: model.backend.launching_thread); the others keep the pool
 
     python -m bench.ingest_contention [--repeat 2] [--max-wall-s 25] [--variants ...] [--tokenizer DIR]
 
@@ -29,7 +33,8 @@ from bench.common import write_rows
 from bench.ingest import build_backend, default_tokenizer, load_frames, run_config
 from bench.ingest_beside import Beside, Burner, pin
 
-VARIANTS = ("alone", "perception", "burn1", "burn2", "alone-split", "perception-split", "burn2-split")
+VARIANTS = ("alone", "perception", "burn1", "burn2", "alone-split", "perception-split", "burn2-split", "alone-pin1",
+            "perception-2fps", "alone-t1", "perception-t1", "burn1-t1")
 
 
 def siblings(cpu: int) -> set[int]:
@@ -55,13 +60,17 @@ def split_cpus() -> tuple[list[int], list[int]]:
 
 def plan(variant: str, far: list[int], main: list[int]):
     """(bench ingest's config name, a factory for what runs beside, the launching thread's CPUs)."""
+    variant = variant.removesuffix("-t1")
     split = variant.endswith("-split")
-    base = variant.removesuffix("-split")
+    base = variant.removesuffix("-split").removesuffix("-pin1")
+    if variant == "alone-pin1":
+        return "onlooker", None, main[:1] or [0]
     beside = {"alone": None,
               "perception": lambda: Beside(cpus=far if split else None),
+              "perception-2fps": lambda: Beside(max_fps=2.0),
               "burn1": lambda: Burner(1, cpus=far if split else None),
               "burn2": lambda: Burner(2, cpus=far if split else None)}[base]
-    return ("onlooker+perception" if base == "perception" else "onlooker"), beside, (main if split else None)
+    return ("onlooker+perception" if base.startswith("perception") else "onlooker"), beside, (main if split else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = (vit, sum(q.numel() for q in lm.parameters()) - lm.embed_tokens.weight.numel())
     far, main_cpus = split_cpus()
     every = sorted(os.sched_getaffinity(0))
+    threads = torch.get_num_threads()
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     header = (f"bench ingest_contention: {backend.name}, {gpu}, {len(every)} CPUs "
               f"({platform.processor() or platform.machine()}, kernel {platform.release()}), "
@@ -106,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         for v in variants:
             name, factory, cpus = plan(v, far, main_cpus)
             pin(cpus)
+            torch.set_num_threads(1 if v.endswith("-t1") else threads)
             try:
                 row = run_config(name, backend, groups, max_wall_s=args.max_wall_s, beside_factory=factory, **common)
             finally:
                 pin(every)
+                torch.set_num_threads(threads)
             row["variant"] = v
             rows.append(row)
             print(f"  {v}: {row['frames_per_s']:.1f} frames/s, launching thread "

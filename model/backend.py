@@ -136,3 +136,16 @@ def no_cudnn_attention(device: str) -> None:
     and 2051 -> 2075 MB over hours 0.75 to 2 with it off."""
     if device.startswith("cuda"):
         torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def launching_thread(device: str | torch.device) -> None:
+    """Call on the thread that launches the model's kernels. On a GPU, that thread's own CPU tensor work (positions,
+    indices, small copies) runs on one thread instead of torch's pool of one per core: a pool waits for its slowest
+    thread at every parallel region, so one busy core anywhere on the box (the perceivers beside the model, any
+    other process) held up each region, and ingest ran at 0.53x on one H200 with 16 cores; with one thread it runs
+    at 1.0-1.14x of the pool's speed on an idle box, busy core or not (`python -m bench.ingest_contention`).
+    With OpenMP (Linux builds) a thread that has already run torch CPU work keeps its pool; threads that start
+    theirs later take one thread too. On the GPU path nothing else leans on torch's pool: the perceivers run in
+    their own process and speech recognition on CTranslate2's threads."""
+    if str(device).startswith("cuda"):
+        torch.set_num_threads(1)

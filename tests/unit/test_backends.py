@@ -268,3 +268,33 @@ def test_a_gpu_model_runs_without_cudnn_attention():
         assert not torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(was)
+
+
+def test_the_runtime_thread_on_a_gpu_keeps_torch_cpu_work_on_one_thread():
+    """torch's pool of one thread per core waits for its slowest thread at every parallel region: one busy core
+    anywhere halved GPU ingest on the H200 (bench.ingest_contention). The runtime's thread, which launches the
+    model's kernels, runs its CPU work on one thread on a GPU; on the CPU it keeps the pool."""
+    import threading
+    from types import SimpleNamespace
+
+    from assistant.threads import Pipeline
+
+    seen: dict[str, int] = {}
+    main_threads = torch.get_num_threads()
+
+    def runtime_thread(device: str) -> None:
+        fake = SimpleNamespace(runtime=SimpleNamespace(backend=SimpleNamespace(device=torch.device(device)),
+                                                       run=lambda: seen.__setitem__(device, torch.get_num_threads())),
+                               _runtime_done=threading.Event())
+        th = threading.Thread(target=Pipeline._run_runtime, args=(fake,))
+        th.start()
+        th.join()
+
+    torch.set_num_threads(2)
+    try:
+        runtime_thread("cpu")
+        runtime_thread("cuda")
+        assert seen == {"cpu": 2, "cuda": 1}
+        assert torch.get_num_threads() == 2                      # a thread that already ran keeps its pool
+    finally:
+        torch.set_num_threads(main_threads)
