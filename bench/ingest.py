@@ -1,6 +1,6 @@
 """`onlooker bench ingest`: how fast a VLM takes a stream in, and what that costs in GPU memory.
 
-The full-size Qwen2.5-VL-7B architecture with random weights (speed does not depend on weight values; nothing
+The full-size Qwen2.5-VL-7B (or, `--size 8b`, Qwen3-VL-8B) architecture with random weights (speed does not depend on weight values; nothing
 is downloaded), bf16, SDPA attention (flash-attn when it is installed). Frames: the sample videos and the
 synthetic scene, sampled at 2 frames per second of stream time, resized to 448x448 and looped; the stream is
 simulated as fast as the GPU allows. Frames are patchified ahead of time (in a live run the perception thread
@@ -38,6 +38,7 @@ from bench.common import BenchError, write_rows
 from bench.ingest_beside import Beside
 from bench.ingest_profile import profile
 from bench.ingest_report import MARKS_S, format_medians, format_table
+from bench.ingest_shapes import FRAME, SIZES, build_backend
 from memory.config import MemoryConfig
 from memory.manager import HierarchicalMemory
 from model.qwen_vl import attention_for
@@ -46,48 +47,6 @@ from reasoning import prompts
 from reasoning.answerer import answer_job
 
 log = logging.getLogger("onlooker.bench")
-
-QWEN25_VL_7B = dict(
-    text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                     num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
-                     rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                                                         "mrope_section": [16, 24, 24]}),
-    vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                       fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
-    image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-)
-TINY = dict(
-    text_config=dict(vocab_size=49160, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1_000_000,
-                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
-    vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                       fullatt_block_indexes=[1]),
-    image_token_id=49153, video_token_id=49154, vision_start_token_id=49155, vision_end_token_id=49156)
-FRAME = 448
-
-
-def build_backend(size: str, device: str, tokenizer_dir: Path):
-    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from model.qwen_vl import QwenVLBackend
-    spec = QWEN25_VL_7B if size == "7b" else TINY
-    cfg = Qwen2_5_VLConfig(**spec, bos_token_id=None, eos_token_id=None)
-    cfg._attn_implementation = attention_for(device)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration(cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    model = model.to(device=device, dtype=dtype).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    return QwenVLBackend(model, tokenizer, f"Qwen2.5-VL-{size} (random weights)", max_pixels=FRAME * FRAME)
-
 
 def load_frames(media: list[Path], fps: float, limit_s: float | None = None) -> tuple[list[np.ndarray], list[str]]:
     """The sampled frames of each video (at `fps` of stream time), then the synthetic scene, 448x448."""
@@ -274,7 +233,8 @@ def question_ttft(backend, mem: HierarchicalMemory, now: float, device: str) -> 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="onlooker bench ingest", description=__doc__.splitlines()[0])
-    p.add_argument("--size", choices=["7b", "tiny"], default="7b", help="Qwen2.5-VL architecture size")
+    p.add_argument("--size", choices=list(SIZES), default="7b", help="architecture: 7b (Qwen2.5-VL-7B), 8b "
+                   "(Qwen3-VL-8B), tiny, tiny3 (tiny Qwen2.5-VL / Qwen3-VL for the CPU)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--minutes", type=float, default=60.0, help="stream length in minutes")
     p.add_argument("--stream-fps", type=float, default=2.0, help="frames per second of stream time")

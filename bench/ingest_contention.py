@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--tokenizer")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--size", default="7b", choices=["7b", "tiny"])
+    p.add_argument("--size", default="7b", choices=["7b", "8b", "tiny", "tiny3"])
     p.add_argument("--out")
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",")]
