@@ -1,12 +1,16 @@
 """`onlooker bench ingest`: how fast a VLM takes a stream in, and what that costs in GPU memory.
 
-The full-size Qwen2.5-VL-7B (or, `--size 8b`, Qwen3-VL-8B) architecture with random weights (speed does not depend on weight values; nothing
-is downloaded), bf16, SDPA attention (flash-attn when it is installed). Frames: the sample videos and the
-synthetic scene, sampled at 2 frames per second of stream time, resized to 448x448 and looped; the stream is
-simulated as fast as the GPU allows. Frames are patchified ahead of time (in a live run the perception thread
-does that alongside), so the table measures the GPU path: vision tower, token drop, LM prefill, memory.
+The full-size Qwen2.5-VL-7B architecture (`--size 8b`: Qwen3-VL-8B) with random weights (speed does not depend
+on weight values; nothing is downloaded), bf16, SDPA attention (flash-attn when it is installed). Frames: the
+sample videos of tests/data and the synthetic scene, sampled at 2 frames per second of stream time and looped;
+the stream is simulated as fast as the GPU allows. A thread prepares the pairs inside the timed loop, as the
+runtime's perception thread does (resize to 448x448, patchify, pinned memory; bench/ingest_feed.py;
+`--pre-patchify` does it before the clock instead). The table measures the whole path: preparing, vision
+tower, token drop, LM prefill, memory.
 
-    naive      growing full KV cache, no eviction, no pruning: runs until it is out of memory or its time cap
+    transformers   plain transformers as a user would write it: one forward per pair with pixel_values_videos
+               and a growing DynamicCache (bench/ingest_baseline.py): until out of memory or its time cap
+    naive      growing full KV cache through Onlooker's path, no eviction, no pruning
     window     sink + recent window only, no pruning (StreamingVLM-style)
     onlooker   token drop + ViT feature reuse + hierarchical memory (sealed segments int8 on the host)
     onlooker+perception   the same, with the lite perceivers (OCR, people, faces, scene change) beside it as
@@ -35,7 +39,9 @@ import torch
 from tqdm import tqdm
 
 from bench.common import BenchError, write_rows
+from bench.ingest_baseline import run_transformers
 from bench.ingest_beside import Beside
+from bench.ingest_feed import Feed, Prepared
 from bench.ingest_profile import profile
 from bench.ingest_report import MARKS_S, format_medians, format_table
 from bench.ingest_shapes import FRAME, SIZES, build_backend
@@ -49,7 +55,8 @@ from reasoning.answerer import answer_job
 log = logging.getLogger("onlooker.bench")
 
 def load_frames(media: list[Path], fps: float, limit_s: float | None = None) -> tuple[list[np.ndarray], list[str]]:
-    """The sampled frames of each video (at `fps` of stream time), then the synthetic scene, 448x448."""
+    """The sampled frames of each video (at `fps` of stream time), then the synthetic scene, at their own size
+    (the feed resizes them inside the timed loop)."""
     import cv2
 
     from perception.synthetic import SyntheticScene
@@ -64,7 +71,7 @@ def load_frames(media: list[Path], fps: float, limit_s: float | None = None) -> 
             if not ok or (limit_s is not None and i / src_fps > limit_s):
                 break
             if i / src_fps + 1e-9 >= next_t:
-                frames.append(cv2.resize(img, (FRAME, FRAME), interpolation=cv2.INTER_AREA))
+                frames.append(img)
                 next_t += step
             i += 1
         cap.release()
@@ -73,7 +80,7 @@ def load_frames(media: list[Path], fps: float, limit_s: float | None = None) -> 
     dur = scene.spec.duration_s if limit_s is None else min(scene.spec.duration_s, limit_s)
     n = int(dur * fps)
     for k in range(n):
-        frames.append(cv2.resize(scene.render(int(k / fps * scene.spec.fps)), (FRAME, FRAME)))
+        frames.append(scene.render(int(k / fps * scene.spec.fps)))
     names.append(f"synthetic:signs ({n} frames)")
     if len(frames) % 2:
         frames.pop()
@@ -115,10 +122,11 @@ def _mem(device: str) -> float | None:
     return torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
-CONFIGS = ("naive", "window", "onlooker", "onlooker+perception", "onlooker+captions", "onlooker-tf-vision")
+CONFIGS = ("transformers", "naive", "window", "onlooker", "onlooker+perception", "onlooker+captions",
+           "onlooker-tf-vision")
 
 
-def run_config(name: str, backend, groups, *, minutes: float, fps: float, device: str, window: int,
+def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, device: str, window: int,
                batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9,
                frames: list[np.ndarray] | None = None, beside_factory=None) -> dict:
     from model import vision_attention
@@ -142,7 +150,7 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
         torch.cuda.reset_peak_memory_stats()
     vit_params, lm_params = param_counts
     hidden = backend.num_heads * backend.head_dim
-    patches_per_group = int(groups[0][0].shape[0])
+    feed = feed_factory()
     n_groups = int(minutes * 60 * fps / 2)
     group_s = 2 / fps
     marks: dict[int, float | None] = {m: None for m in MARKS_S if m <= minutes * 60}
@@ -153,7 +161,8 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
     start, cpu_start = time.perf_counter(), time.thread_time()
     bar = tqdm(range(n_groups), desc=f"{name}", unit="pair", file=sys.stderr, mininterval=5)
     for g in bar:
-        patches, grid = groups[g % len(groups)]
+        patches, grid = feed.get(g)
+        patches_per_group = int(patches.shape[0])
         t0 = g * group_s
         if beside is not None and frames is not None:
             k = (2 * g) % len(frames)
@@ -190,6 +199,7 @@ def run_config(name: str, backend, groups, *, minutes: float, fps: float, device
             oom_at = stream_t
     _sync(device)
     wall, main_cpu = time.perf_counter() - start, time.thread_time() - cpu_start
+    feed.close()
     perceived, skipped = beside.close() if beside is not None else (None, None)
     n_frames = int(stream_t * fps)
     st = vs.stats
@@ -240,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-fps", type=float, default=2.0, help="frames per second of stream time")
     p.add_argument("--batch", type=int, default=4, help="frame pairs per vision/prefill batch")
     p.add_argument("--window", type=int, default=4096, help="recent window in tokens")
-    p.add_argument("--configs", default="naive,window,onlooker", help="comma-separated configurations")
-    p.add_argument("--naive-wall-s", type=float, default=90.0, help="time cap for the naive run")
+    p.add_argument("--configs", default="transformers,window,onlooker", help="comma-separated configurations")
+    p.add_argument("--naive-wall-s", type=float, default=90.0, help="time cap for the transformers and naive runs")
     p.add_argument("--max-wall-s", type=float, default=240.0, help="time cap for the other runs")
     p.add_argument("--tokenizer", help="a ChatML tokenizer directory (default: the lite model's)")
     p.add_argument("--media", default=str(Path(__file__).resolve().parents[1] / "tests" / "data"),
@@ -250,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved "
                    "(A B A B: drift of the machine falls on all alike)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pre-patchify", action="store_true", help="patchify every pair before the clock starts (as "
+                   "before); by default a thread prepares them inside the timed loop, as a live run does")
     p.add_argument("--cudnn-sdpa", action="store_true", help="leave PyTorch's cuDNN attention on (it is off "
                    "on every GPU load path: model.backend.no_cudnn_attention), to compare")
     p.add_argument("--compile-vision", action="store_true", help="vision blocks under torch.compile (all configs)")
@@ -280,9 +292,9 @@ def run_ingest_bench(args) -> int:
     media = sorted(media_dir.glob("*.mp4")) if media_dir else []
     frames, names = load_frames(media, args.stream_fps, limit_s=args.media_limit_s)
     backend = build_backend(args.size, args.device, tok)
-    groups = [backend.patchify([frames[i], frames[i + 1]]) for i in range(0, len(frames), 2)]
-    if args.device.startswith("cuda"):
-        groups = [(p.pin_memory(), g) for p, g in groups]
+    pin = args.device.startswith("cuda")
+    prepared = Prepared(backend, frames, pin)
+    feed = (lambda: prepared) if args.pre_patchify else (lambda: Feed(backend, frames, pin))
     vit_params = sum(p.numel() for p in backend.model.model.visual.parameters())
     lm = backend.language_model()
     lm_params = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel()
@@ -300,18 +312,22 @@ def run_ingest_bench(args) -> int:
     if args.compile_vision:                  # every batch size ingest can make, compiled before the clock runs
         backend.compile_vision()
         for k in range(1, args.batch + 1):
-            backend.encode_patches([groups[0][0]] * k, [groups[0][1]] * k)
+            backend.encode_patches([prepared.groups[0][0]] * k, [prepared.groups[0][1]] * k)
     # warm-up (kernel selection, allocator, cuBLAS handles), not recorded
-    run_config("window", backend, groups, minutes=16 / 60, fps=args.stream_fps, device=args.device, window=args.window,
+    run_config("window", backend, feed, minutes=16 / 60, fps=args.stream_fps, device=args.device, window=args.window,
                batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))
     rows = []
     names = [c.strip() for c in args.configs.split(",")]
     for name in names * max(1, args.repeat):
         if name not in CONFIGS:
             raise BenchError(f"unknown configuration {name!r} ({', '.join(CONFIGS)})")
-        row = run_config(name, backend, groups, minutes=args.minutes, fps=args.stream_fps, device=args.device,
-                         window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
-                         param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s, frames=frames)
+        if name == "transformers":
+            row = run_transformers(backend, feed, minutes=args.minutes, fps=args.stream_fps, device=args.device,
+                                   wall_cap_s=args.naive_wall_s, param_counts=(vit_params, lm_params))
+        else:
+            row = run_config(name, backend, feed, minutes=args.minutes, fps=args.stream_fps, device=args.device,
+                             window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
+                             param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s, frames=frames)
         row["mfu"] = row["flops"] / row["wall_s"] / peak
         rows.append(row)
         print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)
@@ -320,7 +336,7 @@ def run_ingest_bench(args) -> int:
         print("\n" + format_medians(rows, names, args.repeat))
     for name in names if args.profile else []:
         print("\n" + profile(name, lambda name=name: run_config(
-            name, backend, groups, minutes=args.profile, fps=args.stream_fps, device=args.device, window=args.window,
+            name, backend, feed, minutes=args.profile, fps=args.stream_fps, device=args.device, window=args.window,
             batch=args.batch, wall_cap_s=1e9, param_counts=(vit_params, lm_params), frames=frames)))
     write_rows(args.out, header, rows)
     return 0

@@ -32,6 +32,7 @@ import torch
 from bench.common import write_rows
 from bench.ingest import build_backend, default_tokenizer, load_frames, run_config
 from bench.ingest_beside import Beside, Burner, pin
+from bench.ingest_feed import Prepared
 
 VARIANTS = ("alone", "perception", "burn1", "burn2", "alone-split", "perception-split", "burn2-split", "alone-pin1",
             "perception-2fps", "alone-t1", "perception-t1", "burn1-t1")
@@ -93,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     media = sorted((Path(__file__).resolve().parents[1] / "tests" / "data").glob("*.mp4"))
     frames, _ = load_frames(media, 2.0)
     backend = build_backend(args.size, args.device, tok)
-    groups = [backend.patchify([frames[i], frames[i + 1]]) for i in range(0, len(frames), 2)]
-    if args.device.startswith("cuda"):
-        groups = [(g.pin_memory(), grid) for g, grid in groups]
+    prepared = Prepared(backend, frames, args.device.startswith("cuda"))   # before the clock: only what is
+    groups = lambda: prepared                                               # beside the model differs  # noqa: E731
     vit = sum(q.numel() for q in backend.model.model.visual.parameters())
     lm = backend.language_model()
     counts = (vit, sum(q.numel() for q in lm.parameters()) - lm.embed_tokens.weight.numel())

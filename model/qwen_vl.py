@@ -183,7 +183,9 @@ class QwenVLBackend(Backend):
         """The vision tower once over several frame groups (batched): merged embeddings (n_i, hidden) each.
         Qwen3-VL: each group's deepstack features ride along as extra columns, (n_i, hidden * (1 + layers)),
         so pruning and feature reuse treat them with their token; `visual_chunk` splits them off again."""
-        x = torch.cat(patches).to(self.device, self.visual_dtype)
+        # each group to the device on its own: patches in pinned memory (the perception thread pins them) copy
+        # without holding up this thread; a host-side cat first would make a pageable copy and wait for it
+        x = torch.cat([p.to(self.device, non_blocking=True) for p in patches]).to(self.visual_dtype)
         grid = torch.stack(grids)
         with vision_attention.planned(self.model.model.visual, grid.tolist()):     # one attention call per layer
             out = self.model.model.visual(x, grid_thw=grid.to(self.device))

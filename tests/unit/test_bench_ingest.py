@@ -1,0 +1,47 @@
+"""`bench ingest`'s pieces that are not the product: the feed that prepares frame pairs inside the timed loop,
+and the plain-transformers baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bench.ingest_baseline import run_transformers
+from bench.ingest_feed import Feed, Prepared
+
+
+def _frames(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (360, 640, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_the_feed_prepares_inside_the_loop_what_was_prepared_before_the_clock(tiny_qwen):
+    frames = _frames(6)
+    before = Prepared(tiny_qwen, frames, pin=False)
+    feed = Feed(tiny_qwen, frames, pin=False, ahead=2)
+    try:
+        for g in range(7):                               # past the end of the loop: it wraps, in order
+            patches, grid = feed.get(g)
+            want_p, want_g = before.get(g)
+            assert torch.equal(patches, want_p) and torch.equal(grid, want_g)
+        assert not torch.equal(feed.get(7)[0], before.get(6)[0])      # pair 7 is pair 1 again, not pair 6
+    finally:
+        feed.close()
+    assert not feed.thread.is_alive()
+
+
+def test_the_transformers_baseline_streams_pairs_into_a_growing_cache(tiny_qwen):
+    frames = _frames(4)
+    seen: list[int] = []                                 # the cache length each forward of the LM starts from
+    hook = tiny_qwen.language_model().register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append((kw.get("past_key_values") or kw.get("cache")).get_seq_length()),
+        with_kwargs=True)
+    try:
+        row = run_transformers(tiny_qwen, lambda: Prepared(tiny_qwen, frames, pin=False), minutes=3 / 60, fps=2.0,
+                               device="cpu", wall_cap_s=120, param_counts=(1, 1))
+    finally:
+        hook.remove()
+    per_pair = int(Prepared(tiny_qwen, frames, pin=False).get(0)[1].prod()) // 4
+    assert row["frames"] == 6 and row["stream_s"] == 3.0 and row["oom_at_stream_s"] is None
+    assert row["tokens_per_frame"] == per_pair / 2 and row["ttft_ms"] > 0
+    assert seen == [0, per_pair + 2, 2 * (per_pair + 2), 3 * (per_pair + 2)]   # 3 pairs, then the question
