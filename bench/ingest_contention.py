@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     frames, _ = load_frames(media, 2.0)
     backend = build_backend(args.size, args.device, tok)
     prepared = Prepared(backend, frames, args.device.startswith("cuda"))   # before the clock: only what is
-    groups = lambda: prepared                                               # beside the model differs  # noqa: E731
+
+    def feed() -> Prepared:                                                 # beside the model differs
+        return prepared
     vit = sum(q.numel() for q in backend.model.model.visual.parameters())
     lm = backend.language_model()
     counts = (vit, sum(q.numel() for q in lm.parameters()) - lm.embed_tokens.weight.numel())
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header, file=sys.stderr)
     common = dict(minutes=args.minutes, fps=2.0, device=args.device, window=4096, batch=4, wall_cap_s=60,
                   param_counts=counts, frames=frames)
-    run_config("window", backend, groups, **{**common, "minutes": 16 / 60})      # warm-up, not recorded
+    run_config("window", backend, feed, **{**common, "minutes": 16 / 60})      # warm-up, not recorded
     rows = []
     for _ in range(args.repeat):
         for v in variants:
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             pin(cpus)
             torch.set_num_threads(1 if v.endswith("-t1") else threads)
             try:
-                row = run_config(name, backend, groups, max_wall_s=args.max_wall_s, beside_factory=factory, **common)
+                row = run_config(name, backend, feed, max_wall_s=args.max_wall_s, beside_factory=factory, **common)
             finally:
                 pin(every)
                 torch.set_num_threads(threads)
