@@ -37,6 +37,7 @@ from perception.lite import LitePerceiver
 from perception.observation import Observation
 from perception.sources import Clock, RealClock, Source, SourceError, pace, sample
 from perception.speech import Hearing
+from perception.visual import FramePrep
 
 log = logging.getLogger("onlooker.pipeline")
 
@@ -78,6 +79,8 @@ class Pipeline:
             if mode == "auto":
                 mode = "latest" if source.live or config.realtime else "every"
             self.beside = FrameQueue(1 if mode == "latest" else config.frame_queue, drop_oldest=mode == "latest")
+        # the VLM path: frame groups are patchified here, on the perception thread, not on the runtime's
+        self._prep = FramePrep(runtime.backend, runtime.visual.config) if runtime.visual is not None else None
         self._stream_t = 0.0                     # latest sampled frame's stream time (paces a file's audio)
         self._capture_done = threading.Event()
         self.latest_frame: np.ndarray | None = None   # for a UI preview: the newest sampled frame
@@ -128,8 +131,10 @@ class Pipeline:
                     break
                 if frame is None:
                     continue
-                if self.runtime.backend.accepts_frames:      # pixels go on now; perception follows beside
-                    self.runtime.submit(ObservationEvent(Observation(frame.t, perceived=False, image=frame.image)))
+                if self._prep is not None:                   # pixels go on now; perception follows beside
+                    prepared = self._prep.take(frame.image, frame.t)
+                    self.runtime.submit(ObservationEvent(Observation(frame.t, perceived=False, image=frame.image,
+                                                                     prepared=prepared)))
                     if self.beside is not None:
                         self.beside.put(frame)
                     continue

@@ -18,6 +18,7 @@ class Observation:
     changed: bool = False         # scene_change passed the configured threshold
     perceived: bool = True        # False: no lite perceiver ran (the fields above say nothing)
     image: Any = None             # the sampled frame (H, W, 3) uint8 BGR, for backends that take frames
+    prepared: Any = None          # the frame group this frame completes, patchified off the runtime thread
 
     def same_as(self, other: Observation | None) -> bool:
         """Nothing new to say against `other` (the previous observation)."""

@@ -71,6 +71,36 @@ class VisualStats:
         return self.tokens_kept / self.tokens_total if self.tokens_total else 1.0
 
 
+@dataclass
+class PreparedGroup:
+    times: list[float]               # stream times of the group's frames
+    patches: torch.Tensor            # what backend.patchify makes of them (pinned on a GPU)
+    grid: torch.Tensor
+
+
+class FramePrep:
+    """Patchifies frame groups on the thread that hands frames to the runtime (the perception thread), so the
+    runtime's thread, which launches the model's kernels, does not. Feed it every sampled frame in order;
+    the frame that completes a group gets the group's patches, pinned on a GPU so the copy to the device
+    does not wait. Groups as `VisualStream` does."""
+
+    def __init__(self, backend, config: VisualConfig | None = None) -> None:
+        self.backend = backend
+        self.group_size = backend.temporal_patch_size if (config or VisualConfig()).group_frames else 1
+        self.pin = torch.device(backend.device).type == "cuda"
+        self._frames: list[tuple[np.ndarray, float]] = []
+
+    def take(self, image: np.ndarray, t: float) -> PreparedGroup | None:
+        self._frames.append((image, t))
+        if len(self._frames) < self.group_size:
+            return None
+        images = [f for f, _ in self._frames]
+        patches, grid = self.backend.patchify(images if len(images) > 1 else images[0])
+        group = PreparedGroup([t for _, t in self._frames], patches.pin_memory() if self.pin else patches, grid)
+        self._frames = []
+        return group
+
+
 class VisualStream:
     def __init__(self, backend, config: VisualConfig | None = None) -> None:
         self.backend = backend
@@ -92,13 +122,15 @@ class VisualStream:
     def pending(self) -> bool:
         return bool(self._frames or self._groups)
 
-    def push(self, image: np.ndarray, t: float) -> list[Chunk]:
-        """Take one sampled frame; returns the chunks that are complete (often none)."""
+    def push(self, image: np.ndarray, t: float, prepared: PreparedGroup | None = None) -> list[Chunk]:
+        """Take one sampled frame; returns the chunks that are complete (often none). `prepared`: the group this
+        frame completes, patchified off this thread (`FramePrep`); used when its frames are the ones pending here,
+        else the group is patchified here (a frame was dropped on the way)."""
         self.stats.frames += 1
         self._frames.append((image, t))
         if len(self._frames) < self.group_size:
             return []
-        self._group()
+        self._group(prepared)
         return self._encode() if len(self._groups) >= self.config.batch_groups else []
 
     def push_group(self, patches: torch.Tensor, grid: torch.Tensor, t0: float, t1: float) -> list[Chunk]:
@@ -114,9 +146,12 @@ class VisualStream:
             self._group()
         return self._encode() if self._groups else []
 
-    def _group(self) -> None:
+    def _group(self, prepared: PreparedGroup | None = None) -> None:
         images = [f for f, _ in self._frames]
-        patches, grid = self.backend.patchify(images if len(images) > 1 else images[0])
+        if prepared is not None and prepared.times == [t for _, t in self._frames]:
+            patches, grid = prepared.patches, prepared.grid
+        else:
+            patches, grid = self.backend.patchify(images if len(images) > 1 else images[0])
         self._groups.append((patches, grid, self._frames[0][1], self._frames[-1][1]))
         self._frames = []
 

@@ -132,12 +132,20 @@ def test_caption_every_n_seconds_thins_them(tiny_qwen):
 
 
 def test_the_cli_runs_perception_beside_a_vlm(capsys, monkeypatch, tmp_path, tiny_qwen, tiny_qwen_dir):
-    """Through the threads: frames go on as pixels, the perceivers beside them read the sign, the stored index
-    holds what they read, and `sessions show` prints it."""
+    """Through the threads: frames go on as pixels (patchified on the perception thread), the perceivers beside
+    them read the sign, the stored index holds what they read, and `sessions show` prints it."""
+    import threading
+
+    from model.qwen_vl import QwenVLBackend
     monkeypatch.setenv("ONLOOKER_DATA_DIR", str(tmp_path / "data"))
     model_dir = tiny_qwen_dir
+    patchified_on: list[str] = []                        # which thread made each pair's patches
+    real = QwenVLBackend.patchify
+    monkeypatch.setattr(QwenVLBackend, "patchify",
+                        lambda self, *a: (patchified_on.append(threading.current_thread().name), real(self, *a))[1])
     assert main(["run", "--source", "synthetic:short", "--model", str(model_dir), "--headless", "--fast",
                  "--no-audio", "--window", "200"]) == 0
+    assert patchified_on == ["onlooker-perceive"] * 6    # off the runtime's thread, which launches the kernels
     records = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     seen = [r for r in records if r["type"] == "observation"]
     assert seen and all(r["text"] for r in seen)

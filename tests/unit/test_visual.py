@@ -135,3 +135,40 @@ def test_a_small_figure_walking_into_a_still_scene_is_not_given_the_previous_fea
     assert vs.stats.reused_groups == 1 and vs.stats.vit_groups == 2       # the still pair reused, the figure not
     before, after = vs.backend.patchify([still, still])[0], vs.backend.patchify([walked_in, walked_in])[0]
     assert float((after - before).abs().mean()) < 0.02     # the old rule (whole-frame mean under 0.02) reused it
+
+
+def _chunks_equal(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.text == y.text and torch.equal(x.position_ids, y.position_ids)
+        torch.testing.assert_close(x.inputs_embeds, y.inputs_embeds, rtol=0, atol=0)
+
+
+def test_groups_patchified_off_the_runtime_thread_give_the_same_chunks(tiny_qwen, monkeypatch):
+    """The perception thread patchifies each pair (FramePrep) and the runtime's VisualStream uses it: the same
+    chunks as patchifying there, and the runtime side calls patchify for no group whose frames it was handed.
+    A frame lost between the two (the runtime saw 0, 2, 3, ...) makes the runtime patchify that group itself."""
+    from perception.visual import FramePrep
+    scene = SyntheticScene("short")
+    frames = [(scene.render(i * 10), float(i)) for i in range(8)]
+    prep = FramePrep(tiny_qwen)
+    prepared = [prep.take(f, t) for f, t in frames]
+    assert [p is not None for p in prepared] == [False, True] * 4 and prepared[1].times == [0.0, 1.0]
+
+    def run(seq, use_prepared: bool):
+        vs = VisualStream(tiny_qwen, VisualConfig(batch_groups=1))
+        out = []
+        for k in seq:
+            out += vs.push(frames[k][0], frames[k][1], prepared[k] if use_prepared else None)
+        return out + vs.flush()
+
+    want = run(range(8), False)
+    real = tiny_qwen.patchify
+    calls: list[int] = []
+    monkeypatch.setattr(tiny_qwen, "patchify", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    _chunks_equal(run(range(8), True), want)
+    assert calls == []                                   # every group came prepared
+    lost = [0, 2, 3, 4, 5, 6, 7]                         # frame 1 never reached the runtime
+    got = run(lost, True)
+    assert len(calls) == 4            # (0, 2), (3, 4), (5, 6) and the lone 7: none matches a prepared group
+    _chunks_equal(got, run(lost, False))
