@@ -78,6 +78,17 @@ class PreparedGroup:
     grid: torch.Tensor
 
 
+def group_size(backend, config: VisualConfig) -> int:
+    """Frames per group: the model's temporal patch (a pair) when grouping, else one."""
+    return backend.temporal_patch_size if config.group_frames else 1
+
+
+def patchify_group(backend, frames: list[tuple[np.ndarray, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One group's (patches, grid); a lone frame is patchified as a still."""
+    images = [f for f, _ in frames]
+    return backend.patchify(images if len(images) > 1 else images[0])
+
+
 class FramePrep:
     """Patchifies frame groups on the thread that hands frames to the runtime (the perception thread), so the
     runtime's thread, which launches the model's kernels, does not. Feed it every sampled frame in order;
@@ -86,7 +97,7 @@ class FramePrep:
 
     def __init__(self, backend, config: VisualConfig | None = None) -> None:
         self.backend = backend
-        self.group_size = backend.temporal_patch_size if (config or VisualConfig()).group_frames else 1
+        self.group_size = group_size(backend, config or VisualConfig())
         self.pin = torch.device(backend.device).type == "cuda"
         self._frames: list[tuple[np.ndarray, float]] = []
 
@@ -94,8 +105,7 @@ class FramePrep:
         self._frames.append((image, t))
         if len(self._frames) < self.group_size:
             return None
-        images = [f for f, _ in self._frames]
-        patches, grid = self.backend.patchify(images if len(images) > 1 else images[0])
+        patches, grid = patchify_group(self.backend, self._frames)
         group = PreparedGroup([t for _, t in self._frames], patches.pin_memory() if self.pin else patches, grid)
         self._frames = []
         return group
@@ -105,7 +115,7 @@ class VisualStream:
     def __init__(self, backend, config: VisualConfig | None = None) -> None:
         self.backend = backend
         self.config = config or VisualConfig()
-        self.group_size = backend.temporal_patch_size if self.config.group_frames else 1
+        self.group_size = group_size(backend, self.config)
         self.stats = VisualStats()
         self._frames: list[tuple[np.ndarray, float]] = []
         self._groups: list[tuple[torch.Tensor, torch.Tensor, float, float]] = []   # patches, grid, t0, t1
@@ -147,11 +157,10 @@ class VisualStream:
         return self._encode() if self._groups else []
 
     def _group(self, prepared: PreparedGroup | None = None) -> None:
-        images = [f for f, _ in self._frames]
         if prepared is not None and prepared.times == [t for _, t in self._frames]:
             patches, grid = prepared.patches, prepared.grid
         else:
-            patches, grid = self.backend.patchify(images if len(images) > 1 else images[0])
+            patches, grid = patchify_group(self.backend, self._frames)
         self._groups.append((patches, grid, self._frames[0][1], self._frames[-1][1]))
         self._frames = []
 
