@@ -25,5 +25,20 @@ def print_table(header: str, columns: list[str], cells: list[list[str]]) -> None
         print("| " + " | ".join(line) + " |")
 
 
+def sync(device: str) -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU), before reading a clock or memory."""
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def gpu_gb(device: str) -> float | None:
+    """GPU memory allocated by torch, GB (None on the CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+    return torch.cuda.memory_allocated() / 2**30
+
+
 class BenchError(Exception):
     """Bad input for a benchmark; the launcher prints one line and exits 2."""

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.common import BenchError, write_rows
+from bench.common import BenchError, gpu_gb, sync, write_rows
 from bench.ingest_baseline import run_transformers
 from bench.ingest_beside import Beside
 from bench.ingest_feed import Feed, Prepared
@@ -113,15 +113,6 @@ def measure_matmul_peak(device: str) -> float:
     return 2 * n ** 3 / float(np.median(times))
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _mem(device: str) -> float | None:
-    return torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else None
-
-
 CONFIGS = ("transformers", "naive", "window", "onlooker", "onlooker+perception", "onlooker+captions",
            "onlooker-tf-vision")
 
@@ -157,7 +148,7 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
     lm_flops = 0.0
     oom_at = None
     stream_t = 0.0
-    _sync(device)
+    sync(device)
     start, cpu_start = time.perf_counter(), time.thread_time()
     bar = tqdm(range(n_groups), desc=f"{name}", unit="pair", file=sys.stderr, mininterval=5)
     for g in bar:
@@ -186,8 +177,8 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
         stream_t = t0 + group_s
         for m in marks:
             if marks[m] is None and stream_t >= m:
-                _sync(device)
-                marks[m] = _mem(device)
+                sync(device)
+                marks[m] = gpu_gb(device)
         if time.perf_counter() - start > (wall_cap_s if naive else max_wall_s):
             break
     bar.close()
@@ -197,7 +188,7 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
                 mem.append(chunk)
         except torch.OutOfMemoryError:
             oom_at = stream_t
-    _sync(device)
+    sync(device)
     wall, main_cpu = time.perf_counter() - start, time.thread_time() - cpu_start
     feed.close()
     perceived, skipped = beside.close() if beside is not None else (None, None)
@@ -230,13 +221,13 @@ def question_ttft(backend, mem: HierarchicalMemory, now: float, device: str) -> 
     """Time to first token of a question about the past, asked at the end of the stream (median of 3)."""
     times = []
     for q in ("What happened at 12:00?", "What did the sign show two minutes ago?", "What is on screen now?"):
-        _sync(device)
+        sync(device)
         asked = time.monotonic()
         view = mem.context(q, now)
         job = answer_job(backend, view, q, now, latest=None, restate=mem.config.restate, max_new_tokens=4,
                          asked_at=asked)
         job.step(1)
-        _sync(device)
+        sync(device)
         times.append(job.ttft_ms or 0.0)
     return float(np.median(times))
 

@@ -5,7 +5,8 @@ One forward of the model per frame pair: `pixel_values_videos` / `video_grid_thw
 `<|vision_start|><|video_pad|>...<|vision_end|>` ids, on a growing `DynamicCache`, `logits_to_keep=1`;
 positions as transformers computes them. Nothing is evicted, pruned or reused, so it runs until the GPU is
 out of memory or its time cap. It gets the same help as the other configurations: the same frames, prepared
-by the same feed inside the timed loop, the same attention backend.
+by the same feed inside the timed loop, the same attention backend and the same vision tower attention
+(model/vision_attention.py, one call per layer).
 """
 
 from __future__ import annotations
@@ -18,14 +19,11 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
+from bench.common import gpu_gb, sync
 from bench.ingest_report import MARKS_S
+from model import vision_attention
 
 QUESTION = "What happened at 12:00?"
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 @torch.inference_mode()
@@ -38,10 +36,9 @@ def run_transformers(backend, feed_factory, *, minutes: float, fps: float, devic
     cache = DynamicCache(config=cfg)
     typed = "mm_token_type_ids" in inspect.signature(model.forward).parameters   # newer transformers
     feed = feed_factory()
+    vision_attention.set_batched(backend.model.model.visual, True)   # the same tower as the other configurations
     vit_params, lm_params = param_counts
-    text = backend.language_model().config
-    hidden, layers = text.num_attention_heads * (getattr(text, "head_dim", None) or text.hidden_size //
-                                                  text.num_attention_heads), text.num_hidden_layers
+    hidden, layers = backend.num_heads * backend.head_dim, backend.num_layers     # as run_config counts them
     n_groups = int(minutes * 60 * fps / 2)
     group_s = 2 / fps
     marks: dict[int, float | None] = {m: None for m in MARKS_S if m <= minutes * 60}
@@ -49,7 +46,7 @@ def run_transformers(backend, feed_factory, *, minutes: float, fps: float, devic
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    _sync(device)
+    sync(device)
     start, cpu_start = time.perf_counter(), time.thread_time()
     for g in tqdm(range(n_groups), desc="transformers", unit="pair", file=sys.stderr, mininterval=5):
         patches, grid = feed.get(g)
@@ -73,11 +70,11 @@ def run_transformers(backend, feed_factory, *, minutes: float, fps: float, devic
         stream_t = (g + 1) * group_s
         for mark in marks:
             if marks[mark] is None and stream_t >= mark:
-                _sync(device)
-                marks[mark] = torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else None
+                sync(device)
+                marks[mark] = gpu_gb(device)
         if time.perf_counter() - start > wall_cap_s:
             break
-    _sync(device)
+    sync(device)
     wall, main_cpu = time.perf_counter() - start, time.thread_time() - cpu_start
     feed.close()
     n_frames = int(stream_t * fps)
@@ -91,7 +88,7 @@ def run_transformers(backend, feed_factory, *, minutes: float, fps: float, devic
            "host_mb": 0.0, "segments_sealed": 0, "device_kv_mb": None}
     if oom_at is None:
         q = backend.tokenizer(QUESTION, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         out = model(input_ids=q, past_key_values=cache, use_cache=True, logits_to_keep=1)
         int(out.logits[0, -1].argmax())                       # the first token, on the host

@@ -33,6 +33,7 @@ from bench.common import write_rows
 from bench.ingest import build_backend, default_tokenizer, load_frames, run_config
 from bench.ingest_beside import Beside, Burner, pin
 from bench.ingest_feed import Prepared
+from bench.ingest_shapes import SIZES
 
 VARIANTS = ("alone", "perception", "burn1", "burn2", "alone-split", "perception-split", "burn2-split", "alone-pin1",
             "perception-2fps", "alone-t1", "perception-t1", "burn1-t1")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--tokenizer")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--size", default="7b", choices=["7b", "8b", "tiny", "tiny3"])
+    p.add_argument("--size", default="7b", choices=list(SIZES))
     p.add_argument("--out")
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",")]

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from bench.common import BenchError, write_rows
+from bench.ingest_shapes import SIZES
 
 
 def _status_kb(pid: int | str, key: str) -> int:
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=0.1, help="frames sampled per stream second (default 0.1)")
     p.add_argument("--sample-min", type=float, default=10.0, help="sample every this many stream-minutes")
     p.add_argument("--model", default="lite", help="lite (default) or a model directory")
-    p.add_argument("--size", choices=["7b", "8b", "tiny", "tiny3"], help="instead of --model: a Qwen2.5-VL-7B, "
+    p.add_argument("--size", choices=list(SIZES), help="instead of --model: a Qwen2.5-VL-7B, "
                    "Qwen3-VL-8B or tiny shape, random weights")
     p.add_argument("--tokenizer", help="with --size: a ChatML tokenizer directory (default: the lite model's)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
