@@ -20,6 +20,8 @@ tower, token drop, LM prefill, memory.
                (in the loop, so frames/s carries the cost; a live run captions only when it has slack); random
                weights never stop early, every caption runs its whole token budget (an upper bound)
     onlooker-tf-vision    onlooker with transformers' own tower attention (model/vision_attention.py off)
+    onlooker-tf-lm        onlooker with transformers' own language-model forward (model/fast_lm.py off)
+    onlooker+compiled-lm  onlooker with the lean language-model forward's layers under torch.compile
 
 Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of stream,
 TTFT of a question after the stream, and model FLOP utilisation against the measured bf16 matmul peak.
@@ -28,6 +30,7 @@ TTFT of a question after the stream, and model FLOP utilisation against the meas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import platform
 import sys
@@ -114,7 +117,24 @@ def measure_matmul_peak(device: str) -> float:
 
 
 CONFIGS = ("transformers", "naive", "window", "onlooker", "onlooker+perception", "onlooker+captions",
-           "onlooker-tf-vision")
+           "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm")
+
+
+@contextlib.contextmanager
+def lm_forward(backend, name: str):
+    """The language-model forward a configuration runs: transformers' own, the lean one compiled, or the lean one."""
+    if name == "onlooker-tf-lm":
+        with backend.transformers_forward():
+            yield
+        return
+    compiled = name == "onlooker+compiled-lm"
+    if compiled:
+        backend.fast.compile(True)
+    try:
+        yield
+    finally:
+        if compiled:
+            backend.fast.compile(False)
 
 
 def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, device: str, window: int,
@@ -304,11 +324,13 @@ def run_ingest_bench(args) -> int:
         backend.compile_vision()
         for k in range(1, args.batch + 1):
             backend.encode_patches([prepared.groups[0][0]] * k, [prepared.groups[0][1]] * k)
-    # warm-up (kernel selection, allocator, cuBLAS handles), not recorded
-    run_config("window", backend, feed, minutes=16 / 60, fps=args.stream_fps, device=args.device, window=args.window,
-               batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))
-    rows = []
     names = [c.strip() for c in args.configs.split(",")]
+    # warm-up (kernel selection, allocator, cuBLAS handles; compiling when a configuration compiles), not recorded
+    for warm in ["window"] + [n for n in names if n == "onlooker+compiled-lm"]:
+        with lm_forward(backend, warm):
+            run_config(warm, backend, feed, minutes=16 / 60, fps=args.stream_fps, device=args.device,
+                       window=args.window, batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))
+    rows = []
     for name in names * max(1, args.repeat):
         if name not in CONFIGS:
             raise BenchError(f"unknown configuration {name!r} ({', '.join(CONFIGS)})")
@@ -316,9 +338,10 @@ def run_ingest_bench(args) -> int:
             row = run_transformers(backend, feed, minutes=args.minutes, fps=args.stream_fps, device=args.device,
                                    wall_cap_s=args.naive_wall_s, param_counts=(vit_params, lm_params))
         else:
-            row = run_config(name, backend, feed, minutes=args.minutes, fps=args.stream_fps, device=args.device,
-                             window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
-                             param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s, frames=frames)
+            with lm_forward(backend, name):
+                row = run_config(name, backend, feed, minutes=args.minutes, fps=args.stream_fps, device=args.device,
+                                 window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
+                                 param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s, frames=frames)
         row["mfu"] = row["flops"] / row["wall_s"] / peak
         rows.append(row)
         print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -36,6 +38,7 @@ from transformers import AutoTokenizer, DynamicCache
 from model import vision_attention
 from model.backend import Backend, no_cudnn_attention
 from model.chunk import Chunk, VideoBlock, format_time, text_positions
+from model.fast_lm import FastLM
 
 IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)     # Qwen2-VL / Qwen2.5-VL (CLIP)
 IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
@@ -126,7 +129,7 @@ class QwenVLBackend(Backend):
     accepts_frames = True
 
     def __init__(self, model, tokenizer, name: str = "Qwen2.5-VL", max_pixels: int = 448 * 448,
-                 min_pixels: int = 56 * 56, frame_layout: str | None = None) -> None:
+                 min_pixels: int = 56 * 56, frame_layout: str | None = None, fast_lm: bool = True) -> None:
         super().__init__(model, tokenizer)
         self.name = name
         self.dtype = next(model.parameters()).dtype
@@ -149,6 +152,8 @@ class QwenVLBackend(Backend):
         end = torch.tensor([self.vision_end_id])
         self._frame_tail = end if self.deepstack else torch.cat([end, newline])
         vision_attention.install(model.model.visual)
+        # the language model's lean forward (model.fast_lm); None: transformers' own forward
+        self.fast: FastLM | None = FastLM(self.language_model()) if fast_lm else None
 
     @classmethod
     def from_dir(cls, path: Path | str, device: str = "cpu", family: str = "qwen2_5_vl") -> QwenVLBackend:
@@ -287,18 +292,47 @@ class QwenVLBackend(Backend):
         return Chunk("frame", block.t1, block.t1, "", text_positions(n, 3) + m, m + n, input_ids=tail.clone(),
                      continues=True)
 
+    @contextmanager
+    def transformers_forward(self) -> Iterator[None]:
+        """Inside the block, transformers' own language-model forward instead of the lean one (to compare)."""
+        fast, self.fast = self.fast, None
+        try:
+            yield
+        finally:
+            self.fast = fast
+
     @torch.inference_mode()
     def prefill(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
+        return self._forward(chunk, cache, offset, None)[0]
+
+    def prefill_keys(self, chunk: Chunk, cache: DynamicCache, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fast is None:
+            return super().prefill_keys(chunk, cache, offset)
+        logits, sums = self._forward(chunk, cache, offset, "keys")
+        return logits, torch.stack(sums)                 # outside inference mode: the memory adds to it in place
+
+    def question_query(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
+        if self.fast is None:
+            return super().question_query(chunk, cache, offset)
+        return torch.stack(self._forward(chunk, cache, offset, "queries")[1]).cpu()
+
+    @torch.inference_mode()
+    def _forward(self, chunk: Chunk, cache: DynamicCache, offset: int,
+                 collect: str | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if chunk.inputs_embeds is not None:
             embeds = chunk.inputs_embeds.to(self.device, self.dtype)
         else:
             assert chunk.input_ids is not None
             embeds = self._embed(chunk.input_ids)
         pos = (chunk.position_ids.to(self.device) + offset).unsqueeze(1)        # (3, 1, n)
-        extra = {}
+        mask = deep = None
         if chunk.deepstack is not None and chunk.visual_mask is not None and bool(chunk.visual_mask.any()):
-            extra = {"visual_pos_masks": chunk.visual_mask.to(self.device).unsqueeze(0),
-                     "deepstack_visual_embeds": [d.to(self.device, self.dtype) for d in chunk.deepstack]}
+            mask, deep = chunk.visual_mask, [d.to(self.device, self.dtype) for d in chunk.deepstack]
+        if self.fast is not None:
+            last, sums = self.fast.forward(embeds, pos, cache, visual_mask=mask, deepstack=deep, collect=collect)
+            return self.model.lm_head(last).float(), sums
+        extra = {} if mask is None else {"visual_pos_masks": mask.to(self.device).unsqueeze(0),
+                                         "deepstack_visual_embeds": deep}
         out = self.model.model.language_model(inputs_embeds=embeds.unsqueeze(0), position_ids=pos,
                                               past_key_values=cache, use_cache=True, **extra)
-        return self.model.lm_head(out.last_hidden_state[:, -1]).float()[0]
+        return self.model.lm_head(out.last_hidden_state[:, -1]).float()[0], []

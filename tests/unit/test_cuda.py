@@ -217,3 +217,64 @@ def test_gpu_vision_tower_batched_attention_within_bf16_of_transformers(shape):
           f"compiled {err(compiled):.2e}")
     assert err(fast) <= 1.5 * err(own) + 1e-3, (err(fast), err(own))
     assert err(compiled) <= 1.5 * err(own) + 1e-3, (err(compiled), err(own))
+
+
+@pytest.mark.parametrize("shape", ["7b", "8b"])
+def test_gpu_lean_lm_forward_within_bf16_of_transformers(shape):
+    """model.fast_lm on the real LM widths (2 layers, random weights): a 300-token chunk, then 200 tokens on top of
+    it and a decode step; the lean bf16 forward is as close to transformers' float32 forward as transformers' own
+    bf16 forward is (last hidden state and the cache)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, Qwen3VLTextConfig, Qwen3VLTextModel
+
+    from bench.ingest_shapes import SIZES
+    from model.fast_lm import FastLM
+    spec = dict(SIZES[shape][1]["text_config"], num_hidden_layers=2)
+    qwen3 = shape == "8b"
+    cfg = (Qwen3VLTextConfig if qwen3 else Qwen2_5_VLTextConfig)(**spec)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    lm = (Qwen3VLTextModel if qwen3 else Qwen2_5_VLTextModel)(cfg).to("cuda", torch.float32).eval()
+    h = cfg.hidden_size
+    xs = [torch.randn(n, h, device="cuda") for n in (300, 200, 1)]
+    poss = [torch.stack([torch.arange(n) // 7, torch.arange(n) % 11, torch.arange(n) % 13]).cuda() + off
+            for n, off in ((300, 0), (200, 310), (1, 520))]
+    deep = [torch.randn(50, h, device="cuda") for _ in range(2)] if qwen3 else None
+    mask = torch.zeros(200, dtype=torch.bool)
+    mask[20:70] = True
+
+    def own():
+        cache, outs = DynamicCache(), []
+        for i, (x, p) in enumerate(zip(xs, poss, strict=True)):
+            extra = {"visual_pos_masks": mask.cuda()[None], "deepstack_visual_embeds": [d.to(x.dtype) for d in deep]}\
+                if deep is not None and i == 1 else {}
+            out = lm(inputs_embeds=x.to(lm.dtype)[None], position_ids=p[:, None], past_key_values=cache,
+                     use_cache=True, **extra)
+            outs.append(out.last_hidden_state[0, -1].float())
+        return outs, cache
+
+    def lean(fast):
+        cache, outs = DynamicCache(), []
+        for i, (x, p) in enumerate(zip(xs, poss, strict=True)):
+            d = [t.to(lm.dtype) for t in deep] if deep is not None and i == 1 else None
+            outs.append(fast.forward(x.to(lm.dtype), p[:, None], cache, visual_mask=mask if d else None,
+                                     deepstack=d)[0].float())
+        return outs, cache
+
+    with torch.inference_mode():
+        exact, exact_cache = own()
+        lm.to(torch.bfloat16)
+        ref, ref_cache = own()
+        fast = FastLM(lm)
+        got, got_cache = lean(fast)
+
+    def err(a, b):
+        return float((a.float() - b.float()).norm() / b.float().norm())
+    for i in range(3):
+        e_own, e_fast = err(ref[i], exact[i]), err(got[i], exact[i])
+        print(f"{shape} step {i}: relative error to float32: transformers bf16 {e_own:.2e}, lean {e_fast:.2e}")
+        assert e_fast <= 1.5 * e_own + 1e-3, (i, e_fast, e_own)
+    for lr, lg, le in zip(ref_cache.layers, got_cache.layers, exact_cache.layers, strict=True):
+        assert err(lg.keys, le.keys) <= 1.5 * err(lr.keys, le.keys) + 1e-3
+        assert err(lg.values, le.values) <= 1.5 * err(lr.values, le.values) + 1e-3

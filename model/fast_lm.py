@@ -1,0 +1,190 @@
+"""A lean forward of the VLM's language model for the stream's prefills and decode steps.
+
+The same arithmetic as transformers' Qwen2.5-VL / Qwen3-VL text decoder (`language_model(inputs_embeds=...,
+position_ids=..., past_key_values=cache)`), in about a third of the kernels and without its per-layer Python:
+a stream prefill is a few hundred tokens against a window of thousands, and on a GPU transformers' forward is
+bound by launching ~80 small kernels per layer (stop 22's profile), not by arithmetic. Here, per layer:
+
+- q, k and v in one matmul, gate and up in another: the projections' weights become views into one fused
+  weight per layer (`fuse_projections`; no extra memory, transformers' modules keep working on the views);
+- M-RoPE's cos/sin computed once per forward (the model's own rotary module) and applied to q and k together;
+- attention with a lower-right causal bias (`torch.nn.attention.bias.causal_lower_right`): no mask tensor,
+  flash or memory-efficient attention on a GPU, key/value heads shared by their query heads (GQA) without copies
+  where the kernel allows;
+- the final norm only on the last token (only its logits are used);
+- the keys (or queries) before RoPE summed over the tokens inline, for the memory's segment keys and the
+  question probe, instead of forward hooks.
+
+The cache is updated through the public `Cache.update(keys, values, layer)`, so forks and the memory's splicing
+behave exactly as with transformers' forward. tests/unit/test_fast_lm.py checks equality with transformers'
+forward on tiny configs of both families (positions, past cache, deepstack, decode steps).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+
+def fuse_projections(lm) -> None:
+    """Make each layer's q/k/v projection weights (and biases) views into one fused tensor, and gate/up likewise.
+    Idempotent. Call after the model is on its device (moving it later would undo the sharing)."""
+    for layer in lm.layers:
+        a, m = layer.self_attn, layer.mlp
+        if getattr(layer, "_onlooker_fused", False):
+            continue
+        _fuse([a.q_proj, a.k_proj, a.v_proj], "weight")
+        if a.q_proj.bias is not None:
+            _fuse([a.q_proj, a.k_proj, a.v_proj], "bias")
+        _fuse([m.gate_proj, m.up_proj], "weight")
+        layer._onlooker_fused = True
+
+
+def _fuse(mods, attr: str) -> None:
+    with torch.no_grad():
+        fused = torch.cat([getattr(mod, attr).detach() for mod in mods])
+        start = 0
+        for mod in mods:
+            p = getattr(mod, attr)
+            n = p.shape[0]
+            p.data = fused[start:start + n]
+            start += n
+
+
+def fused_weight(mods, attr: str) -> torch.Tensor:
+    """The fused tensor the projections' `attr` are views into (`fuse_projections`), as one (sum of rows, ...)."""
+    first = getattr(mods[0], attr)
+    rows = sum(getattr(m, attr).shape[0] for m in mods)
+    return first.as_strided((rows, *first.shape[1:]), first.stride(), first.storage_offset())
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' Qwen RMSNorm: normalised in float32, cast back, then scaled by the weight."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """(1, Hq, n, D) queries against (1, Hkv, N, D) keys/values, the n queries being the last n of the N: causal,
+    aligned at the lower right. GQA without expanding the keys where the kernel takes it (flash on a GPU, the
+    math kernel on the CPU); on a GPU without flash, keys and values are expanded for memory-efficient attention."""
+    n, total = q.shape[2], k.shape[2]
+    if n == 1:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+    bias = causal_lower_right(n, total)
+    if q.device.type == "cuda" and not _flash_ok(q, k, v):
+        g = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
+
+
+def _flash_ok(q, k, v) -> bool:
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+    return bool(can_use_flash_attention(SDPAParams(q, k, v, None, 0.0, True, True)))
+
+
+class FastLM:
+    """The decoder stack of a Qwen2.5-VL (`qwen2_5_vl`) or Qwen3-VL (`qwen3_vl`) model, run lean."""
+
+    def __init__(self, lm) -> None:
+        cfg = lm.config
+        if getattr(cfg, "hidden_act", "silu") != "silu":
+            raise ValueError(f"FastLM supports SiLU MLPs, not {cfg.hidden_act}")
+        self.lm = lm
+        self.num_heads = int(cfg.num_attention_heads)
+        self.num_kv_heads = int(cfg.num_key_value_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads)
+        self.eps = float(cfg.rms_norm_eps)
+        self.scale = self.head_dim ** -0.5
+        self.compiled = False
+        self._compiled: tuple | None = None
+        fuse_projections(lm)
+        self.layers = []
+        for layer in lm.layers:
+            a, m = layer.self_attn, layer.mlp
+            qk_norm = None
+            if a.o_proj.bias is not None or m.down_proj.bias is not None:
+                raise ValueError("FastLM expects no bias on o_proj and down_proj")
+            if hasattr(a, "q_norm"):          # Qwen3: RMSNorm over each head's dims, q and k weights side by side
+                qk_norm = torch.cat([a.q_norm.weight.expand(self.num_heads, -1),
+                                     a.k_norm.weight.expand(self.num_kv_heads, -1)])
+            qkv = [a.q_proj, a.k_proj, a.v_proj]
+            bias = fused_weight(qkv, "bias") if a.q_proj.bias is not None else None
+            self.layers.append((layer.input_layernorm.weight, fused_weight(qkv, "weight"), bias, qk_norm, a.o_proj,
+                                layer.post_attention_layernorm.weight, fused_weight([m.gate_proj, m.up_proj], "weight"),
+                                m.down_proj))
+
+    def compile(self, on: bool = True) -> None:
+        """Run each layer's elementwise work and projections (`layer_in`, `layer_out`) under torch.compile with
+        dynamic token counts: the norms, RoPE, SiLU and residual adds fuse into a few kernels. The attention and the
+        cache stay eager. On a GPU; the first calls compile (seconds)."""
+        if on and self._compiled is None:
+            self._compiled = (torch.compile(layer_in, dynamic=True), torch.compile(layer_out, dynamic=True))
+        self.compiled = on
+
+    @torch.inference_mode()
+    def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache, *,
+                visual_mask: torch.Tensor | None = None, deepstack: list[torch.Tensor] | None = None,
+                collect: str | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`embeds` (n, hidden) at M-RoPE `position_ids` (3, 1, n) on top of `cache` (grows by n).
+
+        Returns the final hidden state of the last token (hidden,) after the model's norm, and with `collect`, one
+        (Hkv, D) float32 per layer: "keys" -> the layer's k_proj output summed over the tokens; "queries" -> its
+        q_proj output averaged over the tokens and over the query heads sharing a KV head (stack them outside
+        inference mode to get a tensor that can be updated in place)."""
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        run_in, run_out = self._compiled if self.compiled and self._compiled else (layer_in, layer_out)
+        n = int(embeds.shape[0])
+        x = embeds.unsqueeze(0)
+        cos, sin = self.lm.rotary_emb(x, position_ids)                    # (1, n, D) each
+        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)               # (n, 1, D): over heads
+        idx = None
+        if deepstack is not None and visual_mask is not None:
+            idx = visual_mask.nonzero().squeeze(1).to(x.device)
+        sums = []
+        for li, (w_in, w_qkv, b_qkv, qk_norm, o_proj, w_post, w_gu, down) in enumerate(self.layers):
+            qkv, q, k, v = run_in(x[0], w_in, w_qkv, b_qkv, qk_norm, cos, sin, self.eps, hq, hkv, d)
+            if collect == "keys":
+                sums.append(qkv[:, hq:hq + hkv].float().sum(0))
+            elif collect == "queries":
+                sums.append(qkv[:, :hq].float().reshape(n, hkv, hq // hkv, d).mean(dim=(0, 2)))
+            k, v = cache.update(k, v, li)
+            att = attend(q, k, v, self.scale)                              # (1, Hq, n, D)
+            x = run_out(x, att, o_proj.weight, w_post, w_gu, down.weight, self.eps)
+            if idx is not None and deepstack is not None and li < len(deepstack):
+                x[0].index_add_(0, idx, deepstack[li].to(x.device, x.dtype))
+        last = rms_norm(x[0, -1], self.lm.norm.weight, self.eps)
+        return last, sums
+
+
+def layer_in(x: torch.Tensor, w_in: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
+             qk_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, eps: float, hq: int, hkv: int,
+             d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer up to its attention: the projections (n, Hq + 2 Hkv, D) before any norm or RoPE, and q (1, Hq, n, D),
+    k and v (1, Hkv, n, D) as attention takes them."""
+    n = x.shape[0]
+    qkv = F.linear(rms_norm(x, w_in, eps), w_qkv, b_qkv).view(n, hq + 2 * hkv, d)
+    qk = qkv[:, :hq + hkv]
+    if qk_norm is not None:
+        qk = rms_norm(qk, qk_norm, eps)
+    qk = qk * cos + rotate_half(qk) * sin                                  # (n, Hq + Hkv, D)
+    q = qk[:, :hq].transpose(0, 1).unsqueeze(0)
+    k = qk[:, hq:].transpose(0, 1).unsqueeze(0)
+    v = qkv[:, hq + hkv:].transpose(0, 1).unsqueeze(0)
+    return qkv, q, k, v
+
+
+def layer_out(x: torch.Tensor, att: torch.Tensor, w_o: torch.Tensor, w_post: torch.Tensor, w_gu: torch.Tensor,
+              w_down: torch.Tensor, eps: float) -> torch.Tensor:
+    """A layer after its attention: output projection, residual, MLP (SiLU-gated), residual."""
+    n = att.shape[2]
+    x = x + F.linear(att.transpose(1, 2).reshape(1, n, -1), w_o)
+    gu = F.linear(rms_norm(x, w_post, eps), w_gu)
+    inter = gu.shape[-1] // 2
+    return x + F.linear(F.silu(gu[..., :inter]) * gu[..., inter:], w_down)
