@@ -227,7 +227,9 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
            "vit_groups": st.vit_groups, "vit_reused": st.reused_groups,
            "gpu_gb_at": {str(k): v for k, v in marks.items()}, "gpu_peak_gb": peak_gb, "oom_at_stream_s": oom_at,
            "stopped_by_cap": (not oom_at and n_frames < n_groups * 2), "flops": lm_flops + vit_flops,
-           "host_mb": mem.stats.host_bytes / 2**20, "segments_sealed": mem.stats.segments_sealed,
+           "host_mb": mem.stats.host_bytes / 2**20,
+           "index_mb": (mem.slabs.nbytes + mem.keybank.nbytes) / 2**20,    # mean keys, embeddings, the key bank
+           "segments_sealed": mem.stats.segments_sealed,
            "device_kv_mb": mem.device_bytes() / 2**20}
     if not naive and oom_at is None:
         row["ttft_ms"] = question_ttft(backend, mem, stream_t, device)

@@ -26,22 +26,21 @@ from __future__ import annotations
 
 import bisect
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 import kernels
 from memory import kv_cache
 from memory.config import MemoryConfig
 from memory.embed import TextEmbedder
 from memory.index import SegmentIndex
-from memory.retrieval import Candidate, Retrieval, SearchHit, retrieve, top_hits
+from memory.retrieval import Candidate, Retrieval, SearchHit, qk_scale, retrieve, top_hits
 from memory.segment_store import MB, MemoryStats, SegmentStore
 from memory.segments import Segment, SegmentFileError, host_kv, prune_by_value_norm
-from memory.slab import HostSlabs
+from memory.slab import HostSlabs, KeyBank
 from memory.timeref import parse_time_ref
+from memory.views import AppendResult, ContextView
 from memory.window import ChunkRecord, WindowSegment
 from model.backend import Backend
 from model.chunk import Chunk, VideoBlock
@@ -49,22 +48,6 @@ from model.chunk import Chunk, VideoBlock
 log = logging.getLogger("onlooker.memory")
 
 __all__ = ["HierarchicalMemory", "ContextView", "AppendResult", "MemoryStats", "SearchHit"]
-
-
-@dataclass
-class AppendResult:
-    logits: torch.Tensor                                   # next-token logits after the chunk, (vocab,)
-    sealed: list[Segment] = field(default_factory=list)
-
-
-@dataclass
-class ContextView:
-    cache: DynamicCache      # the caller may grow it freely
-    next_pos: int            # position of the next token
-    num_tokens: int
-    retrieval: Retrieval | None = None
-    placed: list[Segment] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)          # e.g. segments whose KV could not be read
 
 
 class HierarchicalMemory:
@@ -88,6 +71,7 @@ class HierarchicalMemory:
         self._notes: list[tuple[float, str]] = []   # (stream time, text) ahead of the chunk that will hold it
         self._open: VideoBlock | None = None         # the video block the last chunk left open
         self.slabs = HostSlabs()                     # sealed segments' mean keys and embeddings (memory.slab)
+        self.keybank = KeyBank()                     # the same mean keys as float32 rows, for scoring them all at once
 
     @property
     def segments(self) -> list[Segment]:
@@ -316,15 +300,22 @@ class HierarchicalMemory:
 
     def _retrieve(self, question: str, now: float, cands: list[Candidate], use_model: bool, top_k: int,
                   max_tokens: int) -> Retrieval:
-        query = None
+        query = scores = None
         if use_model and self.config.use_qk and cands:
             # the question's own words, without the chat template: template tokens dominate a mean query
             probe = self.backend.text_chunk("question", question, now, now)
             query = self.backend.question_query(probe, kv_cache.fork_cache(self.cache), self.next_pos)
+            scores = self._qk_scores(query, cands)
         embedder = self.embedder
         embed = (lambda text: embedder.encode([text])[0]) if embedder is not None else None
         return retrieve(question, now, cands, query=query, embed=embed, top_k=top_k, max_tokens=max_tokens,
-                        keyframe_seconds=self.config.keyframe_seconds)
+                        keyframe_seconds=self.config.keyframe_seconds, model_scores=scores)
+
+    def _qk_scores(self, query: torch.Tensor, cands: list[Candidate]) -> torch.Tensor:
+        """The query against every candidate's mean key: sealed ones from the key bank, then the window's."""
+        self.keybank.sync(self.segments)
+        dots, n = self.keybank.dot(query, extra=[w.rep_key for w in self.window]), len(self.segments)
+        return qk_scale(dots[[c.key if c.key >= 0 else n - 1 - c.key for c in cands]], query)
 
     def context(self, question: str | None = None, now: float | None = None) -> ContextView:
         """The context a question is answered from. Without a question (or with retrieval off): sink + window."""

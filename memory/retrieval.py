@@ -15,6 +15,7 @@ context already; their text may be restated beside the question).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -58,9 +59,16 @@ class Retrieval:
     scores: dict[str, list[int]] = field(default_factory=dict)   # signal -> candidate keys, best first
 
 
+@functools.lru_cache(maxsize=16384)
+def term_set(text: str) -> frozenset[str]:
+    """A text's terms, kept: sealed segments' texts are scored again at every question, and re-reading the 900 of
+    an hour of stream took about 33 ms per question on one CPU core."""
+    return frozenset(terms(text))
+
+
 def lexical_scores(question: str, texts: list[str]) -> torch.Tensor:
     q = set(terms(question))
-    docs = [set(terms(t)) for t in texts]
+    docs = [term_set(t) for t in texts]
     n = len(docs)
     scores = torch.zeros(n)
     for w in q:
@@ -76,9 +84,12 @@ def lexical_scores(question: str, texts: list[str]) -> torch.Tensor:
 
 def qk_scores(query: torch.Tensor, rep_keys: torch.Tensor) -> torch.Tensor:
     """query (L, Hkv, D) against rep_keys (S, L, Hkv, D) -> (S,), mean scaled dot product."""
-    d = query.shape[-1]
-    return torch.einsum("slhd,lhd->s", rep_keys.float(), query.float()) / (math.sqrt(d) * query.shape[0] *
-                                                                           query.shape[1])
+    return qk_scale(rep_keys.reshape(rep_keys.shape[0], -1).float() @ query.reshape(-1).float(), query)
+
+
+def qk_scale(dots: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Raw dot products of rep keys with `query` (L, Hkv, D) -> qk_scores' scale (mean over layers and heads)."""
+    return dots / (math.sqrt(query.shape[-1]) * query.shape[0] * query.shape[1])
 
 
 def _ranking(scores: torch.Tensor, keys: list[int], positive_only: bool = False) -> list[int]:
@@ -121,9 +132,13 @@ def _covering(cands: list[Candidate], t: float) -> Candidate:
 
 def retrieve(question: str, now: float, cands: list[Candidate], *, query: torch.Tensor | None,
              embed: Callable[[str], torch.Tensor] | None, top_k: int, max_tokens: int,
-             keyframe_seconds: float = 0.0) -> Retrieval:
+             keyframe_seconds: float = 0.0, model_scores: torch.Tensor | None = None) -> Retrieval:
     """Rank `cands` for `question` asked at stream time `now`. `query`: the model's pre-RoPE question query
-    (L, Hkv, D) or None; `embed`: text -> normalized embedding, or None; `keyframe_seconds`: see resolve_time."""
+    (L, Hkv, D) or None; `embed`: text -> normalized embedding, or None; `keyframe_seconds`: see resolve_time;
+    `model_scores`: the query's qk_scores against each of `cands` (in the order given), when the caller has them
+    already (memory.slab.KeyBank)."""
+    score_of = {id(c): float(s) for c, s in zip(cands, model_scores, strict=True)} if model_scores is not None \
+        else None
     cands = sorted(cands, key=lambda c: c.t0)
     ref = parse_time_ref(question, now)
     if not cands:
@@ -141,7 +156,9 @@ def retrieve(question: str, now: float, cands: list[Candidate], *, query: torch.
         emb = torch.stack(embeddings) @ embed(question)
         rankings["text_embedding"] = _ranking(emb, keys)
     rep_keys = [c.rep_key for c in cands if c.rep_key is not None]
-    if query is not None and len(rep_keys) == len(cands):
+    if score_of is not None:
+        rankings["model_qk"] = _ranking(torch.tensor([score_of[id(c)] for c in cands]), keys)
+    elif query is not None and len(rep_keys) == len(cands):
         # sealed segments keep theirs on the host in float16, the window's are live sums: one dtype, one device
         rankings["model_qk"] = _ranking(qk_scores(query, torch.stack([r.to(query.device, torch.float32)
                                                                       for r in rep_keys])), keys)

@@ -178,8 +178,10 @@ class VisualStream:
                 need.append((patches, grid))
                 prev = patches
         encoded = iter(self.backend.encode_patches([p for p, _ in need], [g for _, g in need]) if need else [])
-        pieces: list[list[Chunk]] = [[]]
-        for (patches, grid, t0, t1), reused in zip(groups, reuse, strict=True):
+        # every group's drop mask first, on the model's device, then all of them to the host at once: one wait for
+        # the device per batch instead of one per group
+        group_embeds, masks = [], []
+        for (patches, _, t0, _), reused in zip(groups, reuse, strict=True):
             if reused and self._prev_embeds is not None:
                 embeds = self._prev_embeds
                 self.stats.reused_groups += 1
@@ -188,7 +190,13 @@ class VisualStream:
                 self._prev_patches = patches
                 self.stats.vit_groups += 1
             self._prev_embeds = embeds
-            keep = self._drop(embeds, t0)
+            group_embeds.append(embeds)
+            masks.append(self._drop_mask(embeds, t0))
+        on_host = [m for m in masks if m is not None]
+        on_host = list(torch.cat(on_host).cpu().split([len(m) for m in on_host])) if on_host else []
+        keeps = [None if m is None else torch.nonzero(on_host.pop(0)).squeeze(1) for m in masks]
+        pieces: list[list[Chunk]] = [[]]
+        for (_, grid, t0, t1), embeds, keep in zip(groups, group_embeds, keeps, strict=True):
             n = int(embeds.shape[0])
             kept = n if keep is None else int(keep.numel())
             self.stats.groups += 1
@@ -220,8 +228,14 @@ class VisualStream:
         return self._block
 
     def _drop(self, embeds: torch.Tensor, t0: float) -> torch.Tensor | None:
-        """Indices of the tokens to keep (None: all). Updates the per-patch reference with the kept ones; a
-        keyframe (the first group at `t0` in a new keyframe span) keeps all and becomes the reference."""
+        """Indices of the tokens to keep (None: all): `_drop_mask`'s."""
+        mask = VisualStream._drop_mask(self, embeds, t0)
+        return None if mask is None else torch.nonzero(mask).squeeze(1)
+
+    def _drop_mask(self, embeds: torch.Tensor, t0: float) -> torch.Tensor | None:
+        """Keep mask of the tokens (None: all), on the embeddings' device, without waiting for it. Updates the
+        per-patch reference with the kept ones; a keyframe (the first group at `t0` in a new keyframe span) keeps
+        all and becomes the reference."""
         ref = self._ref
         bucket = keyframe_bucket(t0, self.config.keyframe_seconds)
         if ref is None or ref.shape != embeds.shape or self.config.drop_threshold >= 1.0 or \
@@ -229,7 +243,9 @@ class VisualStream:
             self._ref = embeds.clone()
             self._key_bucket = bucket
             return None
-        return drop_against(embeds, ref, self.config.drop_threshold)
+        mask = kernels.token_drop(embeds, ref, self.config.drop_threshold)
+        self._ref = torch.where(mask.unsqueeze(1), embeds, ref)          # the kept tokens become the reference
+        return mask
 
 
 def drop_against(embeds: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:

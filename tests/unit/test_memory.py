@@ -331,3 +331,32 @@ def test_host_slabs_pack_long_lived_rows_into_shared_blocks_that_save_as_before(
     save_file({"rep_key": rows[2]}, str(tmp_path / "s.safetensors"))   # a row saves alone, not its whole block
     assert torch.equal(load_file(str(tmp_path / "s.safetensors"))["rep_key"], keys[2])
     assert (tmp_path / "s.safetensors").stat().st_size < 30 * 3 * 64 * 2 + 1000
+
+
+def test_the_key_bank_scores_every_candidate_as_stacking_their_keys_does(lite_backend):
+    """The memory's qk scores (sealed segments from memory.slab.KeyBank, blocks of 3 rows here, and the live window)
+    equal retrieval.qk_scores over the stacked mean keys, candidate by candidate, and give retrieve the same
+    ranking; the bank follows a different segment list (a stored session read back) by starting over."""
+    from memory.retrieval import qk_scale, qk_scores
+    from memory.slab import KeyBank
+    b = lite_backend
+    mem = HierarchicalMemory(b, MemoryConfig(window_tokens=40, segment_seconds=1.0, use_embeddings=False))
+    mem.keybank = KeyBank(rows=3)
+    mem.set_sink(prompts.system_chunk(b))
+    for i, t in enumerate(QK_TEXTS):
+        mem.append(prompts.text_observation_chunk(b, 5.0 * i, t))
+    cands = mem.candidates()
+    assert len(mem.segments) >= 4 and mem.window and len(mem.keybank.blocks) == 0
+    q = "Where was the dog running?"
+    query = b.question_query(b.text_chunk("question", q, 50.0, 50.0), mem.context().cache, mem.next_pos)
+    got = mem._qk_scores(query, cands)
+    assert len(mem.keybank) == len(mem.segments) and len(mem.keybank.blocks) == -(-len(mem.segments) // 3)
+    want = qk_scores(query, torch.stack([c.rep_key.to("cpu", torch.float32) for c in cands]))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    fast = retrieve(q, 50.0, cands, query=query, embed=None, top_k=3, max_tokens=100, model_scores=got)
+    slow = retrieve(q, 50.0, cands, query=query, embed=None, top_k=3, max_tokens=100)
+    assert fast.scores["model_qk"] == slow.scores["model_qk"]
+    other = list(reversed(mem.segments))
+    mem.keybank.sync(other)
+    n = len(mem.segments)
+    torch.testing.assert_close(qk_scale(mem.keybank.dot(query), query), want[:n].flip(0), rtol=1e-4, atol=1e-6)

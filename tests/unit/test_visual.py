@@ -64,6 +64,24 @@ def test_batched_groups_equal_one_group_at_a_time(tiny_qwen):
     torch.testing.assert_close(concat_chunks(a, b._embed).position_ids, c[0].position_ids)
 
 
+def test_batched_token_drop_keeps_what_one_group_at_a_time_keeps(tiny_qwen):
+    """With token drop on, a batch of groups (their drop masks computed together, one copy to the host) keeps the
+    same tokens at the same positions as one group per batch, and the drop does prune (not a no-op comparison)."""
+    b = tiny_qwen
+    scene = SyntheticScene("signs")
+    frames = [(scene.render(i * 3), i * 0.5) for i in range(12)]
+    cfg = dict(drop_threshold=0.97, reuse_threshold=0.0, keyframe_seconds=0.0)
+    one = VisualStream(b, VisualConfig(batch_groups=1, **cfg))
+    three = VisualStream(b, VisualConfig(batch_groups=3, **cfg))
+    with torch.inference_mode():
+        a = concat_chunks([c for f, t in frames for c in one.push(f, t)], b._embed)
+        c = concat_chunks([c for f, t in frames for c in three.push(f, t)], b._embed)
+    assert 0 < three.stats.tokens_kept < three.stats.tokens_total
+    assert one.stats.tokens_kept == three.stats.tokens_kept
+    torch.testing.assert_close(a.position_ids, c.position_ids)
+    torch.testing.assert_close(a.inputs_embeds, c.inputs_embeds)
+
+
 def test_token_drop_and_feature_reuse_on_a_still_then_a_change(tiny_qwen):
     b = tiny_qwen
     scene = SyntheticScene("short")
