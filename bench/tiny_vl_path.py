@@ -112,7 +112,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "default": {}, "keyframes off": {"visual": {"keyframe_seconds": 0.0}},
     "drop off (keep all)": {"visual": {"drop_threshold": 1.0}}, "drop 0.98": {"visual": {"drop_threshold": 0.98}},
     "drop 0.90": {"visual": {"drop_threshold": 0.9}}, "ViT reuse off": {"visual": {"reuse_threshold": 0.0}},
-    "int8 at sealing": {"memory": {"quantize": True}}, "keep 50% at sealing": {"memory": {"keep_ratio": 0.5}}}
+    "int8 at sealing": {"memory": {"quantize": True}}, "keep 50% at sealing": {"memory": {"keep_ratio": 0.5}},
+    "int4 at sealing": {"memory": {"quantize": True, "quantize_bits": 4}}}
 
 
 def cells(rows: list[dict]) -> list[str]:
@@ -139,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the rows as JSON lines here")
     p.add_argument("--config", help="a TOML config for every run")
     p.add_argument("--sweep", action="store_true", help="also run the variants of VARIANTS (token drop, keyframes)")
+    p.add_argument("--variants", help="only these variants of VARIANTS (comma-separated names), in one run")
     args = p.parse_args(argv)
+    if args.variants and any(v.strip() not in VARIANTS for v in args.variants.split(",")):
+        print(f"bad --variants {args.variants!r}: expected names among {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -147,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     variants: dict[str, dict[str, dict]] = VARIANTS if args.sweep else {"": {}}
+    if args.variants:
+        variants = {v.strip(): VARIANTS[v.strip()] for v in args.variants.split(",")}
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as data_dir:
         for name, tables in variants.items():

@@ -34,7 +34,8 @@ class MemoryConfig:
     # sealing
     retain: bool = True                # False: what leaves the window is dropped and counted (StreamingVLM-style)
     keep_ratio: float = 1.0            # fraction of a segment's tokens kept (by value norm); 1.0 keeps all
-    quantize: bool = False             # int8 KV for sealed segments (host and disk)
+    quantize: bool = False             # quantized KV for sealed segments (host and disk), `quantize_bits` wide
+    quantize_bits: int = 8             # 8: int8 per (layer, head, token) row; 4: int4 per group of 32 (4.5 bits)
     # host and disk tiers
     host_mb: float = 512.0             # sealed segments in RAM; past this the oldest spill to disk
     disk_mb: float = 4096.0            # spilled segment files per session; past this the oldest KV is dropped
@@ -49,6 +50,8 @@ class MemoryConfig:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        if self.quantize_bits not in (4, 8):
+            raise ValueError(f"quantize_bits must be 4 or 8, got {self.quantize_bits}")
         if not self.keyframe_seconds >= 0:
             raise ValueError(f"keyframe_seconds must be >= 0, got {self.keyframe_seconds}")
         if self.top_k < 0 or self.retrieve_tokens < 0:

@@ -181,7 +181,7 @@ class HierarchicalMemory:
         k, v = kv_cache.read_range(self.cache, start, w.num_tokens)
         if w.embedding is None:
             w.embedding = self._embed_text(w.text)
-        kv = host_kv(k, v, self.config.quantize)
+        kv = host_kv(k, v, self.config.quantize, self.config.quantize_bits)
         seg = Segment(len(self.segments) + len(self.window) - 1, w.t0, max(w.t1, t1), w.text, w.num_tokens,
                       w.pos_start, w.orig_pos, w.pos_span, w.sealed_rep_key(), None, kv, embedding=w.embedding)
         seg.index_id = self.store.checkpoint(seg)
@@ -270,7 +270,8 @@ class HierarchicalMemory:
         if kept is not None:
             keys, values = keys[:, :, kept.to(keys.device)], values[:, :, kept.to(values.device)]
         seg = Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
-                      self.slabs.put(w.sealed_rep_key()), kept, host_kv(keys, values, self.config.quantize))
+                      self.slabs.put(w.sealed_rep_key()), kept, host_kv(keys, values, self.config.quantize,
+                                                                             self.config.quantize_bits))
         if w.checkpoint is not None:        # its checkpoint's row and file are replaced by the sealed segment
             seg.index_id, seg.file, seg.extra = w.checkpoint.index_id, w.checkpoint.file, w.checkpoint.extra
         emb = w.embedding if w.embedding is not None else self._embed_text(seg.text)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-import kernels
 from memory.index import SegmentIndex, tensor_to_blob
 from memory.segments import Segment, read_segment_kv, write_segment_file
 
@@ -184,17 +183,14 @@ class SegmentStore:
 
     # -- reading --------------------------------------------------------------------------------
     def load_kv(self, seg: Segment, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The segment's keys and values on `device`, (L, Hkv, k, D); int8 crosses over and is dequantized there.
+        """The segment's keys and values on `device`, (L, Hkv, k, D); quantized KV crosses over and expands there.
         Raises SegmentFileError when its file is missing or unreadable."""
         kv = seg.kv
         if kv is None:
             assert seg.file is not None
             kv = read_segment_kv(seg.file)
-        if kv.quantized:
-            assert kv.key_scale is not None and kv.value_scale is not None
-            return (kernels.dequantize_int8(kv.keys.to(device), kv.key_scale.to(device), dtype),
-                    kernels.dequantize_int8(kv.values.to(device), kv.value_scale.to(device), dtype))
-        return kv.keys.to(device, dtype), kv.values.to(device, dtype)
+        k, v = kv.dequantized(device)
+        return k.to(dtype), v.to(dtype)
 
     def close(self) -> None:
         if self._tmp_dir is not None:

@@ -4,7 +4,8 @@ A segment's KV is held as two stacked tensors, keys and values, shaped (L, Hkv, 
 Sealing may compress it:
   - pruning keeps the `keep_ratio` tokens with the largest value norm (averaged over layers and
     heads); the kept tokens keep their positions, so a pruned segment leaves gaps, never shifts;
-  - int8 quantization per (layer, head, token) row: absmax scale over the head dim, fp16 scales.
+  - int8 quantization per (layer, head, token) row: absmax scale over the head dim, fp16 scales; or int4 per
+    group of INT4_GROUP values along the head dim (two values per byte, an fp16 scale per group: 4.5 bits a value).
 Spilled segments are one safetensors file each, written to a temporary name and renamed, so a crash
 never leaves a half-written file under the real name. The file's metadata repeats the segment's
 times and text, so a session can be read back even if its index is damaged.
@@ -33,9 +34,10 @@ class SegmentFileError(RuntimeError):
 class SegmentKV:
     keys: torch.Tensor                        # (L, Hkv, k, D): float, or int8 when quantized
     values: torch.Tensor
-    key_scale: torch.Tensor | None = None     # (L, Hkv, k, 1) fp16 when quantized
+    key_scale: torch.Tensor | None = None     # (L, Hkv, k, 1) fp16 when quantized; (L, Hkv, k, D / 32) for int4
     value_scale: torch.Tensor | None = None
     dtype: torch.dtype = torch.float32        # dtype to restore on dequantization
+    bits: int = 8                             # 8: int8 keys/values; 4: uint8 holding two int4 each, (L, Hkv, k, D/2)
 
     @property
     def quantized(self) -> bool:
@@ -46,16 +48,33 @@ class SegmentKV:
         ts = [self.keys, self.values, self.key_scale, self.value_scale]
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
-    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def dequantized(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values on `device` in `dtype`; quantized ones cross over quantized and expand there."""
         if not self.quantized:
-            return self.keys, self.values
+            return self.keys.to(device, self.dtype), self.values.to(device, self.dtype)
         assert self.key_scale is not None and self.value_scale is not None
-        return (dequantize_int8(self.keys, self.key_scale, self.dtype),
-                dequantize_int8(self.values, self.value_scale, self.dtype))
+        expand = kernels.dequantize_int8 if self.bits == 8 else dequantize_int4
+        return (expand(self.keys.to(device), self.key_scale.to(device), self.dtype),
+                expand(self.values.to(device), self.value_scale.to(device), self.dtype))
 
 
 quantize_int8 = quantize_int8_ref          # one implementation: kernels.reference
 dequantize_int8 = dequantize_int8_ref
+INT4_GROUP = 32
+
+
+def quantize_int4(x: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4 per group of `group` values of the last dim: x ~ q * scale, q in [-7, 7] stored as q + 8,
+    two to a byte (low nibble first). -> (uint8 (..., D/2), fp16 scales (..., D/group))."""
+    xs = x.float().unflatten(-1, (-1, group))
+    scale = (xs.abs().amax(-1, keepdim=True) / 7).clamp_min(1e-8).half()
+    q = (torch.round(xs / scale.float()).clamp_(-7, 7) + 8).to(torch.uint8).flatten(-2)
+    return q[..., 0::2] | (q[..., 1::2] << 4), scale.squeeze(-1)
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    q = torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2).float() - 8       # (..., D)
+    return (q.unflatten(-1, (scale.shape[-1], -1)) * scale.float().unsqueeze(-1)).flatten(-2).to(dtype)
 
 
 def prune_by_value_norm(values: torch.Tensor, keep_ratio: float) -> torch.Tensor | None:
@@ -103,12 +122,13 @@ class Segment:
                 "seg_id": self.seg_id}
 
 
-def host_kv(keys: torch.Tensor, values: torch.Tensor, quantize: bool) -> SegmentKV:
-    """A segment's KV off the device: int8 quantized on the device first (only int8 crosses), or copied."""
+def host_kv(keys: torch.Tensor, values: torch.Tensor, quantize: bool, bits: int = 8) -> SegmentKV:
+    """A segment's KV off the device: quantized on the device first (only the quantized bytes cross), or copied."""
     if quantize:
-        qk, sk = kernels.quantize_int8(keys)
-        qv, sv = kernels.quantize_int8(values)
-        return SegmentKV(qk.cpu(), qv.cpu(), sk.cpu(), sv.cpu(), keys.dtype)
+        squeeze = kernels.quantize_int8 if bits == 8 else quantize_int4
+        qk, sk = squeeze(keys)
+        qv, sv = squeeze(values)
+        return SegmentKV(qk.cpu(), qv.cpu(), sk.cpu(), sv.cpu(), keys.dtype, bits)
     return SegmentKV(keys.to("cpu", copy=True), values.to("cpu", copy=True), dtype=keys.dtype)
 
 
@@ -126,7 +146,7 @@ def write_segment_file(path: Path, seg: Segment) -> int:
         tensors["value_scale"] = kv.value_scale.contiguous()
     if seg.kept is not None:
         tensors["kept"] = seg.kept.to(torch.int64).contiguous()
-    meta = {"segment": json.dumps(seg.meta()), "dtype": str(kv.dtype)}
+    meta = {"segment": json.dumps(seg.meta()), "dtype": str(kv.dtype), "bits": str(kv.bits)}
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -142,9 +162,10 @@ def read_segment_kv(path: Path) -> SegmentKV:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
             dtype = _DTYPES.get((f.metadata() or {}).get("dtype", ""), torch.float32)
+            bits = int((f.metadata() or {}).get("bits", "8"))
             kv = SegmentKV(f.get_tensor("keys"), f.get_tensor("values"),
                            f.get_tensor("key_scale") if "key_scale" in names else None,
-                           f.get_tensor("value_scale") if "value_scale" in names else None, dtype)
+                           f.get_tensor("value_scale") if "value_scale" in names else None, dtype, bits)
     except Exception as e:  # OSError, or safetensors' own SafetensorError for a damaged header
         raise SegmentFileError(f"segment file {path} is unreadable ({type(e).__name__}: {e})") from None
     return kv
