@@ -168,6 +168,7 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
     lm_flops = 0.0
     oom_at = None
     stream_t = 0.0
+    last_times: list[float] | None = None
     sync(device)
     start, cpu_start = time.perf_counter(), time.thread_time()
     bar = tqdm(range(n_groups), desc=f"{name}", unit="pair", file=sys.stderr, mininterval=5)
@@ -182,7 +183,10 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
                 obs = beside.out.popleft()
                 mem.annotate(obs.t, prompts.perception_note(obs))
         try:
-            for chunk in vs.push_group(patches, grid, t0, t0 + group_s / 2):
+            t1 = t0 + group_s / 2                   # the feed's reuse check is against the pair handed over before
+            hint = (feed.change, last_times) if feed.change is not None and last_times is not None else None
+            last_times = [t0, t1]
+            for chunk in vs.push_group(patches, grid, t0, t1, change=hint):
                 ctx = mem.num_tokens
                 n = chunk.num_tokens
                 sealed = mem.append(chunk).sealed
@@ -224,7 +228,7 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
            "captions": captioner.stats.written if captioner is not None else None,
            "caption_s_per_stream_hour": None if captioner is None else   # (ms / 1000) / (stream s / 3600)
            captioner.stats.decode_ms * 3.6 / max(stream_t, 1e-9),
-           "vit_groups": st.vit_groups, "vit_reused": st.reused_groups,
+           "vit_groups": st.vit_groups, "vit_reused": st.reused_groups, "reuse_checks_on_loop": st.changes_here,
            "gpu_gb_at": {str(k): v for k, v in marks.items()}, "gpu_peak_gb": peak_gb, "oom_at_stream_s": oom_at,
            "stopped_by_cap": (not oom_at and n_frames < n_groups * 2), "flops": lm_flops + vit_flops,
            "host_mb": mem.stats.host_bytes / 2**20,

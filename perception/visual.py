@@ -64,6 +64,7 @@ class VisualStats:
     reused_groups: int = 0           # groups whose features were reused (tower skipped)
     tokens_total: int = 0
     tokens_kept: int = 0
+    changes_here: int = 0            # reuse checks computed on this (the model's) thread, not handed over
     drop_ratios: list[float] = field(default_factory=list)   # per group, in stream order
 
     @property
@@ -76,6 +77,9 @@ class PreparedGroup:
     times: list[float]               # stream times of the group's frames
     patches: torch.Tensor            # what backend.patchify makes of them (pinned on a GPU)
     grid: torch.Tensor
+    # the reuse check against the group prepared just before (`patch_change`), done where it was prepared:
+    change: float | None = None
+    after: list[float] | None = None     # that group's times (the check is only valid against those patches)
 
 
 def group_size(backend, config: VisualConfig) -> int:
@@ -100,6 +104,7 @@ class FramePrep:
         self.group_size = group_size(backend, config or VisualConfig())
         self.pin = torch.device(backend.device).type == "cuda"
         self._frames: list[tuple[np.ndarray, float]] = []
+        self._last: PreparedGroup | None = None
 
     def take(self, image: np.ndarray, t: float) -> PreparedGroup | None:
         self._frames.append((image, t))
@@ -107,6 +112,10 @@ class FramePrep:
             return None
         patches, grid = patchify_group(self.backend, self._frames)
         group = PreparedGroup([t for _, t in self._frames], patches.pin_memory() if self.pin else patches, grid)
+        last = self._last
+        if last is not None and last.patches.shape == patches.shape:
+            group.change, group.after = patch_change(patches, last.patches), last.times
+        self._last = group
         self._frames = []
         return group
 
@@ -118,8 +127,9 @@ class VisualStream:
         self.group_size = group_size(backend, self.config)
         self.stats = VisualStats()
         self._frames: list[tuple[np.ndarray, float]] = []
-        self._groups: list[tuple[torch.Tensor, torch.Tensor, float, float]] = []   # patches, grid, t0, t1
+        self._groups: list[PreparedGroup] = []         # patchified, waiting for the batch to fill
         self._prev_patches: torch.Tensor | None = None
+        self._prev_times: list[float] | None = None    # the times of the group `_prev_patches` belong to
         self._prev_embeds: torch.Tensor | None = None
         self._ref: torch.Tensor | None = None          # last kept token per patch position (n, hidden)
         self._key_bucket: int | None = None            # keyframe span of the last keyframe
@@ -143,11 +153,16 @@ class VisualStream:
         self._group(prepared)
         return self._encode() if len(self._groups) >= self.config.batch_groups else []
 
-    def push_group(self, patches: torch.Tensor, grid: torch.Tensor, t0: float, t1: float) -> list[Chunk]:
+    def push_group(self, patches: torch.Tensor, grid: torch.Tensor, t0: float, t1: float,
+                   change: tuple[float, list[float]] | None = None) -> list[Chunk]:
         """Take one frame group already patchified (the benchmark prepares them ahead, as a perception
-        thread would); returns the chunks that are complete."""
+        thread would), with its reuse check against the group before it when done there ((change, that group's
+        times)); returns the chunks that are complete."""
         self.stats.frames += self.group_size
-        self._groups.append((patches, grid, t0, t1))
+        group = PreparedGroup([t0, t1] if t1 != t0 else [t0], patches, grid)
+        if change is not None:
+            group.change, group.after = change
+        self._groups.append(group)
         return self._encode() if len(self._groups) >= self.config.batch_groups else []
 
     def flush(self) -> list[Chunk]:
@@ -157,46 +172,48 @@ class VisualStream:
         return self._encode() if self._groups else []
 
     def _group(self, prepared: PreparedGroup | None = None) -> None:
-        if prepared is not None and prepared.times == [t for _, t in self._frames]:
-            patches, grid = prepared.patches, prepared.grid
+        times = [t for _, t in self._frames]
+        if prepared is not None and prepared.times == times:
+            self._groups.append(prepared)
         else:
             patches, grid = patchify_group(self.backend, self._frames)
-        self._groups.append((patches, grid, self._frames[0][1], self._frames[-1][1]))
+            self._groups.append(PreparedGroup(times, patches, grid))
         self._frames = []
 
     @torch.inference_mode()
     def _encode(self) -> list[Chunk]:
         groups, self._groups = self._groups, []
         need, reuse = [], []
-        prev = self._prev_patches
-        for patches, grid, _, _ in groups:
-            if prev is not None and prev.shape == patches.shape and self.config.reuse_threshold > 0 and \
-                    patch_change(patches, prev) < self.config.reuse_threshold:
+        prev, prev_times = self._prev_patches, self._prev_times
+        for g in groups:
+            if prev is not None and prev.shape == g.patches.shape and self.config.reuse_threshold > 0 and \
+                    self._change(g, prev, prev_times) < self.config.reuse_threshold:
                 reuse.append(True)
             else:
                 reuse.append(False)
-                need.append((patches, grid))
-                prev = patches
+                need.append((g.patches, g.grid))
+                prev, prev_times = g.patches, g.times
         encoded = iter(self.backend.encode_patches([p for p, _ in need], [g for _, g in need]) if need else [])
         # every group's drop mask first, on the model's device, then all of them to the host at once: one wait for
         # the device per batch instead of one per group
         group_embeds, masks = [], []
-        for (patches, _, t0, _), reused in zip(groups, reuse, strict=True):
+        for g, reused in zip(groups, reuse, strict=True):
             if reused and self._prev_embeds is not None:
                 embeds = self._prev_embeds
                 self.stats.reused_groups += 1
             else:
                 embeds = next(encoded)
-                self._prev_patches = patches
+                self._prev_patches, self._prev_times = g.patches, g.times
                 self.stats.vit_groups += 1
             self._prev_embeds = embeds
             group_embeds.append(embeds)
-            masks.append(self._drop_mask(embeds, t0))
+            masks.append(self._drop_mask(embeds, g.times[0]))
         on_host = [m for m in masks if m is not None]
         on_host = list(torch.cat(on_host).cpu().split([len(m) for m in on_host])) if on_host else []
         keeps = [None if m is None else torch.nonzero(on_host.pop(0)).squeeze(1) for m in masks]
         pieces: list[list[Chunk]] = [[]]
-        for (_, grid, t0, t1), embeds, keep in zip(groups, group_embeds, keeps, strict=True):
+        for g, embeds, keep in zip(groups, group_embeds, keeps, strict=True):
+            grid, t0, t1 = g.grid, g.times[0], g.times[-1]
             n = int(embeds.shape[0])
             kept = n if keep is None else int(keep.numel())
             self.stats.groups += 1
@@ -214,6 +231,14 @@ class VisualStream:
                 pieces.append([])                                  # a chunk never holds the start of a block inside
             pieces[-1].append(self.backend.visual_chunk(embeds, merged, t0, t1, keep, block=block))
         return [concat_chunks(p, self.backend._embed) for p in pieces if p]
+
+    def _change(self, g: PreparedGroup, prev: torch.Tensor, prev_times: list[float] | None) -> float:
+        """`patch_change` of the group against the last encoded one: as handed over when it was made against those
+        very patches (the group prepared before it was the last encoded, nearly always), else computed here."""
+        if g.change is not None and g.after is not None and g.after == prev_times:
+            return g.change
+        self.stats.changes_here += 1
+        return patch_change(g.patches, prev)
 
     def _block_for(self, t0: float, grid: tuple[int, int], piece: list[Chunk]) -> VideoBlock:
         """The open video block this pair joins, or a new one (the open one, if any, closed at the end of

@@ -8,6 +8,7 @@ import torch
 
 from bench.ingest_baseline import run_transformers
 from bench.ingest_feed import Feed, Prepared
+from perception.visual import patch_change
 
 
 def _frames(n: int) -> list[np.ndarray]:
@@ -20,10 +21,15 @@ def test_the_feed_prepares_inside_the_loop_what_was_prepared_before_the_clock(ti
     before = Prepared(tiny_qwen, frames, pin=False)
     feed = Feed(tiny_qwen, frames, pin=False, ahead=2)
     try:
+        prev = None
         for g in range(7):                               # past the end of the loop: it wraps, in order
             patches, grid = feed.get(g)
             want_p, want_g = before.get(g)
             assert torch.equal(patches, want_p) and torch.equal(grid, want_g)
+            # the reuse check against the pair handed over before, made on the feed's thread, as Prepared made it
+            want_c = None if prev is None else patch_change(patches, prev)
+            assert feed.change == before.change == want_c
+            prev = patches
         assert not torch.equal(feed.get(7)[0], before.get(6)[0])      # pair 7 is pair 1 again, not pair 6
     finally:
         feed.close()

@@ -163,30 +163,37 @@ def _chunks_equal(a, b) -> None:
 
 
 def test_groups_patchified_off_the_runtime_thread_give_the_same_chunks(tiny_qwen, monkeypatch):
-    """The perception thread patchifies each pair (FramePrep) and the runtime's VisualStream uses it: the same
-    chunks as patchifying there, and the runtime side calls patchify for no group whose frames it was handed.
-    A frame lost between the two (the runtime saw 0, 2, 3, ...) makes the runtime patchify that group itself."""
+    """The perception thread patchifies each pair (FramePrep) and makes its ViT-reuse check against the pair before,
+    and the runtime's VisualStream uses both: the same chunks as doing it there, no patchify call and no reuse check
+    on the runtime side for the groups it was handed. A frame lost between the two (the runtime saw 0, 2, 3, ...)
+    makes the runtime patchify those groups and check them itself."""
     from perception.visual import FramePrep
     scene = SyntheticScene("short")
-    frames = [(scene.render(i * 10), float(i)) for i in range(8)]
+    frames = [(scene.render(i * 10 if i < 4 else 40), float(i)) for i in range(10)]    # still from frame 4 on
     prep = FramePrep(tiny_qwen)
     prepared = [prep.take(f, t) for f, t in frames]
-    assert [p is not None for p in prepared] == [False, True] * 4 and prepared[1].times == [0.0, 1.0]
+    assert [p is not None for p in prepared] == [False, True] * 5 and prepared[1].times == [0.0, 1.0]
+    assert prepared[1].change is None and prepared[3].after == [0.0, 1.0] and prepared[7].change == 0.0
 
     def run(seq, use_prepared: bool):
         vs = VisualStream(tiny_qwen, VisualConfig(batch_groups=1))
         out = []
         for k in seq:
             out += vs.push(frames[k][0], frames[k][1], prepared[k] if use_prepared else None)
-        return out + vs.flush()
+        return out + vs.flush(), vs
 
-    want = run(range(8), False)
+    want, here = run(range(10), False)
+    assert here.stats.changes_here == 4 and here.stats.reused_groups == 2      # (6, 7) and (8, 9) reuse (4, 5)
     real = tiny_qwen.patchify
     calls: list[int] = []
     monkeypatch.setattr(tiny_qwen, "patchify", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    _chunks_equal(run(range(8), True), want)
-    assert calls == []                                   # every group came prepared
-    lost = [0, 2, 3, 4, 5, 6, 7]                         # frame 1 never reached the runtime
-    got = run(lost, True)
-    assert len(calls) == 4            # (0, 2), (3, 4), (5, 6) and the lone 7: none matches a prepared group
-    _chunks_equal(got, run(lost, False))
+    got, handed = run(range(10), True)
+    _chunks_equal(got, want)
+    assert calls == [] and handed.stats.reused_groups == 2
+    # every check handed over but the last: (8, 9) was checked against (6, 7), which was reused, not encoded
+    assert handed.stats.changes_here == 1
+    lost = [0, 2, 3, 4, 5, 6, 7, 8, 9]                   # frame 1 never reached the runtime
+    got, fell_back = run(lost, True)
+    assert len(calls) == 5            # (0, 2), (3, 4), (5, 6), (7, 8) and the lone 9: none matches a prepared group
+    assert fell_back.stats.changes_here == 4
+    _chunks_equal(got, run(lost, False)[0])
