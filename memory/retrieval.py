@@ -59,10 +59,12 @@ class Retrieval:
     scores: dict[str, list[int]] = field(default_factory=dict)   # signal -> candidate keys, best first
 
 
-@functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=8192)
 def term_set(text: str) -> frozenset[str]:
     """A text's terms, kept: sealed segments' texts are scored again at every question, and re-reading the 900 of
-    an hour of stream took about 33 ms per question on one CPU core."""
+    an hour of stream took about 33 ms per question on one CPU core. Bounded (a few KB a text): past 8192 texts
+    (about 9 hours of the 7B shape's segments) a question's full scan evicts what the next one needs, and scoring
+    costs what it did without the cache."""
     return frozenset(terms(text))
 
 
