@@ -189,8 +189,7 @@ class SegmentStore:
         if kv is None:
             assert seg.file is not None
             kv = read_segment_kv(seg.file)
-        k, v = kv.dequantized(device)
-        return k.to(dtype), v.to(dtype)
+        return kv.dequantized(device, dtype)
 
     def close(self) -> None:
         if self._tmp_dir is not None:

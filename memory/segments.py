@@ -48,14 +48,17 @@ class SegmentKV:
         ts = [self.keys, self.values, self.key_scale, self.value_scale]
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
-    def dequantized(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values on `device` in `dtype`; quantized ones cross over quantized and expand there."""
+    def dequantized(self, device: torch.device | str = "cpu",
+                    dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values on `device` in `dtype` (default: the dtype they were sealed from); quantized ones cross
+        over quantized and expand there."""
+        dtype = dtype or self.dtype
         if not self.quantized:
-            return self.keys.to(device, self.dtype), self.values.to(device, self.dtype)
+            return self.keys.to(device, dtype), self.values.to(device, dtype)
         assert self.key_scale is not None and self.value_scale is not None
         expand = kernels.dequantize_int8 if self.bits == 8 else dequantize_int4
-        return (expand(self.keys.to(device), self.key_scale.to(device), self.dtype),
-                expand(self.values.to(device), self.value_scale.to(device), self.dtype))
+        return (expand(self.keys.to(device), self.key_scale.to(device), dtype),
+                expand(self.values.to(device), self.value_scale.to(device), dtype))
 
 
 quantize_int8 = quantize_int8_ref          # one implementation: kernels.reference

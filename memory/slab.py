@@ -50,33 +50,33 @@ class KeyBank:
     def __init__(self, rows: int = ROWS) -> None:
         self.rows = rows
         self.blocks: list[torch.Tensor] = []
-        self._seen: list[object] = []           # the segments behind the rows, to notice a different list
+        self._n = 0                              # rows filled
+        self._last: object = None                # the segment behind the last row, to notice a different list
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return self._n
 
     @property
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.blocks)
 
     def sync(self, segments: list) -> None:
-        n = len(self._seen)
-        if n > len(segments) or (n and segments[n - 1] is not self._seen[-1]):
-            self.blocks, self._seen, n = [], [], 0
-        for seg in segments[n:]:
+        if self._n > len(segments) or (self._n and segments[self._n - 1] is not self._last):
+            self.blocks, self._n = [], 0
+        for seg in segments[self._n:]:
             flat = seg.rep_key.reshape(-1)
-            if len(self._seen) == len(self.blocks) * self.rows:
+            if self._n == len(self.blocks) * self.rows:
                 self.blocks.append(torch.empty((self.rows, flat.numel()), dtype=torch.float32))
-            self.blocks[-1][len(self._seen) % self.rows].copy_(flat)
-            self._seen.append(seg)
+            self.blocks[-1][self._n % self.rows].copy_(flat)
+            self._n += 1
+            self._last = seg
 
     def dot(self, query: torch.Tensor, extra: list[torch.Tensor] | tuple = ()) -> torch.Tensor:
         """Each row's dot product with `query` (as many elements as a row), then each of `extra`'s (keys not in the
         bank, such as the window's live sums on the model's device: stacked there, brought over in one copy)
         -> (rows + len(extra),) float32."""
         q = query.reshape(-1).to("cpu", torch.float32)
-        n = len(self._seen)
-        out = [b[:min(self.rows, n - i * self.rows)] @ q for i, b in enumerate(self.blocks)]
+        out = [b[:min(self.rows, self._n - i * self.rows)] @ q for i, b in enumerate(self.blocks)]
         if extra:
             out.append(torch.stack(list(extra)).to("cpu", torch.float32).reshape(len(extra), -1) @ q)
         return torch.cat(out) if out else torch.zeros(0)

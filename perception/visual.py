@@ -252,11 +252,6 @@ class VisualStream:
         self._block = VideoBlock(t0, grid)
         return self._block
 
-    def _drop(self, embeds: torch.Tensor, t0: float) -> torch.Tensor | None:
-        """Indices of the tokens to keep (None: all): `_drop_mask`'s."""
-        mask = VisualStream._drop_mask(self, embeds, t0)
-        return None if mask is None else torch.nonzero(mask).squeeze(1)
-
     def _drop_mask(self, embeds: torch.Tensor, t0: float) -> torch.Tensor | None:
         """Keep mask of the tokens (None: all), on the embeddings' device, without waiting for it. Updates the
         per-patch reference with the kept ones; a keyframe (the first group at `t0` in a new keyframe span) keeps
@@ -268,14 +263,20 @@ class VisualStream:
             self._ref = embeds.clone()
             self._key_bucket = bucket
             return None
-        mask = kernels.token_drop(embeds, ref, self.config.drop_threshold)
-        self._ref = torch.where(mask.unsqueeze(1), embeds, ref)          # the kept tokens become the reference
+        mask, self._ref = drop_mask(embeds, ref, self.config.drop_threshold)
         return mask
 
 
+def drop_mask(embeds: torch.Tensor, ref: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep mask of the tokens of `embeds` whose cosine similarity to the same patch of `ref` is below `threshold`,
+    and the new reference: `ref` with those tokens taken from `embeds` (the last kept token of each patch). On the
+    tensors' device, without waiting for it."""
+    mask = kernels.token_drop(embeds, ref, threshold)
+    return mask, torch.where(mask.unsqueeze(1), embeds, ref)
+
+
 def drop_against(embeds: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Indices of the tokens of `embeds` whose cosine similarity to the same patch of `ref` is below
-    `threshold`; those become `ref`'s (in place), the last kept token of each patch."""
-    keep = torch.nonzero(kernels.token_drop(embeds, ref, threshold)).squeeze(1)
-    ref[keep] = embeds[keep]
-    return keep
+    """`drop_mask` as indices, with `ref` updated in place."""
+    mask, new_ref = drop_mask(embeds, ref, threshold)
+    ref.copy_(new_ref)
+    return torch.nonzero(mask).squeeze(1)

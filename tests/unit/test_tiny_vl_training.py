@@ -14,16 +14,12 @@ from train.tiny_vl_data import key_pairs, make_example
 
 
 def runtime_keep(pairs: list[torch.Tensor], times: list[float], threshold: float) -> torch.Tensor:
-    """VisualStream._drop applied pair after pair, as the runtime applies it to one stream (keyframes every 8 s)."""
+    """VisualStream._drop_mask applied pair after pair, as the runtime applies it to a stream (keyframes every 8 s)."""
     state = SimpleNamespace(_ref=None, _key_bucket=None, config=VisualConfig(drop_threshold=threshold))
     out = []
     for x, t in zip(pairs, times, strict=True):
-        keep = VisualStream._drop(state, x, t)
-        mask = torch.ones(x.shape[0], dtype=torch.bool)
-        if keep is not None:
-            mask[:] = False
-            mask[keep] = True
-        out.append(mask)
+        mask = VisualStream._drop_mask(state, x, t)
+        out.append(torch.ones(x.shape[0], dtype=torch.bool) if mask is None else mask)
     return torch.cat(out)
 
 
