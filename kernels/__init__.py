@@ -1,16 +1,19 @@
 """Triton kernels for the streaming hot paths, one dispatch function per op, each with a torch reference
 (`kernels.ops`, `kernels.reference`). CUDA tensors go to the Triton kernels when Triton is importable; everything else
-goes to the reference, so the CPU path never needs Triton. `references()` forces the references (tests,
+goes to the reference, so the CPU path never needs Triton. `rope_shift` is plain torch on every device: measured
+faster than its kernel where the memory calls it (its docstring). `references()` forces the references (tests,
 before/after measurements); so does ONLOOKER_NO_KERNELS=1 for a whole process."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 # ONLOOKER_NO_KERNELS=1 sends everything to the references (for before/after measurements)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None and os.environ.get("ONLOOKER_NO_KERNELS") != "1"
@@ -35,18 +38,45 @@ def _use_triton(t: torch.Tensor) -> bool:
 
 
 def rope_shift(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate RoPE'd keys (..., tokens, head_dim) by a position delta: the Triton gather + RoPE kernel on a
-    GPU, `kernels.reference.rope_shift_ref` otherwise."""
-    if not _use_triton(keys):
+    """Rotate RoPE'd keys (..., tokens, head_dim) by a position delta, in float32, rounded once to the keys' dtype.
+
+    The angle table comes from the host (`shift_table`), so nothing here waits on the device: the memory calls
+    this for every layer at every eviction, and the earlier path (the gather + RoPE Triton kernel with its delta
+    built by `torch.tensor(..., device=...)`) synchronised with the device once per layer; on the H200 that wait
+    and the kernel's launch took 12% of the 7B window's ingest wall (py-spy, docs/benchmarks.md)."""
+    if _FORCE_REFERENCE:
         from kernels.reference import rope_shift_ref
         return rope_shift_ref(keys, delta, inv_freq)
-    from kernels.ops import gather_rope_triton
-    d = keys.shape[-1]
-    flat = keys.reshape(-1, d)
-    rows = torch.arange(flat.shape[0], device=keys.device)
-    seg = torch.zeros_like(rows)
-    out = gather_rope_triton(flat, rows, seg, torch.tensor([delta], device=keys.device), inv_freq)
-    return out.reshape(keys.shape)
+    cos, sin = shift_table(delta, inv_freq, keys.device)
+    x = keys.float()
+    h = x.shape[-1] // 2
+    rot = torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+    return (x * cos + rot * sin).to(keys.dtype)
+
+
+_HOST_FREQ: WeakIdKeyDictionary = WeakIdKeyDictionary()      # inv_freq -> (its float64 host copy, recent tables)
+
+
+def shift_table(delta: int, inv_freq: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (head_dim,) float32 of a rotation by `delta` positions, computed on the host in float64 (a
+    delta of thousands of positions needs it) and copied to `device` without waiting; the last few are kept
+    (an eviction rotates every layer by the same delta)."""
+    entry = _HOST_FREQ.get(inv_freq)
+    if entry is None:
+        entry = _HOST_FREQ[inv_freq] = (inv_freq.detach().to("cpu", torch.float64), OrderedDict())
+    host, tables = entry
+    key = (int(delta), str(device))
+    hit = tables.get(key)
+    if hit is not None:
+        tables.move_to_end(key)
+        return hit
+    angle = int(delta) * host
+    emb = torch.cat((angle, angle))
+    table = (emb.cos().float().to(device, non_blocking=True), emb.sin().float().to(device, non_blocking=True))
+    tables[key] = table
+    if len(tables) > 64:
+        tables.popitem(last=False)
+    return table
 
 
 def token_drop(cur: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -79,3 +79,4 @@ def test_int8_roundtrip(dev):
     assert torch.equal(s.cpu(), rs.cpu()) and float((q.int() - rq.int()).abs().max()) <= 1     # rounding ties
     back = ops.dequantize_int8_triton(q, s, torch.float32)
     assert _rel(back, reference.dequantize_int8_ref(q, s, torch.float32)) < 1e-6 and _rel(back, x) < 0.01
+

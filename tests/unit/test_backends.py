@@ -3,10 +3,12 @@ questions are answered through the same interface on both backends."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import DynamicCache
 
-from kernels.reference import rope_shift_ref as rope_shift
+import kernels
+from kernels.reference import rope_shift_ref
 from memory.config import MemoryConfig
 from memory.kv_cache import fork_cache
 from memory.manager import HierarchicalMemory
@@ -97,7 +99,7 @@ def test_rope_shift_moves_keys_exactly(lite_backend, tiny_qwen):
         b.prefill(chunk, at_0, 0)
         b.prefill(chunk, at_40, 40)
         for l0, l40 in zip(at_0.layers, at_40.layers):
-            torch.testing.assert_close(rope_shift(l40.keys, -40, b.inv_freq), l0.keys, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(kernels.rope_shift(l40.keys, -40, b.inv_freq), l0.keys, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(l40.values, l0.values, rtol=1e-4, atol=1e-4)
 
 
@@ -298,3 +300,25 @@ def test_the_runtime_thread_on_a_gpu_keeps_torch_cpu_work_on_one_thread():
         assert torch.get_num_threads() == 2                      # a thread that already ran keeps its pool
     finally:
         torch.set_num_threads(main_threads)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_rope_shift_equals_the_reference_and_rounds_once(device):
+    """The memory's rope_shift (plain torch, host-built table) against the float64-angle reference: equal in
+    float32, undone by the opposite delta, and in bf16 no further from the float32 result than the reference's
+    own bf16 arithmetic (it rounds once). A sign error in the table or the rotation fails the first check."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    keys = torch.randn(3, 4, 40, 64, device=device)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 64, 2, device=device).float() / 64))
+    want = rope_shift_ref(keys, 4321, inv_freq)
+    got = kernels.rope_shift(keys, 4321, inv_freq)
+    assert _rel(got, want) < 1e-6 and _rel(got, keys) > 0.1
+    assert _rel(kernels.rope_shift(got, -4321, inv_freq), keys) < 1e-5
+    kb = keys.bfloat16()
+    assert _rel(kernels.rope_shift(kb, 4321, inv_freq).float(), want) <= \
+        _rel(rope_shift_ref(kb, 4321, inv_freq).float(), want)

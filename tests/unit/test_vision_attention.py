@@ -68,8 +68,10 @@ def test_qwen2_5_window_attention_batched_equals_transformers(case, monkeypatch)
     assert on and calls[0] == 4                                              # one per layer
     segments = len(vision_attention.window_lengths(CASES[case], 2, 56, 14))
     assert segments > len(CASES[case])                                       # transformers would make that many
-    torch.testing.assert_close(out.pooler_output, ref.pooler_output, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=1e-5, atol=1e-5)
+    # 1e-4: the patch embedding's matmul sums in another order than the conv, and the sharpened attention
+    # amplifies that (3e-5 at most); a wrong window or mask differs by O(1)
+    torch.testing.assert_close(out.pooler_output, ref.pooler_output, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("grids", [[(1, 8, 8)] * 3, [(2, 8, 12), (1, 6, 10)]])
@@ -87,7 +89,24 @@ def test_qwen3_full_attention_batched_equals_transformers_with_deepstack(grids, 
     torch.testing.assert_close(out.pooler_output, ref.pooler_output, rtol=1e-5, atol=1e-5)
     for a, b in zip(out.deepstack_features, ref.deepstack_features, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(outside.pooler_output, ref.pooler_output, rtol=0, atol=0)
+    torch.testing.assert_close(outside.pooler_output, ref.pooler_output, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_patch_embedding_runs_as_a_matmul_equal_to_the_conv(family, monkeypatch):
+    """install() swaps the patch embedding's Conv3d for the matmul it equals (bias included on Qwen3-VL)."""
+    visual = _tower(family)
+    x, _ = _inputs(visual, [(1, 8, 8), (2, 4, 6)])
+    with torch.no_grad():
+        ref = visual.patch_embed(x)
+        assert vision_attention.install(visual)
+        convs = [0]
+        real = torch.nn.Conv3d.forward
+        monkeypatch.setattr(torch.nn.Conv3d, "forward", lambda *a, **k: (convs.__setitem__(0, convs[0] + 1),
+                                                                          real(*a, **k))[1])
+        out = visual.patch_embed(x)
+    assert convs[0] == 0 and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_window_lengths_match_transformers_window_index():
