@@ -22,6 +22,7 @@ tower, token drop, LM prefill, memory.
     onlooker-tf-vision    onlooker with transformers' own tower attention (model/vision_attention.py off)
     onlooker-tf-lm        onlooker with transformers' own language-model forward (model/fast_lm.py off)
     onlooker+compiled-lm  onlooker with the lean language-model forward's layers under torch.compile
+    onlooker-eager-lm     onlooker with the lean forward's layers launched eagerly (no CUDA graphs)
 
 Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of stream,
 TTFT of a question after the stream, and model FLOP utilisation against the measured bf16 matmul peak.
@@ -117,22 +118,27 @@ def measure_matmul_peak(device: str) -> float:
 
 
 CONFIGS = ("transformers", "naive", "window", "onlooker", "onlooker+perception", "onlooker+captions",
-           "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm")
+           "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm", "onlooker-eager-lm")
 
 
 @contextlib.contextmanager
 def lm_forward(backend, name: str):
-    """The language-model forward a configuration runs: transformers' own, the lean one compiled, or the lean one."""
+    """The language-model forward a configuration runs: transformers' own, the lean one compiled, the lean one
+    without CUDA graphs, or the lean one with them (the default)."""
     if name == "onlooker-tf-lm":
         with backend.transformers_forward():
             yield
         return
     compiled = name == "onlooker+compiled-lm"
+    graphs = backend.fast.graphs
     if compiled:
         backend.fast.compile(True)
+    if name == "onlooker-eager-lm":
+        backend.fast.graphs = None
     try:
         yield
     finally:
+        backend.fast.graphs = graphs
         if compiled:
             backend.fast.compile(False)
 

@@ -53,12 +53,14 @@ class SegmentKV:
         """Keys and values on `device` in `dtype` (default: the dtype they were sealed from); quantized ones cross
         over quantized and expand there."""
         dtype = dtype or self.dtype
+        ahead = torch.device(device).type != "cpu"        # host -> device copies need not wait for the device
         if not self.quantized:
-            return self.keys.to(device, dtype), self.values.to(device, dtype)
+            return self.keys.to(device, dtype, non_blocking=ahead), self.values.to(device, dtype, non_blocking=ahead)
         assert self.key_scale is not None and self.value_scale is not None
         expand = kernels.dequantize_int8 if self.bits == 8 else dequantize_int4
-        return (expand(self.keys.to(device), self.key_scale.to(device), dtype),
-                expand(self.values.to(device), self.value_scale.to(device), dtype))
+        k, v = self.keys.to(device, non_blocking=ahead), self.values.to(device, non_blocking=ahead)
+        ks, vs = self.key_scale.to(device, non_blocking=ahead), self.value_scale.to(device, non_blocking=ahead)
+        return expand(k, ks, dtype), expand(v, vs, dtype)
 
 
 quantize_int8 = quantize_int8_ref          # one implementation: kernels.reference

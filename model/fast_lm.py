@@ -23,9 +23,14 @@ forward on tiny configs of both families (positions, past cache, deepstack, deco
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
+
+if TYPE_CHECKING:
+    from model.lm_graphs import LayerGraphs
 
 
 def fuse_projections(lm) -> None:
@@ -109,6 +114,7 @@ class FastLM:
         self.scale = self.head_dim ** -0.5
         self.compiled = False
         self._compiled: tuple | None = None
+        self.graphs: LayerGraphs | None = None
         fuse_projections(lm)
         self.layers = []
         for layer in lm.layers:
@@ -133,6 +139,17 @@ class FastLM:
             self._compiled = (torch.compile(layer_in, dynamic=True), torch.compile(layer_out, dynamic=True))
         self.compiled = on
 
+    def use_graphs(self, on: bool = True, capture: bool = True) -> None:
+        """Replay each layer's `layer_in` and `layer_out` as CUDA graphs captured at bucketed token counts
+        (model/lm_graphs.py); the attention and the cache stay eager. On a GPU; a bucket's graphs are captured at
+        its first use. Off: the eager kernels. Ignored while compiled. `capture=False` keeps the static buffers and
+        the padding but calls the layers directly (tests on a CPU)."""
+        if on and self.graphs is None:
+            from model.lm_graphs import LayerGraphs
+            self.graphs = LayerGraphs(self, capture=capture)
+        elif not on:
+            self.graphs = None
+
     @torch.inference_mode()
     def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache, *,
                 visual_mask: torch.Tensor | None = None, deepstack: list[torch.Tensor] | None = None,
@@ -146,50 +163,60 @@ class FastLM:
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         run_in, run_out = self._compiled if self.compiled and self._compiled else (layer_in, layer_out)
         n = int(embeds.shape[0])
-        x = embeds.unsqueeze(0)
-        cos, sin = self.lm.rotary_emb(x, position_ids)                    # (1, n, D) each
+        cos, sin = self.lm.rotary_emb(embeds.unsqueeze(0), position_ids)  # (1, n, D) each
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)               # (n, 1, D): over heads
         idx = None
         if deepstack is not None and visual_mask is not None:
-            idx = visual_mask.nonzero().squeeze(1).to(x.device)
+            idx = visual_mask.nonzero().squeeze(1).to(embeds.device, non_blocking=True)
+        graphs = self.graphs.bucket_for(n, embeds) if self.graphs is not None and not self.compiled else None
+        x = embeds if graphs is None else graphs.load(embeds, cos, sin)
         sums = []
         for li, (w_in, w_qkv, b_qkv, qk_norm, o_proj, w_post, w_gu, down) in enumerate(self.layers):
-            qkv, q, k, v = run_in(x[0], w_in, w_qkv, b_qkv, qk_norm, cos, sin, self.eps, hq, hkv, d)
+            if graphs is None:
+                qkv, qk = run_in(x, w_in, w_qkv, b_qkv, qk_norm, cos, sin, self.eps, hq, hkv, d)
+            else:
+                qkv, qk = graphs.layer_in(li, n)
             if collect == "keys":
                 sums.append(qkv[:, hq:hq + hkv].float().sum(0))
             elif collect == "queries":
                 sums.append(qkv[:, :hq].float().reshape(n, hkv, hq // hkv, d).mean(dim=(0, 2)))
+            q, k, v = heads(qkv, qk, hq, hkv)
             k, v = cache.update(k, v, li)
-            att = attend(q, k, v, self.scale)                              # (1, Hq, n, D)
-            x = run_out(x, att, o_proj.weight, w_post, w_gu, down.weight, self.eps)
+            att = attend(q, k, v, self.scale)[0].transpose(0, 1)         # (n, Hq, D)
+            if graphs is None:
+                x = run_out(x, att.reshape(n, -1), o_proj.weight, w_post, w_gu, down.weight, self.eps)
+            else:
+                x = graphs.layer_out(li, att)
             if idx is not None and deepstack is not None and li < len(deepstack):
-                x[0].index_add_(0, idx, deepstack[li].to(x.device, x.dtype))
-        last = rms_norm(x[0, -1], self.lm.norm.weight, self.eps)
+                x.index_add_(0, idx, deepstack[li].to(x.device, x.dtype))
+        last = rms_norm(x[n - 1], self.lm.norm.weight, self.eps)
         return last, sums
 
 
 def layer_in(x: torch.Tensor, w_in: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
              qk_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, eps: float, hq: int, hkv: int,
-             d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A layer up to its attention: the projections (n, Hq + 2 Hkv, D) before any norm or RoPE, and q (1, Hq, n, D),
-    k and v (1, Hkv, n, D) as attention takes them."""
+             d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer up to its attention: the projections (n, Hq + 2 Hkv, D) before any norm or RoPE, and the queries
+    and keys (n, Hq + Hkv, D) after them (`heads` makes attention's views)."""
     n = x.shape[0]
     qkv = F.linear(rms_norm(x, w_in, eps), w_qkv, b_qkv).view(n, hq + 2 * hkv, d)
     qk = qkv[:, :hq + hkv]
     if qk_norm is not None:
         qk = rms_norm(qk, qk_norm, eps)
-    qk = qk * cos + rotate_half(qk) * sin                                  # (n, Hq + Hkv, D)
-    q = qk[:, :hq].transpose(0, 1).unsqueeze(0)
-    k = qk[:, hq:].transpose(0, 1).unsqueeze(0)
-    v = qkv[:, hq + hkv:].transpose(0, 1).unsqueeze(0)
-    return qkv, q, k, v
+    return qkv, qk * cos + rotate_half(qk) * sin
+
+
+def heads(qkv: torch.Tensor, qk: torch.Tensor, hq: int, hkv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (1, Hq, n, D), k and v (1, Hkv, n, D) as attention takes them: views of `layer_in`'s outputs."""
+    return (qk[:, :hq].transpose(0, 1).unsqueeze(0), qk[:, hq:].transpose(0, 1).unsqueeze(0),
+            qkv[:, hq + hkv:].transpose(0, 1).unsqueeze(0))
 
 
 def layer_out(x: torch.Tensor, att: torch.Tensor, w_o: torch.Tensor, w_post: torch.Tensor, w_gu: torch.Tensor,
               w_down: torch.Tensor, eps: float) -> torch.Tensor:
-    """A layer after its attention: output projection, residual, MLP (SiLU-gated), residual."""
-    n = att.shape[2]
-    x = x + F.linear(att.transpose(1, 2).reshape(1, n, -1), w_o)
+    """A layer after its attention, on (n, hidden) rows and the attention output as (n, Hq * D): output
+    projection, residual, MLP (SiLU-gated), residual."""
+    x = x + F.linear(att, w_o)
     gu = F.linear(rms_norm(x, w_post, eps), w_gu)
     inter = gu.shape[-1] // 2
     return x + F.linear(F.silu(gu[..., :inter]) * gu[..., inter:], w_down)

@@ -129,7 +129,8 @@ class QwenVLBackend(Backend):
     accepts_frames = True
 
     def __init__(self, model, tokenizer, name: str = "Qwen2.5-VL", max_pixels: int = 448 * 448,
-                 min_pixels: int = 56 * 56, frame_layout: str | None = None, fast_lm: bool = True) -> None:
+                 min_pixels: int = 56 * 56, frame_layout: str | None = None, fast_lm: bool = True,
+                 lm_graphs: bool = True) -> None:
         super().__init__(model, tokenizer)
         self.name = name
         self.dtype = next(model.parameters()).dtype
@@ -152,8 +153,11 @@ class QwenVLBackend(Backend):
         end = torch.tensor([self.vision_end_id])
         self._frame_tail = end if self.deepstack else torch.cat([end, newline])
         vision_attention.install(model.model.visual)
-        # the language model's lean forward (model.fast_lm); None: transformers' own forward
+        # the language model's lean forward (model.fast_lm); None: transformers' own forward. On a GPU its layers
+        # replay as CUDA graphs (model.lm_graphs; a no-op for tensors on the CPU)
         self.fast: FastLM | None = FastLM(self.language_model()) if fast_lm else None
+        if self.fast is not None and lm_graphs:
+            self.fast.use_graphs(True)
 
     @classmethod
     def from_dir(cls, path: Path | str, device: str = "cpu", family: str = "qwen2_5_vl") -> QwenVLBackend:
@@ -177,7 +181,7 @@ class QwenVLBackend(Backend):
         return self.model.model.language_model.rotary_emb.inv_freq
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(ids.to(self.device))
+        return self.model.get_input_embeddings()(ids.to(self.device, non_blocking=True))
 
     def patchify(self, frames: np.ndarray | list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         return patchify(frames, self.patch_size, self.merge_size, self.temporal_patch_size, self.max_pixels,
@@ -240,7 +244,7 @@ class QwenVLBackend(Backend):
         m = max(gh, gw)
         vis_pos = vision_positions(k, gh, gw)
         if keep is not None:
-            embeds, vis_pos = embeds[keep.to(embeds.device)], vis_pos[:, keep.cpu()]
+            embeds, vis_pos = embeds[keep.to(embeds.device, non_blocking=True)], vis_pos[:, keep.cpu()]
         deep = None
         hidden = self.language_model().config.hidden_size
         if self.deepstack:
@@ -272,7 +276,7 @@ class QwenVLBackend(Backend):
         vis_pos = vision_positions(k, gh, gw)
         vis_pos[0] = k + int((t0 - block.t0) * self.tokens_per_second + 1e-6)   # real time, as get_rope_index
         if keep is not None:
-            embeds, vis_pos = embeds[keep.to(embeds.device)], vis_pos[:, keep.cpu()]
+            embeds, vis_pos = embeds[keep.to(embeds.device, non_blocking=True)], vis_pos[:, keep.cpu()]
         n_img = int(embeds.shape[0])
         block.pairs += 1
         block.t1 = t1
@@ -324,7 +328,7 @@ class QwenVLBackend(Backend):
         else:
             assert chunk.input_ids is not None
             embeds = self._embed(chunk.input_ids)
-        pos = (chunk.position_ids.to(self.device) + offset).unsqueeze(1)        # (3, 1, n)
+        pos = (chunk.position_ids.to(self.device, non_blocking=True) + offset).unsqueeze(1)        # (3, 1, n)
         mask = deep = None
         if chunk.deepstack is not None and chunk.visual_mask is not None and bool(chunk.visual_mask.any()):
             mask, deep = chunk.visual_mask, [d.to(self.device, self.dtype) for d in chunk.deepstack]

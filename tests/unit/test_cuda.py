@@ -268,6 +268,10 @@ def test_gpu_lean_lm_forward_within_bf16_of_transformers(shape):
         ref, ref_cache = own()
         fast = FastLM(lm)
         got, got_cache = lean(fast)
+        fast.use_graphs(True)                                # the layers as CUDA graphs (model/lm_graphs.py)
+        graphed, graphed_cache = lean(fast)
+        buckets = sorted(rows for rows, _, _ in fast.graphs._made)
+        fast.use_graphs(False)
 
     def err(a, b):
         return float((a.float() - b.float()).norm() / b.float().norm())
@@ -276,5 +280,13 @@ def test_gpu_lean_lm_forward_within_bf16_of_transformers(shape):
         print(f"{shape} step {i}: relative error to float32: transformers bf16 {e_own:.2e}, lean {e_fast:.2e}")
         assert e_fast <= 1.5 * e_own + 1e-3, (i, e_fast, e_own)
     for lr, lg, le in zip(ref_cache.layers, got_cache.layers, exact_cache.layers, strict=True):
+        assert err(lg.keys, le.keys) <= 1.5 * err(lr.keys, le.keys) + 1e-3
+        assert err(lg.values, le.values) <= 1.5 * err(lr.values, le.values) + 1e-3
+    assert buckets == [16, 256, 384]                         # 1, 200 and 300 tokens, padded
+    for i in range(3):
+        e_own, e_graph = err(ref[i], exact[i]), err(graphed[i], exact[i])
+        print(f"{shape} step {i}: CUDA graphs {e_graph:.2e}, to the eager lean {err(graphed[i], got[i]):.2e}")
+        assert e_graph <= 1.5 * e_own + 1e-3, (i, e_graph, e_own)
+    for lr, lg, le in zip(ref_cache.layers, graphed_cache.layers, exact_cache.layers, strict=True):
         assert err(lg.keys, le.keys) <= 1.5 * err(lr.keys, le.keys) + 1e-3
         assert err(lg.values, le.values) <= 1.5 * err(lr.values, le.values) + 1e-3

@@ -88,3 +88,27 @@ def test_a_tampered_lean_forward_is_caught(tiny_qwen):
     finally:
         tiny_qwen.fast.scale = scale
     assert not torch.allclose(bad[-1], ref[-1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny_qwen", "tiny_qwen3"])
+def test_the_bucketed_layers_equal_transformers_forward(name, request):
+    """model/lm_graphs.py without capture (the CPU): tokens padded into static buffers of the next bucket, the
+    layers run on every row, the first n read back; equal to transformers' forward. Padding rows hold the last
+    call's leftovers (not zeros), and the buckets (4, 8, 64) make every chunk padded; the decode steps and the
+    question take the smallest bucket."""
+    from model.lm_graphs import LayerGraphs
+    backend = request.getfixturevalue(name)
+    chunks = _chunks(backend)
+    with backend.transformers_forward():
+        ref_out, ref_cache = _run(backend, chunks)
+    backend.fast.graphs = LayerGraphs(backend.fast, buckets=(4, 8, 64), capture=False)
+    try:
+        out, cache = _run(backend, chunks)
+        made = sorted(rows for rows, _, _ in backend.fast.graphs._made)
+    finally:
+        backend.fast.graphs = None
+    assert made == [4, 8, 64] and max(c.num_tokens for c in chunks) <= 64
+    for a, b in zip(out, ref_out, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for la, lb in zip(cache.layers, ref_cache.layers, strict=True):
+        torch.testing.assert_close(la.keys, lb.keys, rtol=1e-4, atol=1e-5)
