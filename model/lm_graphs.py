@@ -123,3 +123,10 @@ class LayerGraphs:
                 self.pool = torch.cuda.graph_pool_handle()
             made = self._made[key] = Bucket(self.fast, rows, embeds, self.pool)
         return made
+
+    def capture_all(self, like: torch.Tensor) -> int:
+        """Capture every bucket now for tokens like `like` (device, dtype, width) instead of at first use (a live
+        stream or a benchmark should not pay for a capture mid-run). Returns the buckets held."""
+        for rows in self.buckets:
+            self.bucket_for(rows, like)
+        return len(self._made)

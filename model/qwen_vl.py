@@ -170,8 +170,10 @@ class QwenVLBackend(Backend):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         meta_path = Path(path) / "onlooker.json"    # a model built here (tiny-vl) says what frames it was trained on
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        return cls(model, tokenizer, Path(path).name, max_pixels=int(meta.get("max_pixels", 448 * 448)),
-                   frame_layout=meta.get("frame_layout", "image" if meta else None))
+        backend = cls(model, tokenizer, Path(path).name, max_pixels=int(meta.get("max_pixels", 448 * 448)),
+                      frame_layout=meta.get("frame_layout", "image" if meta else None))
+        backend.warm_lm_graphs()
+        return backend
 
     def language_model(self):
         return self.model.model.language_model
@@ -196,8 +198,10 @@ class QwenVLBackend(Backend):
         # without holding up this thread; a host-side cat first would make a pageable copy and wait for it
         x = torch.cat([p.to(self.device, non_blocking=True) for p in patches]).to(self.visual_dtype)
         grid = torch.stack(grids)
-        with vision_attention.planned(self.model.model.visual, grid.tolist()):     # one attention call per layer
-            out = self.model.model.visual(x, grid_thw=grid.to(self.device))
+        visual, shapes = self.model.model.visual, grid.tolist()
+        given = vision_attention.tower_inputs(visual, shapes, self.device)          # nothing derived on the device
+        with vision_attention.planned(visual, shapes):                               # one attention call per layer
+            out = visual(x, grid_thw=grid.to(self.device, non_blocking=True), **given)
         merged = out.pooler_output
         if self.deepstack:
             merged = torch.cat([merged, *out.deepstack_features], dim=-1)
@@ -295,6 +299,13 @@ class QwenVLBackend(Backend):
         n = int(tail.shape[0])
         return Chunk("frame", block.t1, block.t1, "", text_positions(n, 3) + m, m + n, input_ids=tail.clone(),
                      continues=True)
+
+    def warm_lm_graphs(self) -> int:
+        """On a GPU, capture the LM's CUDA graphs for every bucket now (model.lm_graphs); the number captured."""
+        if self.fast is None or self.fast.graphs is None or self.device.type != "cuda":
+            return 0
+        like = torch.empty(1, self.model.config.get_text_config().hidden_size, device=self.device, dtype=self.dtype)
+        return self.fast.graphs.capture_all(like)
 
     @contextmanager
     def transformers_forward(self) -> Iterator[None]:

@@ -92,6 +92,7 @@ class _Holder:
     def __init__(self) -> None:
         self.plan: Plan | None = None
         self.cache: dict[tuple, Plan] = {}
+        self.inputs: dict[tuple, dict[str, Any]] = {}     # tower_inputs by (grids, device)
         self.enabled = True
 
 
@@ -172,6 +173,41 @@ def plan_for(visual: Any, grids: Sequence[Sequence[int]]) -> Plan:
             lengths["window"] = window_lengths(key, cfg.spatial_merge_size, cfg.window_size, cfg.patch_size)
         holder.cache[key] = Plan(lengths)
     return holder.cache[key]
+
+
+def tower_inputs(visual: Any, grids: Sequence[Sequence[int]], device: torch.device | str) -> dict[str, Any]:
+    """What the tower's forward derives from `grid_thw` (vision positions, segment boundaries, Qwen2.5-VL's window
+    order, Qwen3-VL's position-embedding interpolation), computed on the host by transformers' own functions
+    (transformers.vision_utils) once per batch shape and kept on the device; passed to the forward as keyword
+    arguments, which those functions take instead of computing. From a grid on the device each derivation waited
+    for the device (`.tolist()`, host indices into device tensors): on the H200 that wait held the ingest loop
+    for 16% of its wall (py-spy). {} where this transformers has no such functions."""
+    try:
+        from transformers import vision_utils as vu
+    except ImportError:
+        return {}
+    holder: _Holder | None = getattr(visual, "_onlooker_holder", None)
+    key = (tuple(tuple(int(x) for x in g) for g in grids), str(device))
+    if holder is not None and key in holder.inputs:
+        return holder.inputs[key]
+    g = torch.tensor(key[0])
+    cfg = visual.config
+    merge = int(cfg.spatial_merge_size)
+    out: dict[str, Any] = {"position_ids": vu.get_vision_position_ids(g, merge),
+                           "cu_seqlens": vu.get_vision_cu_seqlens(g)}
+    if hasattr(visual, "num_grid_per_side"):                                  # Qwen3-VL
+        out["interp_indices"], out["interp_weights"] = vu.get_vision_interpolation_indices_and_weights(
+            g, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+            align_corners=visual.interpolation_align_corners, spatial_merge_size=merge)
+    if getattr(cfg, "fullatt_block_indexes", None) is not None:               # Qwen2.5-VL's windows
+        out["window_index"], out["cu_window_seqlens"] = vu.get_vision_window_index(
+            g, spatial_merge_size=merge, window_size=cfg.window_size, patch_size=cfg.patch_size)
+    out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
+    if holder is not None:
+        if len(holder.inputs) >= _CACHE_LIMIT:
+            holder.inputs.pop(next(iter(holder.inputs)))
+        holder.inputs[key] = out
+    return out
 
 
 def compile_blocks(visual: Any) -> None:

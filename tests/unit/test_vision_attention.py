@@ -109,6 +109,28 @@ def test_patch_embedding_runs_as_a_matmul_equal_to_the_conv(family, monkeypatch)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_tower_inputs_from_the_host_equal_the_towers_own(family):
+    """tower_inputs: what the forward derives from grid_thw, computed once on the host and passed in, gives the
+    tower's own output (window order, positions, interpolation); kept per shape; and it is used: the inputs of
+    other grids (same token count) change the output."""
+    visual = _tower(family, depth=4, **({"fullatt_block_indexes": [1, 3]} if family == "qwen2_5_vl" else {}))
+    grids = [(1, 8, 12), (2, 6, 8), (1, 12, 8)]
+    x, grid = _inputs(visual, grids)
+    with torch.no_grad():
+        ref = visual(x, grid_thw=grid)
+        assert vision_attention.install(visual)
+        given = vision_attention.tower_inputs(visual, grids, "cpu")
+        assert {"position_ids", "cu_seqlens"} <= set(given) and \
+            ({"interp_indices", "interp_weights"} if family == "qwen3_vl" else {"window_index"}) <= set(given)
+        out = visual(x, grid_thw=grid, **given)
+        assert vision_attention.tower_inputs(visual, grids, "cpu") is given
+        other = [(1, 12, 8), (2, 6, 8), (1, 8, 12)]
+        wrong = visual(x, grid_thw=grid, **vision_attention.tower_inputs(visual, other, "cpu"))
+    torch.testing.assert_close(out.pooler_output, ref.pooler_output, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(wrong.pooler_output, ref.pooler_output, rtol=1e-3, atol=1e-3)
+
+
 def test_window_lengths_match_transformers_window_index():
     from transformers import vision_utils
     if not hasattr(vision_utils, "get_vision_window_index"):
