@@ -23,6 +23,7 @@ tower, token drop, LM prefill, memory.
     onlooker-tf-lm        onlooker with transformers' own language-model forward (model/fast_lm.py off)
     onlooker+compiled-lm  onlooker with the lean language-model forward's layers under torch.compile
     onlooker-eager-lm     onlooker with the lean forward's layers launched eagerly (no CUDA graphs)
+    onlooker+int4         onlooker with sealed segments in int4 (MemoryConfig.quantize_bits = 4) instead of int8
 
 Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of stream,
 TTFT of a question after the stream, and model FLOP utilisation against the measured bf16 matmul peak.
@@ -118,7 +119,7 @@ def measure_matmul_peak(device: str) -> float:
 
 
 CONFIGS = ("transformers", "naive", "window", "onlooker", "onlooker+perception", "onlooker+captions",
-           "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm", "onlooker-eager-lm")
+           "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm", "onlooker-eager-lm", "onlooker+int4")
 
 
 @contextlib.contextmanager
@@ -155,7 +156,7 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
     vision_attention.set_batched(backend.model.model.visual, name != "onlooker-tf-vision")
     mcfg = MemoryConfig(window_tokens=10**9 if naive else window, retrieval=onl, use_embeddings=False,
                         quantize=onl, retain=onl, host_mb=64_000, shrink_on_oom=not naive, segment_seconds=4.0,
-                        segment_tokens=4096)
+                        segment_tokens=4096, quantize_bits=4 if name == "onlooker+int4" else 8)
     vcfg = VisualConfig(batch_groups=batch, **({} if onl else {"drop_threshold": 1.0, "reuse_threshold": 0.0}))
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)

@@ -70,8 +70,9 @@ INT4_GROUP = 32
 
 def quantize_int4(x: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int4 per group of `group` values of the last dim: x ~ q * scale, q in [-7, 7] stored as q + 8,
-    two to a byte (low nibble first). -> (uint8 (..., D/2), fp16 scales (..., D/group))."""
-    xs = x.float().unflatten(-1, (-1, group))
+    two to a byte (low nibble first). -> (uint8 (..., D/2), fp16 scales (..., D/group)). A head dim smaller
+    than `group` is one group."""
+    xs = x.float().unflatten(-1, (-1, min(group, x.shape[-1])))
     scale = (xs.abs().amax(-1, keepdim=True) / 7).clamp_min(1e-8).half()
     q = (torch.round(xs / scale.float()).clamp_(-7, 7) + 8).to(torch.uint8).flatten(-2)
     return q[..., 0::2] | (q[..., 1::2] << 4), scale.squeeze(-1)

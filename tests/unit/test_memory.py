@@ -177,6 +177,10 @@ def test_int4_primitive_packs_two_values_a_byte_within_half_a_step():
     step = scale.float().repeat_interleave(32, dim=-1)
     assert bool(((back - x).abs() <= step * 0.5 + 1e-6).all())             # half a step of its own group
     assert float((back - x).norm() / x.norm()) < 0.15        # 15 levels over a group's absmax: ~0.1 here
+    small = torch.randn(2, 5, 16)                                          # a head dim under one group: one group
+    q, scale = quantize_int4(small)
+    assert scale.shape == (2, 5, 1)
+    assert bool(((dequantize_int4(q, scale, torch.float32) - small).abs() <= scale.float() * 0.5 + 1e-6).all())
 
 
 def test_int4_sealing_halves_int8_and_reads_back_from_disk(lite_backend, tmp_path):
