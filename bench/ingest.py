@@ -22,7 +22,9 @@ tower, token drop, LM prefill, memory.
     onlooker-tf-vision    onlooker with transformers' own tower attention (model/vision_attention.py off)
     onlooker-tf-lm        onlooker with transformers' own language-model forward (model/fast_lm.py off)
     onlooker+compiled-lm  onlooker with the lean language-model forward's layers under torch.compile
-    onlooker-eager-lm     onlooker with the lean forward's layers launched eagerly (no CUDA graphs)
+    onlooker-eager-lm     onlooker with the lean forward's layers launched eagerly (no CUDA graphs at all; the
+               default graphs only questions and decode steps, model.lm_graphs.SMALL)
+    onlooker+lm-graphs    onlooker with every prefill size graphed (model.lm_graphs.BUCKETS)
     onlooker+int4         onlooker with sealed segments in int4 (MemoryConfig.quantize_bits = 4) instead of int8
 
 Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of stream,
@@ -119,7 +121,8 @@ def measure_matmul_peak(device: str) -> float:
 
 
 CONFIGS = ("transformers", "naive", "window", "onlooker", "onlooker+perception", "onlooker+captions",
-           "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm", "onlooker-eager-lm", "onlooker+int4")
+           "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm", "onlooker-eager-lm", "onlooker+int4",
+           "onlooker+lm-graphs")
 
 
 @contextlib.contextmanager
@@ -136,10 +139,16 @@ def lm_forward(backend, name: str):
         backend.fast.compile(True)
     if name == "onlooker-eager-lm":
         backend.fast.graphs = None
+    if name == "onlooker+lm-graphs":                 # every prefill size graphed, captured before the clock
+        from model.lm_graphs import BUCKETS
+        backend.fast.use_graphs(True, buckets=BUCKETS)
+        backend.warm_lm_graphs()
     try:
         yield
     finally:
         backend.fast.graphs = graphs
+        if name == "onlooker+lm-graphs" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
         if compiled:
             backend.fast.compile(False)
 

@@ -139,14 +139,15 @@ class FastLM:
             self._compiled = (torch.compile(layer_in, dynamic=True), torch.compile(layer_out, dynamic=True))
         self.compiled = on
 
-    def use_graphs(self, on: bool = True, capture: bool = True) -> None:
+    def use_graphs(self, on: bool = True, capture: bool = True, buckets: tuple[int, ...] | None = None) -> None:
         """Replay each layer's `layer_in` and `layer_out` as CUDA graphs captured at bucketed token counts
         (model/lm_graphs.py); the attention and the cache stay eager. On a GPU; a bucket's graphs are captured at
-        its first use. Off: the eager kernels. Ignored while compiled. `capture=False` keeps the static buffers and
+        its first use; `buckets` default to model.lm_graphs.SMALL (questions and decode steps; larger prefills run
+        eagerly). Off: the eager kernels. Ignored while compiled. `capture=False` keeps the static buffers and
         the padding but calls the layers directly (tests on a CPU)."""
-        if on and self.graphs is None:
-            from model.lm_graphs import LayerGraphs
-            self.graphs = LayerGraphs(self, capture=capture)
+        if on and (self.graphs is None or (buckets is not None and self.graphs.buckets != buckets)):
+            from model.lm_graphs import SMALL, LayerGraphs
+            self.graphs = LayerGraphs(self, buckets=buckets or SMALL, capture=capture)
         elif not on:
             self.graphs = None
 

@@ -268,7 +268,8 @@ def test_gpu_lean_lm_forward_within_bf16_of_transformers(shape):
         ref, ref_cache = own()
         fast = FastLM(lm)
         got, got_cache = lean(fast)
-        fast.use_graphs(True)                                # the layers as CUDA graphs (model/lm_graphs.py)
+        from model.lm_graphs import BUCKETS
+        fast.use_graphs(True, buckets=BUCKETS)               # the layers as CUDA graphs (model/lm_graphs.py)
         graphed, graphed_cache = lean(fast)
         buckets = sorted(rows for rows, _, _ in fast.graphs._made)
         fast.use_graphs(False)
