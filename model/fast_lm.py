@@ -115,6 +115,7 @@ class FastLM:
         self.compiled = False
         self._compiled: tuple | None = None
         self.graphs: LayerGraphs | None = None
+        self.layer_fns = (layer_in, layer_out)      # what model.lm_graphs captures
         fuse_projections(lm)
         self.layers = []
         for layer in lm.layers:

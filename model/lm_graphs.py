@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from model.fast_lm import FastLM
 
 BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 # the default: questions and decode steps only. On the H200 (7B, an hour of stream) graphing every bucket cut TTFT
@@ -35,8 +32,8 @@ SMALL = (16, 32, 64)
 class Bucket:
     """Static buffers and the captured graphs of every layer for one padded token count."""
 
-    def __init__(self, fast: FastLM, rows: int, like: torch.Tensor, pool) -> None:
-        from model.fast_lm import layer_in, layer_out
+    def __init__(self, fast: Any, rows: int, like: torch.Tensor, pool) -> None:
+        layer_in, layer_out = fast.layer_fns         # model.fast_lm's, handed over (fast_lm imports this module)
         self.rows = rows
         hq, hkv, d = fast.num_heads, fast.num_kv_heads, fast.head_dim
         dev, dt = like.device, like.dtype
@@ -105,7 +102,7 @@ class Bucket:
 class LayerGraphs:
     """A FastLM's layers as CUDA graphs, one `Bucket` per padded token count in use."""
 
-    def __init__(self, fast: FastLM, buckets: tuple[int, ...] = BUCKETS, capture: bool = True) -> None:
+    def __init__(self, fast: Any, buckets: tuple[int, ...] = BUCKETS, capture: bool = True) -> None:
         self.fast = fast
         self.buckets = buckets
         self.capture = capture                   # False: the buffers and padding without graphs (tests on a CPU)
