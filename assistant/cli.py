@@ -54,6 +54,8 @@ def _config(args: argparse.Namespace):
             setattr(obj, name, value)
     if getattr(args, "fast", False):
         cfg.perception.realtime = False
+        if cfg.device.startswith("cuda") and cfg.visual.batch_groups == 1:
+            cfg.visual.batch_groups = 8      # a file as fast as it goes: no one waits on a batch, the GPU fills
     if getattr(args, "keep_all", False):
         cfg.storage.max_age_days = cfg.storage.max_gb = None
     if getattr(args, "int8", False):
