@@ -60,7 +60,7 @@ def _kill_after(tmp_path, observations: int, held_write: bool = False) -> list[f
     return seen
 
 
-@pytest.mark.parametrize("observations", [4, 10])
+@pytest.mark.parametrize("observations", [4, pytest.param(10, marks=pytest.mark.slow)])   # 10: 114 s, the slow run
 def test_sigkill_loses_at_most_the_open_segment(tmp_path, observations):
     seen = _kill_after(tmp_path, observations)
     store = SessionStore(tmp_path)                        # the next start: the dead session is marked
