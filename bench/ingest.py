@@ -60,6 +60,7 @@ from reasoning import prompts
 from reasoning.answerer import answer_job
 
 log = logging.getLogger("onlooker.bench")
+MEDIA = Path(__file__).resolve().parents[1] / "tests" / "data"      # the sample videos the benchmarks loop
 
 def load_frames(media: list[Path], fps: float, limit_s: float | None = None) -> tuple[list[np.ndarray], list[str]]:
     """The sampled frames of each video (at `fps` of stream time), then the synthetic scene, at their own size
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--naive-wall-s", type=float, default=90.0, help="time cap for the transformers and naive runs")
     p.add_argument("--max-wall-s", type=float, default=240.0, help="time cap for the other runs")
     p.add_argument("--tokenizer", help="a ChatML tokenizer directory (default: the lite model's)")
-    p.add_argument("--media", default=str(Path(__file__).resolve().parents[1] / "tests" / "data"),
+    p.add_argument("--media", default=str(MEDIA),
                    help="a folder of .mp4 files to loop (default: tests/data of this repository)")
     p.add_argument("--media-limit-s", type=float, help="use only the first seconds of each video")
     p.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved "

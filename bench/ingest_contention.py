@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from bench.common import write_rows
-from bench.ingest import build_backend, default_tokenizer, load_frames, run_config
+from bench.ingest import MEDIA, build_backend, default_tokenizer, load_frames, run_config
 from bench.ingest_beside import Beside, Burner, pin
 from bench.ingest_feed import Prepared
 from bench.ingest_shapes import SIZES
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown variant {v!r} ({', '.join(VARIANTS)})", file=sys.stderr)
             return 2
     tok = Path(args.tokenizer) if args.tokenizer else default_tokenizer()
-    media = sorted((Path(__file__).resolve().parents[1] / "tests" / "data").glob("*.mp4"))
+    media = sorted(MEDIA.glob("*.mp4"))
     frames, _ = load_frames(media, 2.0)
     backend = build_backend(args.size, args.device, tok)
     prepared = Prepared(backend, frames, args.device.startswith("cuda"))   # before the clock: only what is

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bench.ingest_shapes import FRAME
-from perception.visual import patch_change
+from perception.visual import change_against
 
 
 def prepare(backend, a: np.ndarray, b: np.ndarray, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,17 +28,13 @@ def prepare(backend, a: np.ndarray, b: np.ndarray, pin: bool) -> tuple[torch.Ten
     return (patches.pin_memory() if pin else patches), grid
 
 
-def change(patches: torch.Tensor, prev: torch.Tensor | None) -> float | None:
-    return patch_change(patches, prev) if prev is not None and prev.shape == patches.shape else None
-
-
 class Prepared:
     """Pairs patchified ahead of time, looped. `change`: the reuse check of the pair `get` returned last against
     the one before it (None for the first)."""
 
     def __init__(self, backend, frames: list[np.ndarray], pin: bool) -> None:
         self.groups = [prepare(backend, frames[i], frames[i + 1], pin) for i in range(0, len(frames) - 1, 2)]
-        self.changes = [change(p, self.groups[i - 1][0]) for i, (p, _) in enumerate(self.groups)]
+        self.changes = [change_against(p, self.groups[i - 1][0]) for i, (p, _) in enumerate(self.groups)]
         self.change: float | None = None
 
     def get(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +62,7 @@ class Feed:
         try:
             while not self._stop.is_set():
                 patches, grid = prepare(self.backend, self.frames[2 * g % n], self.frames[(2 * g + 1) % n], self.pin)
-                item = (g, (patches, grid, change(patches, prev)))
+                item = (g, (patches, grid, change_against(patches, prev)))
                 prev = patches
                 while not self._stop.is_set():
                     try:

@@ -44,14 +44,12 @@ def rope_shift(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.
     this for every layer at every eviction, and the earlier path (the gather + RoPE Triton kernel with its delta
     built by `torch.tensor(..., device=...)`) synchronised with the device once per layer; on the H200 that wait
     and the kernel's launch took 12% of the 7B window's ingest wall (py-spy, docs/benchmarks.md)."""
+    from kernels.reference import rope_shift_ref, rotate_half
     if _FORCE_REFERENCE:
-        from kernels.reference import rope_shift_ref
         return rope_shift_ref(keys, delta, inv_freq)
     cos, sin = shift_table(delta, inv_freq, keys.device)
     x = keys.float()
-    h = x.shape[-1] // 2
-    rot = torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-    return (x * cos + rot * sin).to(keys.dtype)
+    return (x * cos + rotate_half(x) * sin).to(keys.dtype)
 
 
 _HOST_FREQ: WeakIdKeyDictionary = WeakIdKeyDictionary()      # inv_freq -> (its float64 host copy, recent tables)
@@ -70,9 +68,10 @@ def shift_table(delta: int, inv_freq: torch.Tensor, device: torch.device) -> tup
     if hit is not None:
         tables.move_to_end(key)
         return hit
-    angle = int(delta) * host
-    emb = torch.cat((angle, angle))
-    table = (emb.cos().float().to(device, non_blocking=True), emb.sin().float().to(device, non_blocking=True))
+    from kernels.reference import rope_table
+    cos, sin = rope_table(torch.tensor([int(delta)]), host)                          # (1, D/2) each
+    table = (torch.cat((cos[0], cos[0])).to(device, non_blocking=True),
+             torch.cat((sin[0], sin[0])).to(device, non_blocking=True))
     tables[key] = table
     if len(tables) > 64:
         tables.popitem(last=False)

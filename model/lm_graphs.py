@@ -34,7 +34,6 @@ class Bucket:
 
     def __init__(self, fast: Any, rows: int, like: torch.Tensor, pool) -> None:
         layer_in, layer_out = fast.layer_fns         # model.fast_lm's, handed over (fast_lm imports this module)
-        self.rows = rows
         hq, hkv, d = fast.num_heads, fast.num_kv_heads, fast.head_dim
         dev, dt = like.device, like.dtype
         hidden = int(like.shape[-1])

@@ -166,13 +166,18 @@ def plan_for(visual: Any, grids: Sequence[Sequence[int]]) -> Plan:
     key = tuple(tuple(int(x) for x in g) for g in grids)
     holder: _Holder = visual._onlooker_holder
     if key not in holder.cache:
-        if len(holder.cache) >= _CACHE_LIMIT:
-            holder.cache.pop(next(iter(holder.cache)))
         lengths = {"full": frame_lengths(key)}
         if getattr(cfg, "fullatt_block_indexes", None) is not None:
             lengths["window"] = window_lengths(key, cfg.spatial_merge_size, cfg.window_size, cfg.patch_size)
-        holder.cache[key] = Plan(lengths)
+        _keep(holder.cache, key, Plan(lengths))
     return holder.cache[key]
+
+
+def _keep(cache: dict, key: tuple, value: Any) -> None:
+    """Into a cache by batch shape, the oldest out past _CACHE_LIMIT (a stream uses one or two shapes)."""
+    if len(cache) >= _CACHE_LIMIT:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
 
 
 def tower_inputs(visual: Any, grids: Sequence[Sequence[int]], device: torch.device | str) -> dict[str, Any]:
@@ -204,9 +209,7 @@ def tower_inputs(visual: Any, grids: Sequence[Sequence[int]], device: torch.devi
             g, spatial_merge_size=merge, window_size=cfg.window_size, patch_size=cfg.patch_size)
     out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
     if holder is not None:
-        if len(holder.inputs) >= _CACHE_LIMIT:
-            holder.inputs.pop(next(iter(holder.inputs)))
-        holder.inputs[key] = out
+        _keep(holder.inputs, key, out)
     return out
 
 

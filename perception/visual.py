@@ -51,6 +51,11 @@ def patch_change(patches: torch.Tensor, prev: torch.Tensor) -> float:
     return float((patches - prev).abs().mean(dim=1).max())
 
 
+def change_against(patches: torch.Tensor, prev: torch.Tensor | None) -> float | None:
+    """`patch_change` against the group prepared before (None: no group before, or one of another size)."""
+    return patch_change(patches, prev) if prev is not None and prev.shape == patches.shape else None
+
+
 def keyframe_bucket(t: float, keyframe_seconds: float) -> int:
     """The span of stream a group at `t` falls in; a group opening a new span is a keyframe (-1: none)."""
     return int(t // keyframe_seconds) if keyframe_seconds > 0 else -1
@@ -112,9 +117,8 @@ class FramePrep:
             return None
         patches, grid = patchify_group(self.backend, self._frames)
         group = PreparedGroup([t for _, t in self._frames], patches.pin_memory() if self.pin else patches, grid)
-        last = self._last
-        if last is not None and last.patches.shape == patches.shape:
-            group.change, group.after = patch_change(patches, last.patches), last.times
+        if self._last is not None:
+            group.change, group.after = change_against(patches, self._last.patches), self._last.times
         self._last = group
         self._frames = []
         return group
