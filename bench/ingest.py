@@ -229,6 +229,7 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
                 mem.append(chunk)
         except torch.OutOfMemoryError:
             oom_at = stream_t
+    mem.landing.land(wait=True)                     # every sealed segment on the host, inside the clock
     sync(device)
     wall, main_cpu = time.perf_counter() - start, time.thread_time() - cpu_start
     feed.close()

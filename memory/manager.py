@@ -6,7 +6,8 @@
 
 `append` prefills a chunk on top of the device cache; earlier context is never recomputed. Chunks gather
 into segments (memory.window). When the window passes its budget, its oldest segments are sealed: their
-KV is sliced off the device (memory.kv_cache), compressed, and handed to the segment store.
+KV is sliced off the device (memory.kv_cache), compressed, sent to the host without waiting for the device
+(memory.landing) and handed to the segment store when it lands.
 
 `context(question, now)` retrieves what a question needs (memory.retrieval) and assembles
 
@@ -16,10 +17,9 @@ as a new cache (the device cache itself is untouched). Positions: "contiguous" r
 by the delta to where it now sits (RoPE shift; M-RoPE axes move together); "original" leaves every key
 where it was ingested. With every segment retrieved and nothing pruned, both give full-context logits.
 
-Video blocks (Qwen2.5-VL, model.qwen_vl): a chunk may leave a video block open. Its next pairs join the same
-segment; anything else appended first gets the block's closer ("<|vision_end|>"), and a context view closes it
-on its own fork (the device cache keeps it open). A block is never split across segments, so a retrieved
-segment holds whole videos and moves as one piece; a segment may pass `segment_tokens` by part of a block.
+Video blocks (Qwen2.5-VL): a chunk may leave a video block open. Its next pairs join the same segment; anything
+else appended first gets the block's closer, and a context view closes it on its own fork. A block is never split
+across segments (a segment may pass `segment_tokens` by part of one), so a retrieved segment holds whole videos.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from memory import kv_cache
 from memory.config import MemoryConfig
 from memory.embed import TextEmbedder
 from memory.index import SegmentIndex
+from memory.landing import Landing
 from memory.retrieval import Candidate, Retrieval, SearchHit, qk_scale, retrieve, top_hits
 from memory.segment_store import MB, MemoryStats, SegmentStore
-from memory.segments import Segment, SegmentFileError, host_kv, prune_by_value_norm
+from memory.segments import Segment, SegmentFileError, SegmentKV, compress, host_kv, kv_from_parts
 from memory.slab import HostSlabs, KeyBank
 from memory.timeref import parse_time_ref
 from memory.views import AppendResult, ContextView
@@ -72,9 +73,12 @@ class HierarchicalMemory:
         self._open: VideoBlock | None = None         # the video block the last chunk left open
         self.slabs = HostSlabs()                     # sealed segments' mean keys and embeddings (memory.slab)
         self.keybank = KeyBank()                     # the same mean keys as float32 rows, for scoring them all at once
+        self.landing = Landing()                     # sealed segments on their way to the host
 
     @property
     def segments(self) -> list[Segment]:
+        """The sealed segments, every one still in flight to the host landed first (memory.landing)."""
+        self.landing.land(wait=True)
         return self.store.segments
 
     # -- sizes ----------------------------------------------------------------------------------
@@ -92,12 +96,6 @@ class HierarchicalMemory:
 
     def device_bytes(self) -> int:
         return kv_cache.cache_bytes(self.cache)
-
-    def host_bytes(self) -> int:
-        return self.stats.host_bytes
-
-    def disk_bytes(self) -> int:
-        return self.stats.disk_bytes
 
     def _rotate(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
         return kernels.rope_shift(keys, delta, self.backend.inv_freq)
@@ -182,8 +180,9 @@ class HierarchicalMemory:
         if w.embedding is None:
             w.embedding = self._embed_text(w.text)
         kv = host_kv(k, v, self.config.quantize, self.config.quantize_bits)
-        seg = Segment(len(self.segments) + len(self.window) - 1, w.t0, max(w.t1, t1), w.text, w.num_tokens,
-                      w.pos_start, w.orig_pos, w.pos_span, w.sealed_rep_key(), None, kv, embedding=w.embedding)
+        seg = Segment(len(self.store.segments) + len(self.landing) + len(self.window) - 1, w.t0, max(w.t1, t1),
+                      w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span, w.sealed_rep_key(), None, kv,
+                      embedding=w.embedding)
         seg.index_id = self.store.checkpoint(seg)
         seg.kv = None
         w.checkpoint = seg
@@ -235,54 +234,61 @@ class HierarchicalMemory:
         return sealed
 
     def _evict(self, everything: bool = False, t_end: float = 0.0) -> list[Segment]:
+        """Seal what no longer fits the window (everything with `everything`); -> the segments that landed."""
         out: list[WindowSegment] = []
         while self.window and (everything or (len(self.window) > 1 and self.window_tokens > self.window_budget)):
             out.append(self.window.pop(0))
         if not out:
-            return []
+            return self.landing.land(wait=everything)
         n = sum(w.num_tokens for w in out)
         pos_delta = sum(w.pos_span for w in out)
         contiguous = self.config.positions == "contiguous"
         keys, values = kv_cache.take_front(self.cache, self.sink_tokens, n, self._rotate if contiguous else None,
                                            -pos_delta)                                   # (L, Hkv, n, D)
-        sealed, offset = [], 0
+        offset = 0
         for i, w in enumerate(out):
             nxt = out[i + 1].t0 if i + 1 < len(out) else (self.window[0].t0 if self.window else max(t_end, w.t1))
             k = keys[:, :, offset:offset + w.num_tokens]
             v = values[:, :, offset:offset + w.num_tokens]
-            sealed.append(self._seal(w, k, v, max(w.t1, nxt)))
+            self._seal(w, k, v, max(w.t1, nxt))
             offset += w.num_tokens
         if contiguous:
             for w in self.window:
                 for c in w.chunks:
                     c.pos_start -= pos_delta
             self.next_pos -= pos_delta
-        return sealed
+        return self.landing.land(wait=everything)
 
-    def _seal(self, w: WindowSegment, keys: torch.Tensor, values: torch.Tensor, t1: float) -> Segment:
-        st = self.stats
+    def _seal(self, w: WindowSegment, keys: torch.Tensor, values: torch.Tensor, t1: float) -> None:
+        """Start `w`'s trip off the device (memory.landing); it joins the store when it lands (`_landed`)."""
+        self.stats.tokens_sealed += w.num_tokens
+        seg = Segment(len(self.store.segments) + len(self.landing) * self.config.retain, w.t0, t1, w.text,
+                      w.num_tokens, w.pos_start, w.orig_pos, w.pos_span, w.rep_key.to(torch.float16))
         if not self.config.retain:          # window-only memory: the KV is dropped, the drop is counted
-            st.segments_dropped += 1
-            st.tokens_sealed += w.num_tokens
-            return Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
-                           self.slabs.put(w.sealed_rep_key()))
-        kept = prune_by_value_norm(values, self.config.keep_ratio) if self.config.keep_ratio < 1.0 else None
-        if kept is not None:
-            keys, values = keys[:, :, kept.to(keys.device)], values[:, :, kept.to(values.device)]
-        seg = Segment(len(self.segments), w.t0, t1, w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span,
-                      self.slabs.put(w.sealed_rep_key()), kept, host_kv(keys, values, self.config.quantize,
-                                                                             self.config.quantize_bits))
+            self.stats.segments_dropped += 1
+            self.landing.send({"rep": seg.rep_key}, lambda h: self._landed(seg, w, h, None))
+            return
+        c, dtype = self.config, keys.dtype
+        parts = compress(keys, values, c.keep_ratio, c.quantize, c.quantize_bits)
+        self.landing.send({**parts, "rep": seg.rep_key}, lambda h: self._landed(
+            seg, w, h, kv_from_parts(h, dtype, c.quantize_bits)))
+
+    def _landed(self, seg: Segment, w: WindowSegment, host: dict, kv: SegmentKV | None) -> Segment:
+        seg.rep_key = self.slabs.put(host["rep"])
+        if kv is None:
+            return seg
+        seg.kept, seg.kv = host["kept"], kv
         if w.checkpoint is not None:        # its checkpoint's row and file are replaced by the sealed segment
             seg.index_id, seg.file, seg.extra = w.checkpoint.index_id, w.checkpoint.file, w.checkpoint.extra
         emb = w.embedding if w.embedding is not None else self._embed_text(seg.text)
         seg.embedding = self.slabs.put(emb) if emb is not None else None
-        st.segments_sealed += 1
-        st.tokens_sealed += seg.num_tokens
-        st.tokens_pruned += seg.num_tokens - seg.kept_tokens
+        self.stats.segments_sealed += 1
+        self.stats.tokens_pruned += seg.num_tokens - seg.kept_tokens
         self.store.add(seg)
         return seg
 
     def close(self) -> None:
+        self.landing.land(wait=True)
         self.store.close()
 
     # -- retrieval ------------------------------------------------------------------------------

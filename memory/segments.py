@@ -128,14 +128,40 @@ class Segment:
                 "seg_id": self.seg_id}
 
 
-def host_kv(keys: torch.Tensor, values: torch.Tensor, quantize: bool, bits: int = 8) -> SegmentKV:
-    """A segment's KV off the device: quantized on the device first (only the quantized bytes cross), or copied."""
+def squeeze_kv(keys: torch.Tensor, values: torch.Tensor, quantize: bool, bits: int = 8) -> dict[str, torch.Tensor]:
+    """A segment's KV as the tensors that go to the host: quantized where they are (only the quantized bytes
+    cross), or as they are (on a CPU copied, so that they outlive the cache they were sliced from)."""
     if quantize:
         squeeze = kernels.quantize_int8 if bits == 8 else quantize_int4
         qk, sk = squeeze(keys)
         qv, sv = squeeze(values)
-        return SegmentKV(qk.cpu(), qv.cpu(), sk.cpu(), sv.cpu(), keys.dtype, bits)
-    return SegmentKV(keys.to("cpu", copy=True), values.to("cpu", copy=True), dtype=keys.dtype)
+        return {"keys": qk, "values": qv, "key_scale": sk, "value_scale": sv}
+    if keys.is_cuda:                    # the copy to the host is the copy
+        return {"keys": keys, "values": values}
+    return {"keys": keys.clone(), "values": values.clone()}
+
+
+def compress(keys: torch.Tensor, values: torch.Tensor, keep_ratio: float, quantize: bool,
+             bits: int = 8) -> dict[str, torch.Tensor | None]:
+    """What sealing keeps of a segment's KV, where it is: pruned to `keep_ratio` (its offsets under "kept", None
+    for all), then `squeeze_kv`."""
+    kept = prune_by_value_norm(values, keep_ratio) if keep_ratio < 1.0 else None
+    if kept is not None:
+        kept = kept.to(keys.device)
+        keys, values = keys[:, :, kept], values[:, :, kept]
+    return {**squeeze_kv(keys, values, quantize, bits), "kept": kept}
+
+
+def kv_from_parts(parts: dict, dtype: torch.dtype, bits: int = 8) -> SegmentKV:
+    """The SegmentKV of `squeeze_kv`'s tensors once they are on the host."""
+    return SegmentKV(parts["keys"], parts["values"], parts.get("key_scale"), parts.get("value_scale"), dtype,
+                     bits if parts.get("key_scale") is not None else 8)
+
+
+def host_kv(keys: torch.Tensor, values: torch.Tensor, quantize: bool, bits: int = 8) -> SegmentKV:
+    """A segment's KV off the device now (waiting for the device): `squeeze_kv`, then copied to the host."""
+    parts = squeeze_kv(keys, values, quantize, bits)
+    return kv_from_parts({k: t.cpu() for k, t in parts.items()}, keys.dtype, bits)
 
 
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16)}

@@ -1,0 +1,95 @@
+"""Sealed segments land on the host later than they are sealed (memory.landing): held back on a CPU by an event that
+has not passed, the memory still seals, answers and stores what a memory that waits does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memory import landing
+from memory.config import MemoryConfig
+from memory.landing import Landing
+from memory.manager import HierarchicalMemory
+from reasoning import prompts
+
+WORDS = ["APPLE", "RIVER", "CANDLE", "FOREST", "PIANO", "MANGO", "ROCKET", "TIGER", "SILVER", "OCEAN", "LEMON",
+         "CASTLE"]
+
+
+class HeldEvent:
+    """An event that passes only when the test says so."""
+    passed = False
+
+    def query(self) -> bool:
+        return HeldEvent.passed
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _memory(b, tmp_path, held: bool, **cfg) -> HierarchicalMemory:
+    config = MemoryConfig(window_tokens=96, segment_seconds=1.0, quantize=True, **cfg)
+    mem = HierarchicalMemory(b, config, spill_dir=tmp_path / ("held" if held else "now"))
+    if held:
+        mem.landing = Landing(event=HeldEvent)
+    mem.set_sink(prompts.system_chunk(b))
+    return mem
+
+
+def _chunks(b):
+    return [prompts.text_observation_chunk(b, 5.0 * i, f'Text on screen: "{w}".') for i, w in enumerate(WORDS)]
+
+
+@pytest.mark.parametrize("keep_ratio", [1.0, 0.5])
+def test_held_flights_land_in_order_and_equal_a_memory_that_waits(lite_backend, tmp_path, monkeypatch, keep_ratio):
+    b = lite_backend
+    HeldEvent.passed = False
+    now, held = _memory(b, tmp_path, False, keep_ratio=keep_ratio), _memory(b, tmp_path, True, keep_ratio=keep_ratio)
+    sealed_now, sealed_held = [], []
+    for c in _chunks(b)[:8]:
+        sealed_now += now.append(c).sealed
+        sealed_held += held.append(c).sealed
+    assert sealed_now and not sealed_held                 # sealed, still in flight: not in the store, not returned
+    assert len(held.landing) == len(sealed_now) and not held.store.segments
+    HeldEvent.passed = True
+    for c in _chunks(b)[8:]:
+        sealed_now += now.append(c).sealed
+        sealed_held += held.append(c).sealed
+    assert [s.seg_id for s in sealed_held] == [s.seg_id for s in sealed_now] == list(range(len(sealed_now)))
+    for a, h in zip(sealed_now, sealed_held, strict=True):
+        assert (a.t0, a.t1, a.text, a.kept_tokens, a.pos_start) == (h.t0, h.t1, h.text, h.kept_tokens, h.pos_start)
+        torch.testing.assert_close(a.rep_key, h.rep_key, rtol=0, atol=0)
+        assert h.rep_key.device.type == "cpu" and h.kv is not None
+        torch.testing.assert_close(a.kv.keys, h.kv.keys, rtol=0, atol=0)
+    assert held.stats == now.stats
+    question = "What did the sign read at 0:05?"
+    va, vh = now.context(question, 60.0), held.context(question, 60.0)
+    assert [s.seg_id for s in vh.placed] == [s.seg_id for s in va.placed] and va.placed
+    q = prompts.question_chunk(b, 60.0, question)
+    torch.testing.assert_close(b.prefill(q, vh.cache, vh.next_pos), b.prefill(q, va.cache, va.next_pos))
+
+
+def test_reading_sealed_segments_lands_every_flight_first(lite_backend, tmp_path):
+    b = lite_backend
+    HeldEvent.passed = False
+    mem = _memory(b, tmp_path, True)
+    for c in _chunks(b):
+        mem.append(c)
+    assert len(mem.landing) > 0
+    in_flight = len(mem.landing)
+    assert len(mem.segments) == in_flight and not len(mem.landing)   # `segments` waited for them
+    mem.annotate(0.5, "a red umbrella")                               # a note about a sealed moment finds it
+    assert "umbrella" in mem.segments[0].text
+    mem.flush(100.0)
+    assert all(s.tier == "disk" for s in mem.segments) and not len(mem.landing)
+
+
+def test_flights_past_the_limit_are_waited_for(lite_backend, tmp_path, monkeypatch):
+    monkeypatch.setattr(landing, "MAX_IN_FLIGHT", 2)
+    b = lite_backend
+    HeldEvent.passed = False
+    mem = _memory(b, tmp_path, True)
+    for c in _chunks(b):
+        mem.append(c)
+        assert len(mem.landing) <= 2
+    assert mem.store.segments
