@@ -113,7 +113,15 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "drop off (keep all)": {"visual": {"drop_threshold": 1.0}}, "drop 0.98": {"visual": {"drop_threshold": 0.98}},
     "drop 0.90": {"visual": {"drop_threshold": 0.9}}, "ViT reuse off": {"visual": {"reuse_threshold": 0.0}},
     "int8 at sealing": {"memory": {"quantize": True}}, "keep 50% at sealing": {"memory": {"keep_ratio": 0.5}},
-    "int4 at sealing": {"memory": {"quantize": True, "quantize_bits": 4}}}
+    "int4 at sealing": {"memory": {"quantize": True, "quantize_bits": 4}},
+    "keep 50% by novelty": {"memory": {"keep_ratio": 0.5, "prune_by": "novelty"}},
+    "int4 + keep 45%": {"memory": {"quantize": True, "quantize_bits": 4, "keep_ratio": 0.45}},
+    "int4 + keep 45% by novelty": {"memory": {"quantize": True, "quantize_bits": 4, "keep_ratio": 0.45,
+                                              "prune_by": "novelty"}}}
+
+
+def toml_value(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else json.dumps(v) if isinstance(v, str) else str(v)
 
 
 def cells(rows: list[dict]) -> list[str]:
@@ -161,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             if tables:
                 toml = os.path.join(data_dir, f"variant-{len(rows)}.toml")
                 with open(toml, "w") as f:
-                    f.write("".join(f"[{t}]\n" + "".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}\n"
-                                                         for k, v in kv.items()) for t, kv in tables.items()))
+                    f.write("".join(f"[{t}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in kv.items())
+                                    for t, kv in tables.items()))
                 extra = ["--config", toml]
             rows[name] = []
             for seed in seeds:

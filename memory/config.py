@@ -33,7 +33,8 @@ class MemoryConfig:
     keyframe_seconds: float = 0.0
     # sealing
     retain: bool = True                # False: what leaves the window is dropped and counted (StreamingVLM-style)
-    keep_ratio: float = 1.0            # fraction of a segment's tokens kept (by value norm); 1.0 keeps all
+    keep_ratio: float = 1.0            # fraction of a segment's tokens kept (by `prune_by`); 1.0 keeps all
+    prune_by: str = "value_norm"       # "value_norm" or "novelty" (distance from the segment's mean value)
     quantize: bool = False             # quantized KV for sealed segments (host and disk), `quantize_bits` wide
     quantize_bits: int = 8             # 8: int8 per (layer, head, token) row; 4: int4 per group of 32 (4.5 bits)
     # host and disk tiers
@@ -50,6 +51,8 @@ class MemoryConfig:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        if self.prune_by not in ("value_norm", "novelty"):
+            raise ValueError(f"prune_by must be value_norm or novelty, got {self.prune_by!r}")
         if self.quantize_bits not in (4, 8):
             raise ValueError(f"quantize_bits must be 4 or 8, got {self.quantize_bits}")
         if not self.keyframe_seconds >= 0:

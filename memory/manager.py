@@ -269,7 +269,7 @@ class HierarchicalMemory:
             self.landing.send({"rep": seg.rep_key}, lambda h: self._landed(seg, w, h, None))
             return
         c, dtype = self.config, keys.dtype
-        parts = compress(keys, values, c.keep_ratio, c.quantize, c.quantize_bits)
+        parts = compress(keys, values, c.keep_ratio, c.quantize, c.quantize_bits, c.prune_by)
         self.landing.send({**parts, "rep": seg.rep_key}, lambda h: self._landed(
             seg, w, h, kv_from_parts(h, dtype, c.quantize_bits)))
 

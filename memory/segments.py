@@ -2,8 +2,9 @@
 
 A segment's KV is held as two stacked tensors, keys and values, shaped (L, Hkv, n, D) on the host.
 Sealing may compress it:
-  - pruning keeps the `keep_ratio` tokens with the largest value norm (averaged over layers and
-    heads); the kept tokens keep their positions, so a pruned segment leaves gaps, never shifts;
+  - pruning keeps the `keep_ratio` tokens with the largest value norm, or the values farthest from the
+    segment's mean value (`prune_by`; averaged over layers and heads); the kept tokens keep their positions,
+    so a pruned segment leaves gaps, never shifts;
   - int8 quantization per (layer, head, token) row: absmax scale over the head dim, fp16 scales; or int4 per
     group of INT4_GROUP values along the head dim (two values per byte, an fp16 scale per group: 4.5 bits a value).
 Spilled segments are one safetensors file each, written to a temporary name and renamed, so a crash
@@ -83,13 +84,21 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
     return (q.unflatten(-1, (scale.shape[-1], -1)) * scale.float().unsqueeze(-1)).flatten(-2).to(dtype)
 
 
-def prune_by_value_norm(values: torch.Tensor, keep_ratio: float) -> torch.Tensor | None:
-    """Token offsets to keep, ascending, or None for all. values: (L, Hkv, n, D)."""
+PRUNE_BY = ("value_norm", "novelty")
+
+
+def prune_by_value_norm(values: torch.Tensor, keep_ratio: float, by: str = "value_norm") -> torch.Tensor | None:
+    """Token offsets to keep, ascending, or None for all. values: (L, Hkv, n, D). `by`: "value_norm" ranks tokens
+    by the norm of their values; "novelty" by how far their values lie from the segment's mean value (a token much
+    like the rest of its segment, a plain background, goes first). Both averaged over layers and heads."""
     n = values.shape[2]
     k = max(1, round(n * keep_ratio))
     if k >= n:
         return None
-    score = values.float().norm(dim=-1).mean(dim=(0, 1))          # (n,)
+    v = values.float()
+    if by == "novelty":
+        v = v - v.mean(dim=2, keepdim=True)
+    score = v.norm(dim=-1).mean(dim=(0, 1))          # (n,)
     return torch.topk(score, k).indices.sort().values
 
 
@@ -141,11 +150,11 @@ def squeeze_kv(keys: torch.Tensor, values: torch.Tensor, quantize: bool, bits: i
     return {"keys": keys.clone(), "values": values.clone()}
 
 
-def compress(keys: torch.Tensor, values: torch.Tensor, keep_ratio: float, quantize: bool,
-             bits: int = 8) -> dict[str, torch.Tensor | None]:
+def compress(keys: torch.Tensor, values: torch.Tensor, keep_ratio: float, quantize: bool, bits: int = 8,
+             prune_by: str = "value_norm") -> dict[str, torch.Tensor | None]:
     """What sealing keeps of a segment's KV, where it is: pruned to `keep_ratio` (its offsets under "kept", None
     for all), then `squeeze_kv`."""
-    kept = prune_by_value_norm(values, keep_ratio) if keep_ratio < 1.0 else None
+    kept = prune_by_value_norm(values, keep_ratio, prune_by) if keep_ratio < 1.0 else None
     if kept is not None:
         kept = kept.to(keys.device)
         keys, values = keys[:, :, kept], values[:, :, kept]
