@@ -26,6 +26,8 @@ tower, token drop, LM prefill, memory.
                default graphs only questions and decode steps, model.lm_graphs.SMALL)
     onlooker+lm-graphs    onlooker with every prefill size graphed (model.lm_graphs.BUCKETS)
     onlooker+int4         onlooker with sealed segments in int4 (MemoryConfig.quantize_bits = 4) instead of int8
+    onlooker+int4+keep45  the same, 45% of each sealed segment's tokens kept (keep_ratio 0.45, by value norm): the
+               setting for 2 GB per stream-hour on the 7B; what it costs answers: bench.tiny_vl_path
 
 Reports sustained frames/s, visual tokens kept per frame, GPU memory after 1, 10 and 60 minutes of stream,
 TTFT of a question after the stream, and model FLOP utilisation against the measured bf16 matmul peak.
@@ -123,7 +125,7 @@ def measure_matmul_peak(device: str) -> float:
 
 CONFIGS = ("transformers", "naive", "window", "onlooker", "onlooker+perception", "onlooker+captions",
            "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm", "onlooker-eager-lm", "onlooker+int4",
-           "onlooker+lm-graphs")
+           "onlooker+int4+keep45", "onlooker+lm-graphs")
 
 
 @contextlib.contextmanager
@@ -166,7 +168,8 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
     vision_attention.set_batched(backend.model.model.visual, name != "onlooker-tf-vision")
     mcfg = MemoryConfig(window_tokens=10**9 if naive else window, retrieval=onl, use_embeddings=False,
                         quantize=onl, retain=onl, host_mb=64_000, shrink_on_oom=not naive, segment_seconds=4.0,
-                        segment_tokens=4096, quantize_bits=4 if name == "onlooker+int4" else 8)
+                        segment_tokens=4096, quantize_bits=4 if name.startswith("onlooker+int4") else 8,
+                        keep_ratio=0.45 if name == "onlooker+int4+keep45" else 1.0)
     vcfg = VisualConfig(batch_groups=batch, **({} if onl else {"drop_threshold": 1.0, "reuse_threshold": 0.0}))
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)

@@ -9,9 +9,10 @@ stream. Builds what it needs inside `--work` (default: a temporary folder, remov
                      uses) at 448x448, looped to `--minutes` at 2 frames per second (mp4v)
 
 (a kept `--work` folder reuses them), then runs `onlooker run --source recording-*.mp4 --fast --fps 2 --model model
---device DEVICE --headless` in a child process and reports its wall time (the model load included, and separately without it from the session's
-summary), the frames it indexed and the segments it sealed. The target in the issue is 30 s for 60 minutes at
-2 frames/s on one H200. `--size tiny` runs the same on a CPU in a minute (tests/unit/test_bench_recording.py).
+--device DEVICE --headless` in a child process and reports its wall time (the model load included, and separately
+without it from the session's summary), the frames it indexed and the segments it sealed. The target in the issue
+is 30 s for 60 minutes at 2 frames/s on one H200. `--size tiny` runs the same on a CPU in a minute
+(tests/unit/test_bench_recording.py).
 """
 
 from __future__ import annotations

@@ -111,6 +111,37 @@ def test_gpu_int8_sealing_happens_on_the_device(gpu_qwen):
     assert view.cache.layers[0].keys.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("bits,keep", [(8, 1.0), (4, 0.5)])
+def test_gpu_sealed_segments_land_as_a_memory_that_waits_seals_them(gpu_qwen, monkeypatch, bits, keep):
+    """memory.landing on the device: pinned copies behind an event, landed later, equal bit for bit to sealing with a
+    wait at every segment (MAX_IN_FLIGHT 0), and the host copies are ordinary (unpinned) memory."""
+    from memory import landing
+    from memory.config import MemoryConfig
+    from memory.manager import HierarchicalMemory
+    b = gpu_qwen
+    runs = []
+    for limit in (landing.MAX_IN_FLIGHT, 0):
+        monkeypatch.setattr(landing, "MAX_IN_FLIGHT", limit)
+        mem = HierarchicalMemory(b, MemoryConfig(window_tokens=64, quantize=True, quantize_bits=bits, keep_ratio=keep,
+                                                 segment_seconds=0.1))
+        mem.set_sink(prompts.system_chunk(b))
+        sealed, most = [], 0
+        for f, t in _frames(12):
+            sealed += mem.append(b.frame_chunk(f, t)).sealed
+            most = max(most, len(mem.landing))
+        if limit == 0:
+            assert most == 0                                  # no room in flight: every segment waited for
+        runs.append((mem.segments, sealed))
+    (segs, sealed), (ref, _) = runs
+    assert len(segs) == len(ref) > 2 and [id(x) for x in sealed] == [id(x) for x in segs[:len(sealed)]]
+    for a, r in zip(segs, ref, strict=True):
+        assert a.kv is not None and r.kv is not None and not a.kv.keys.is_pinned() and not a.kv.keys.is_cuda
+        torch.testing.assert_close(a.kv.keys, r.kv.keys, rtol=0, atol=0)
+        torch.testing.assert_close(a.kv.value_scale, r.kv.value_scale, rtol=0, atol=0)
+        torch.testing.assert_close(a.rep_key, r.rep_key, rtol=0, atol=0)
+        assert (a.kept is None) == (keep == 1.0) and (a.kept is None or torch.equal(a.kept, r.kept))
+
+
 def test_gpu_qwen3_vl_deepstack_chunk_prefills_in_bf16(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
