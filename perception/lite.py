@@ -41,7 +41,10 @@ class LitePerceiver:
         self._ocr = _load_ocr(threads) if config.ocr else None
         self._hog: cv2.HOGDescriptor | None = None
         self._faces: cv2.CascadeClassifier | None = None
-        if config.detect_people:
+        if config.detect_people and not hasattr(cv2, "HOGDescriptor"):
+            log.warning("OpenCV %s has no HOG people detector or Haar face cascade (5.x moved them out); people and "
+                        "faces are not counted. Install opencv-python-headless<5 to count them.", cv2.__version__)
+        elif config.detect_people:
             self._hog = cv2.HOGDescriptor()
             detector = cv2.HOGDescriptor_getDefaultPeopleDetector()  # type: ignore[attr-defined]
             self._hog.setSVMDetector(detector)

@@ -165,3 +165,22 @@ def test_stalled_stream_retries_with_backoff_then_reports(monkeypatch):
     # a stall, then 3 failed attempts after 0.5, 1 and 2 s
     assert len(got) == 3 and src.stats.stalls == 2 and src.stats.reconnects == 1
     assert clock.sleeps == [0.5, 0.5, 1.0, 2.0]
+
+
+def test_lite_perception_without_opencvs_people_detector_warns_once_and_reads_text(monkeypatch, caplog):
+    """OpenCV 5.x has no HOGDescriptor or CascadeClassifier: the perceiver says so and goes on reading the frame,
+    counting no people, instead of ending the run (it did on the GPU machine, which has OpenCV 5.0)."""
+    import cv2
+
+    from perception.config import PerceptionConfig
+    from perception.lite import LitePerceiver
+    from perception.sources import VideoFrame
+    from perception.synthetic import SignScene
+    monkeypatch.delattr(cv2, "HOGDescriptor")
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    scene = SignScene.random(3, 20, "heldout")
+    with caplog.at_level("WARNING", logger="onlooker.perception"):
+        p = LitePerceiver(PerceptionConfig())
+    assert "no HOG people detector" in caplog.text
+    obs, _ = p.process(VideoFrame(scene.render(2.0), 2.0, 0.0, 0))
+    assert obs.people == 0 and obs.faces == 0 and scene.sign_at(2.0).word in obs.text.upper()
