@@ -60,7 +60,8 @@ class Landing:
         self._flights.append((event, host, finish))
 
     def land(self, wait: bool = False) -> list[Any]:
-        """Finish the flights that have landed (all of them with `wait`), in order; their `finish` results."""
+        """Finish the flights that have landed (all of them with `wait`), in order; what their `finish` returned
+        (None left out)."""
         out = []
         while self._flights:
             event, host, finish = self._flights[0]
@@ -69,5 +70,7 @@ class Landing:
             if event is not None:
                 event.synchronize()
             self._flights.popleft()
-            out.append(finish({k: _unpinned(t) if t is not None and t.is_pinned() else t for k, t in host.items()}))
+            done = finish({k: _unpinned(t) if t is not None and t.is_pinned() else t for k, t in host.items()})
+            if done is not None:
+                out.append(done)
         return out

@@ -38,10 +38,10 @@ from memory.index import SegmentIndex
 from memory.landing import Landing
 from memory.retrieval import Candidate, Retrieval, SearchHit, qk_scale, retrieve, top_hits
 from memory.segment_store import MB, MemoryStats, SegmentStore
-from memory.segments import Segment, SegmentFileError, SegmentKV, compress, host_kv, kv_from_parts
+from memory.segments import Segment, SegmentKV, compress, kv_from_parts, squeeze_kv
 from memory.slab import HostSlabs, KeyBank
 from memory.timeref import parse_time_ref
-from memory.views import AppendResult, ContextView
+from memory.views import AppendResult, ContextView, place_segments
 from memory.window import ChunkRecord, WindowSegment
 from model.backend import Backend
 from model.chunk import Chunk, VideoBlock
@@ -73,7 +73,8 @@ class HierarchicalMemory:
         self._open: VideoBlock | None = None         # the video block the last chunk left open
         self.slabs = HostSlabs()                     # sealed segments' mean keys and embeddings (memory.slab)
         self.keybank = KeyBank()                     # the same mean keys as float32 rows, for scoring them all at once
-        self.landing = Landing()                     # sealed segments on their way to the host
+        self.landing = Landing()                     # sealed segments (and checkpoints) on their way to the host
+        self._sealing = 0                            # sealed segments among them
 
     @property
     def segments(self) -> list[Segment]:
@@ -171,21 +172,25 @@ class HierarchicalMemory:
                     torch.cuda.empty_cache()
 
     def _checkpoint(self, w: WindowSegment, t1: float) -> None:
-        """A window segment has closed: in a stored session its KV and index row go to disk now, so a crash
-        loses at most the open segment (memory.segment_store.SegmentStore.checkpoint)."""
+        """A window segment has closed: in a stored session its KV and index row go to disk as soon as its copy
+        lands (memory.landing), so a crash loses at most the open segment and any copy still in flight
+        (memory.segment_store.SegmentStore.checkpoint)."""
         if not (self.config.retain and self.config.checkpoint and self.store.durable):
             return
         start = self.sink_tokens + self.window_tokens - w.num_tokens        # `w` is the newest window segment
         k, v = kv_cache.read_range(self.cache, start, w.num_tokens)
         if w.embedding is None:
             w.embedding = self._embed_text(w.text)
-        kv = host_kv(k, v, self.config.quantize, self.config.quantize_bits)
-        seg = Segment(len(self.store.segments) + len(self.landing) + len(self.window) - 1, w.t0, max(w.t1, t1),
-                      w.text, w.num_tokens, w.pos_start, w.orig_pos, w.pos_span, w.sealed_rep_key(), None, kv,
+        seg = Segment(len(self.store.segments) + self._sealing + len(self.window) - 1, w.t0, max(w.t1, t1), w.text,
+                      w.num_tokens, w.pos_start, w.orig_pos, w.pos_span, w.rep_key.to(torch.float16),
                       embedding=w.embedding)
-        seg.index_id = self.store.checkpoint(seg)
-        seg.kv = None
-        w.checkpoint = seg
+
+        def landed(h: dict, dtype: torch.dtype = k.dtype) -> None:
+            seg.rep_key, seg.kv = h["rep"], kv_from_parts(h, dtype, self.config.quantize_bits)
+            seg.index_id = self.store.checkpoint(seg)
+            seg.kv, w.checkpoint = None, seg
+        self.landing.send({**squeeze_kv(k, v, self.config.quantize, self.config.quantize_bits),
+                           "rep": seg.rep_key}, landed)
 
     def shrink_window(self, tokens: int) -> list[Segment]:
         """Lower the window budget (e.g. the device ran out of memory) and seal what no longer fits."""
@@ -260,16 +265,17 @@ class HierarchicalMemory:
         return self.landing.land(wait=everything)
 
     def _seal(self, w: WindowSegment, keys: torch.Tensor, values: torch.Tensor, t1: float) -> None:
-        """Start `w`'s trip off the device (memory.landing); it joins the store when it lands (`_landed`)."""
+        """Start `w`'s trip off the device (memory.landing); it joins the store when it lands (`_landed`). Its mean
+        key goes to the host in float16: what the index stores, so a live session ranks as its stored copy does."""
         self.stats.tokens_sealed += w.num_tokens
-        seg = Segment(len(self.store.segments) + len(self.landing) * self.config.retain, w.t0, t1, w.text,
-                      w.num_tokens, w.pos_start, w.orig_pos, w.pos_span, w.rep_key.to(torch.float16))
-        if not self.config.retain:          # window-only memory: the KV is dropped, the drop is counted
-            self.stats.segments_dropped += 1
-            self.landing.send({"rep": seg.rep_key}, lambda h: self._landed(seg, w, h, None))
-            return
+        seg = Segment(len(self.store.segments) + self._sealing, w.t0, t1, w.text, w.num_tokens, w.pos_start,
+                      w.orig_pos, w.pos_span, w.rep_key.to(torch.float16))
         c, dtype = self.config, keys.dtype
+        if not c.retain:                    # window-only memory: the KV is dropped, the drop is counted
+            self.stats.segments_dropped += 1
+            return self.landing.send({"rep": seg.rep_key}, lambda h: self._landed(seg, w, h, None))
         parts = compress(keys, values, c.keep_ratio, c.quantize, c.quantize_bits, c.prune_by)
+        self._sealing += 1
         self.landing.send({**parts, "rep": seg.rep_key}, lambda h: self._landed(
             seg, w, h, kv_from_parts(h, dtype, c.quantize_bits)))
 
@@ -277,7 +283,7 @@ class HierarchicalMemory:
         seg.rep_key = self.slabs.put(host["rep"])
         if kv is None:
             return seg
-        seg.kept, seg.kv = host["kept"], kv
+        seg.kept, seg.kv, self._sealing = host["kept"], kv, self._sealing - 1
         if w.checkpoint is not None:        # its checkpoint's row and file are replaced by the sealed segment
             seg.index_id, seg.file, seg.extra = w.checkpoint.index_id, w.checkpoint.file, w.checkpoint.extra
         emb = w.embedding if w.embedding is not None else self._embed_text(seg.text)
@@ -355,26 +361,7 @@ class HierarchicalMemory:
             self.stats.device_peak_bytes = max(self.stats.device_peak_bytes, self.device_bytes())
             return self._closed_view(view)
         contiguous = self.config.positions == "contiguous"
-        pos = self.sink.pos_span if self.sink else 0
-        pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
-        placed: list[Segment] = []
-        notes: list[str] = []
-        dtype = kv_cache.cache_dtype(self.cache)
-        for seg in sorted(segments, key=lambda x: x.t0):
-            try:
-                k, v = self.store.load_kv(seg, self.backend.device, dtype)
-            except SegmentFileError as e:
-                self.stats.segment_read_errors += 1
-                notes.append(f"{self.label}: segment {seg.seg_id} [{seg.t0:.1f}-{seg.t1:.1f} s]: {e}; "
-                             f"answering without it")
-                log.warning("%s", notes[-1])
-                continue
-            target = pos if contiguous else seg.orig_pos
-            if target != seg.pos_start:
-                k = self._rotate(k, target - seg.pos_start)
-            pieces.append((k, v))
-            placed.append(seg)
-            pos += seg.pos_span
+        pieces, placed, notes, pos = place_segments(self, segments, self.sink.pos_span if self.sink else 0)
         if window:
             window_start = self.window[0].pos_start if self.window else self.next_pos
             w_delta = (pos - window_start) if contiguous else 0

@@ -167,12 +167,6 @@ def kv_from_parts(parts: dict, dtype: torch.dtype, bits: int = 8) -> SegmentKV:
                      bits if parts.get("key_scale") is not None else 8)
 
 
-def host_kv(keys: torch.Tensor, values: torch.Tensor, quantize: bool, bits: int = 8) -> SegmentKV:
-    """A segment's KV off the device now (waiting for the device): `squeeze_kv`, then copied to the host."""
-    parts = squeeze_kv(keys, values, quantize, bits)
-    return kv_from_parts({k: t.cpu() for k, t in parts.items()}, keys.dtype, bits)
-
-
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16)}
 
 

@@ -1,14 +1,20 @@
-"""What the hierarchical memory hands out: the result of an append, and a context view to answer from."""
+"""What the hierarchical memory hands out: the result of an append, and a context view to answer from (and the
+sealed segments placed into one)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from memory import kv_cache
 from memory.retrieval import Retrieval
-from memory.segments import Segment
+from memory.segments import Segment, SegmentFileError
+
+log = logging.getLogger("onlooker.memory")
 
 
 @dataclass
@@ -25,3 +31,31 @@ class ContextView:
     retrieval: Retrieval | None = None
     placed: list[Segment] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)          # e.g. segments whose KV could not be read
+
+
+def place_segments(mem: Any, segments: list[Segment], pos: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                                     list[Segment], list[str], int]:
+    """`segments` in time order, read back onto the model's device and rotated to where they go in a context view
+    of `mem` (a memory.manager.HierarchicalMemory): one after another from position `pos` ("contiguous"), or where
+    they were ingested ("original"). One whose KV cannot be read is left out, counted and noted.
+    -> (keys and values of each placed segment, the placed segments, notes, the position after them)."""
+    contiguous = mem.config.positions == "contiguous"
+    pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+    placed: list[Segment] = []
+    notes: list[str] = []
+    dtype = kv_cache.cache_dtype(mem.cache)
+    for seg in sorted(segments, key=lambda x: x.t0):
+        try:
+            k, v = mem.store.load_kv(seg, mem.backend.device, dtype)
+        except SegmentFileError as e:
+            mem.stats.segment_read_errors += 1
+            notes.append(f"{mem.label}: segment {seg.seg_id} [{seg.t0:.1f}-{seg.t1:.1f} s]: {e}; answering without it")
+            log.warning("%s", notes[-1])
+            continue
+        target = pos if contiguous else seg.orig_pos
+        if target != seg.pos_start:
+            k = mem._rotate(k, target - seg.pos_start)
+        pieces.append((k, v))
+        placed.append(seg)
+        pos += seg.pos_span
+    return pieces, placed, notes, pos

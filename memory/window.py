@@ -60,9 +60,3 @@ class WindowSegment:
     @property
     def rep_key(self) -> torch.Tensor:
         return self.key_sum / max(1, self.num_tokens)
-
-    def sealed_rep_key(self) -> torch.Tensor:
-        """The mean key a sealed segment keeps for retrieval, on the host in float16: one per segment for the
-        whole session (28 KB on the 7B shape), and what the index stores, so a live session ranks as its
-        stored copy does."""
-        return self.rep_key.to("cpu", torch.float16)

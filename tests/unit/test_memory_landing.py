@@ -93,3 +93,35 @@ def test_flights_past_the_limit_are_waited_for(lite_backend, tmp_path, monkeypat
         mem.append(c)
         assert len(mem.landing) <= 2
     assert mem.store.segments
+
+
+def test_a_stored_session_checkpoints_and_seals_through_held_flights_as_one_that_waits(lite_backend, tmp_path):
+    """Checkpoints (a closed window segment written to disk) go through the same flights: held back, nothing is on
+    disk yet; landed, the files and index rows equal a stored session that waited, segment ids included."""
+    import sqlite_utils
+
+    from memory.index import SegmentIndex
+    from memory.stored import segments_from_index
+    b = lite_backend
+    HeldEvent.passed = False
+    rows = []
+    for held in (False, True):
+        index = SegmentIndex(sqlite_utils.Database(tmp_path / f"{held}.db"), "s")
+        mem = HierarchicalMemory(b, MemoryConfig(window_tokens=96, segment_seconds=1.0), index=index,
+                                 spill_dir=tmp_path / f"kv-{held}")
+        if held:
+            mem.landing = Landing(event=HeldEvent)
+        mem.set_sink(prompts.system_chunk(b))
+        for c in _chunks(b)[:6]:
+            mem.append(c)
+        if held:
+            assert len(mem.landing) and not list((tmp_path / "kv-True").glob("*.safetensors"))
+            HeldEvent.passed = True
+        on_disk = []                        # the files after each append, from the one that lands the flights on
+        for c in _chunks(b)[6:]:
+            mem.append(c)
+            on_disk.append(sorted(p.name for p in (tmp_path / f"kv-{held}").glob("*.safetensors")))
+        mem.flush(100.0)
+        segs = segments_from_index(index, b.kv_shape)
+        rows.append((on_disk, [(s.seg_id, s.t0, s.t1, s.text, s.pos_start) for s in segs]))
+    assert rows[0] == rows[1] and rows[0][0] and len(rows[0][1]) == len(WORDS)
