@@ -104,7 +104,7 @@ def test_ask_unknown_session_exits_2_naming_the_list_command(tmp_path, monkeypat
 
 def test_memory_bench_smallest_run(tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
-    assert main(["bench", "memory", "--observations", "40", "--questions", "10", "--window", "96",
+    assert main(["bench", "memory", "--observations", "24", "--questions", "8", "--window", "96",
                  "--configs", "text,hierarchy", "--out", str(out)]) == 0
     rows = {r["config"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert rows["hierarchy"]["retrieval_hit"] >= 0.9 and rows["hierarchy"]["accuracy"] >= 0.6
