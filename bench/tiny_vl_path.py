@@ -115,6 +115,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "int8 at sealing": {"memory": {"quantize": True}}, "keep 50% at sealing": {"memory": {"keep_ratio": 0.5}},
     "int4 at sealing": {"memory": {"quantize": True, "quantize_bits": 4}},
     "keep 50% by novelty": {"memory": {"keep_ratio": 0.5, "prune_by": "novelty"}},
+    "keep 90% at sealing": {"memory": {"keep_ratio": 0.9}}, "keep 75% at sealing": {"memory": {"keep_ratio": 0.75}},
     "int4 + keep 45%": {"memory": {"quantize": True, "quantize_bits": 4, "keep_ratio": 0.45}},
     "int4 + keep 45% by novelty": {"memory": {"quantize": True, "quantize_bits": 4, "keep_ratio": 0.45,
                                               "prune_by": "novelty"}}}
