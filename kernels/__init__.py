@@ -1,8 +1,12 @@
 """Triton kernels for the streaming hot paths, one dispatch function per op, each with a torch reference
 (`kernels.ops`, `kernels.reference`). CUDA tensors go to the Triton kernels when Triton is importable; everything else
 goes to the reference, so the CPU path never needs Triton. `rope_shift` is plain torch on every device: measured
-faster than its kernel where the memory calls it (its docstring). `references()` forces the references (tests,
-before/after measurements); so does ONLOOKER_NO_KERNELS=1 for a whole process."""
+faster than its kernel where the memory calls it (its docstring). Two kernels of `kernels.ops` have no dispatcher
+because nothing on the hot path gains from them: the segment-scoring GEMV (the memory scores every sealed segment
+on the host, `memory.slab.KeyBank`: 4 ms for an hour's 900 segments, inside a TTFT of 52-85 ms on the H200) and
+gather+RoPE (its device-side delta was 12% of the window loop's wall under py-spy; `rope_shift` replaced it).
+`bench kernels` still measures both. `references()` forces the references (tests, before/after measurements); so
+does ONLOOKER_NO_KERNELS=1 for a whole process."""
 
 from __future__ import annotations
 
@@ -85,25 +89,6 @@ def token_drop(cur: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.
         return token_drop_triton(cur, ref, threshold)
     from kernels.reference import token_drop_ref
     return token_drop_ref(cur, ref, threshold)
-
-
-def segment_scores(rep: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Scores (S,) of the query q (K,) against representative keys rep (S, K)."""
-    if _use_triton(rep):
-        from kernels.ops import segment_scores_triton
-        return segment_scores_triton(rep, q)
-    from kernels.reference import segment_scores_ref
-    return segment_scores_ref(rep, q)
-
-
-def gather_rope(keys: torch.Tensor, rows: torch.Tensor, seg: torch.Tensor, deltas: torch.Tensor,
-                inv_freq: torch.Tensor) -> torch.Tensor:
-    """keys[rows], each row rotated by the position delta of its segment (RoPE; M-RoPE when all axes move)."""
-    if _use_triton(keys):
-        from kernels.ops import gather_rope_triton
-        return gather_rope_triton(keys, rows, seg, deltas, inv_freq)
-    from kernels.reference import gather_rope_ref
-    return gather_rope_ref(keys, rows, seg, deltas, inv_freq)
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
