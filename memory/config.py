@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 POSITIONS = ("contiguous", "original")
+PRUNE_BY = ("value_norm", "novelty")          # memory.segments.prune_by_value_norm
 
 
 @dataclass
@@ -51,8 +52,8 @@ class MemoryConfig:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        if self.prune_by not in ("value_norm", "novelty"):
-            raise ValueError(f"prune_by must be value_norm or novelty, got {self.prune_by!r}")
+        if self.prune_by not in PRUNE_BY:
+            raise ValueError(f"prune_by must be one of {', '.join(PRUNE_BY)}, got {self.prune_by!r}")
         if self.quantize_bits not in (4, 8):
             raise ValueError(f"quantize_bits must be 4 or 8, got {self.quantize_bits}")
         if not self.keyframe_seconds >= 0:

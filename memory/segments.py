@@ -84,9 +84,6 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
     return (q.unflatten(-1, (scale.shape[-1], -1)) * scale.float().unsqueeze(-1)).flatten(-2).to(dtype)
 
 
-PRUNE_BY = ("value_norm", "novelty")
-
-
 def prune_by_value_norm(values: torch.Tensor, keep_ratio: float, by: str = "value_norm") -> torch.Tensor | None:
     """Token offsets to keep, ascending, or None for all. values: (L, Hkv, n, D). `by`: "value_norm" ranks tokens
     by the norm of their values; "novelty" by how far their values lie from the segment's mean value (a token much
