@@ -28,8 +28,8 @@ MAX_IN_FLIGHT = 16
 Parts = dict[str, torch.Tensor | None]
 
 
-def _unpinned(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else torch.empty(t.shape, dtype=t.dtype).copy_(t)
+def _unpinned(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t)
 
 
 class Landing:
@@ -42,19 +42,14 @@ class Landing:
 
     def send(self, parts: Parts, finish: Callable[[Parts], Any]) -> None:
         """Start the host copies of `parts`; `finish(host_parts)` runs when they have landed (maybe now)."""
-        on_gpu = any(t is not None and t.is_cuda for t in parts.values())
-        if self._event is None and not on_gpu:
-            self._flights.append((None, {k: None if t is None else t.cpu() for k, t in parts.items()}, finish))
-            return
-        if on_gpu:
-            host: Parts = {}
-            for k, t in parts.items():
-                host[k] = None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
-                    t, non_blocking=True)
+        event = None
+        if any(t is not None and t.is_cuda for t in parts.values()):
+            host = {k: None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
+                t, non_blocking=True) for k, t in parts.items()}
             event = torch.cuda.Event()
             event.record()
         else:
-            host, event = dict(parts), None
+            host = {k: None if t is None else t.cpu() for k, t in parts.items()}
         if self._event is not None:
             event = self._event()
         self._flights.append((event, host, finish))
