@@ -56,6 +56,8 @@ def _config(args: argparse.Namespace):
         cfg.perception.realtime = False
         if cfg.device.startswith("cuda") and cfg.visual.batch_groups == 1:
             cfg.visual.batch_groups = 8      # a file as fast as it goes: no one waits on a batch, the GPU fills
+        if cfg.device.startswith("cuda"):
+            cfg.visual.pipeline = True       # the next batch's tower runs while this one is prefilled
     if getattr(args, "keep_all", False):
         cfg.storage.max_age_days = cfg.storage.max_gb = None
     if getattr(args, "int8", False):

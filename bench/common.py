@@ -42,3 +42,33 @@ def gpu_gb(device: str) -> float | None:
 
 class BenchError(Exception):
     """Bad input for a benchmark; the launcher prints one line and exits 2."""
+
+
+def measure_matmul_peak(device: str) -> float:
+    """bf16 (fp32 on CPU) matmul FLOP/s on this device, median of several runs."""
+    import time
+
+    import numpy as np
+    import torch
+    if not device.startswith("cuda"):
+        a = torch.randn(1024, 1024)
+        b = torch.randn(1024, 1024)
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        return 5 * 2 * 1024 ** 3 / (time.perf_counter() - t)
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(10):
+            a @ b
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1000 / 10)
+    return 2 * n ** 3 / float(np.median(times))

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.common import BenchError, gpu_gb, sync, write_rows
+from bench.common import BenchError, gpu_gb, measure_matmul_peak, sync, write_rows
 from bench.ingest_baseline import run_transformers
 from bench.ingest_beside import Beside
 from bench.ingest_feed import Feed, Prepared
@@ -97,32 +97,6 @@ def load_frames(media: list[Path], fps: float, limit_s: float | None = None) -> 
     return frames, names
 
 
-def measure_matmul_peak(device: str) -> float:
-    """bf16 (fp32 on CPU) matmul FLOP/s on this device, median of several runs."""
-    if not device.startswith("cuda"):
-        a = torch.randn(1024, 1024)
-        b = torch.randn(1024, 1024)
-        t = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        return 5 * 2 * 1024 ** 3 / (time.perf_counter() - t)
-    n = 8192
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(10):
-            a @ b
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / 1000 / 10)
-    return 2 * n ** 3 / float(np.median(times))
-
-
 CONFIGS = ("transformers", "naive", "window", "onlooker", "onlooker+perception", "onlooker+captions",
            "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm", "onlooker-eager-lm", "onlooker+int4",
            "onlooker+int4+keep45", "onlooker+lm-graphs")
@@ -158,7 +132,8 @@ def lm_forward(backend, name: str):
 
 def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, device: str, window: int,
                batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9,
-               frames: list[np.ndarray] | None = None, beside_factory=None, questions: int = 3) -> dict:
+               frames: list[np.ndarray] | None = None, beside_factory=None, questions: int = 3,
+               pipeline: bool = True) -> dict:
     from model import vision_attention
     from perception.sources import VideoFrame
     from reasoning.captions import Captioner
@@ -170,7 +145,8 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
                         quantize=onl, retain=onl, host_mb=64_000, shrink_on_oom=not naive, segment_seconds=4.0,
                         segment_tokens=4096, quantize_bits=4 if name.startswith("onlooker+int4") else 8,
                         keep_ratio=0.45 if name == "onlooker+int4+keep45" else 1.0)
-    vcfg = VisualConfig(batch_groups=batch, **({} if onl else {"drop_threshold": 1.0, "reuse_threshold": 0.0}))
+    vcfg = VisualConfig(batch_groups=batch, pipeline=pipeline,
+                        **({} if onl else {"drop_threshold": 1.0, "reuse_threshold": 0.0}))
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)
     mem.set_sink(prompts.system_chunk(backend))
@@ -312,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cudnn-sdpa", action="store_true", help="leave PyTorch's cuDNN attention on (it is off "
                    "on every GPU load path: model.backend.no_cudnn_attention), to compare")
     p.add_argument("--compile-vision", action="store_true", help="vision blocks under torch.compile (all configs)")
+    p.add_argument("--no-pipeline", dest="pipeline", action="store_false", help="turn each batch into chunks "
+                   "before the next batch's tower is launched (perception.visual's `pipeline` off), to compare")
     p.add_argument("--profile", type=float, metavar="MIN", help="then each config for MIN min under the profiler")
     p.add_argument("--out", help="also write the rows as JSON lines to this file")
     return run_ingest_bench(p.parse_args(argv))
@@ -352,7 +330,8 @@ def run_ingest_bench(args) -> int:
               f"{args.window} tokens, loop of {len(frames)} frames: {', '.join(names)}; matmul peak "
               f"{peak / 1e12:.0f} TFLOP/s; torch {torch.__version__}"
               f"{'; cuDNN SDPA on' if args.cudnn_sdpa else ''}"
-              f"{'; vision blocks compiled' if args.compile_vision else ''}")
+              f"{'; vision blocks compiled' if args.compile_vision else ''}"
+              f"{'' if args.pipeline else '; not pipelined'}")
     print(header, file=sys.stderr)
     if args.cudnn_sdpa:                      # after every attention_for() call, which turns it off
         torch.backends.cuda.enable_cudnn_sdp(True)
@@ -381,7 +360,7 @@ def run_ingest_bench(args) -> int:
                 row = run_config(name, backend, feed, minutes=args.minutes, fps=args.stream_fps, device=args.device,
                                  window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
                                  param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s, frames=frames,
-                                 questions=args.questions)
+                                 questions=args.questions, pipeline=args.pipeline)
         row["mfu"] = row["flops"] / row["wall_s"] / peak
         rows.append(row)
         print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)
@@ -391,7 +370,8 @@ def run_ingest_bench(args) -> int:
     for name in names if args.profile else []:
         print("\n" + profile(name, lambda name=name: run_config(
             name, backend, feed, minutes=args.profile, fps=args.stream_fps, device=args.device, window=args.window,
-            batch=args.batch, wall_cap_s=1e9, param_counts=(vit_params, lm_params), frames=frames)))
+            batch=args.batch, wall_cap_s=1e9, param_counts=(vit_params, lm_params), frames=frames,
+            pipeline=args.pipeline)))
     write_rows(args.out, header, rows)
     return 0
 

@@ -15,6 +15,11 @@
               frame layout is "video" (Qwen2.5-VL) the pairs of `block_seconds` form one video block
               (model.qwen_vl), and a batch is cut into one chunk per block it touches
 
+With `pipeline` on (a replay as fast as it goes, `bench ingest`), a batch's tower and drop masks are launched and
+its keep masks start on their way to the host, and the batch launched before it is turned into chunks: the host
+never waits for the tower it has just launched, and the device runs that tower while the host launches the prefill
+of the batch before. Chunks come out one batch later; `flush` returns everything.
+
 Runs on the runtime thread (it calls the model); plain synchronous code.
 """
 
@@ -38,6 +43,7 @@ class VisualConfig:
     keyframe_seconds: float = 8.0    # the first group of each such span of stream keeps every token; 0: never
     block_seconds: float = 4.0       # video layout: frame pairs within this much stream time form one video block
     compile_vision: bool = False     # the vision tower's blocks under torch.compile (GPU; bench vision)
+    pipeline: bool = False           # chunks of a batch come out at the next batch (its tower runs meanwhile)
 
     def __post_init__(self) -> None:
         if self.batch_groups < 1:
@@ -75,6 +81,16 @@ class VisualStats:
     @property
     def kept_fraction(self) -> float:
         return self.tokens_kept / self.tokens_total if self.tokens_total else 1.0
+
+
+@dataclass
+class _Launched:
+    """A batch whose tower and drop masks are launched; its keep masks are on their way to the host."""
+    groups: list[PreparedGroup]
+    embeds: list[torch.Tensor]
+    masks: list[torch.Tensor | None]
+    on_host: torch.Tensor | None         # every mask, concatenated (pinned on a GPU, filled by a copy in flight)
+    event: torch.cuda.Event | None       # recorded after that copy
 
 
 @dataclass
@@ -139,12 +155,13 @@ class VisualStream:
         self._key_bucket: int | None = None            # keyframe span of the last keyframe
         self.video = self.group_size > 1 and getattr(backend, "frame_layout", "image") == "video"
         self._block: VideoBlock | None = None
+        self._launched: _Launched | None = None        # pipeline: the batch whose chunks come out next
         if self.config.compile_vision and hasattr(backend, "compile_vision"):
             backend.compile_vision()
 
     @property
     def pending(self) -> bool:
-        return bool(self._frames or self._groups)
+        return bool(self._frames or self._groups or self._launched)
 
     def push(self, image: np.ndarray, t: float, prepared: PreparedGroup | None = None) -> list[Chunk]:
         """Take one sampled frame; returns the chunks that are complete (often none). `prepared`: the group this
@@ -173,7 +190,11 @@ class VisualStream:
         """End of stream: encode what is pending (a lone last frame is encoded as a still)."""
         if self._frames:
             self._group()
-        return self._encode() if self._groups else []
+        out = self._encode() if self._groups else []
+        if self._launched is not None:
+            out += self._chunks(self._launched)
+            self._launched = None
+        return out
 
     def _group(self, prepared: PreparedGroup | None = None) -> None:
         times = [t for _, t in self._frames]
@@ -186,6 +207,15 @@ class VisualStream:
 
     @torch.inference_mode()
     def _encode(self) -> list[Chunk]:
+        launched = self._launch()
+        if not self.config.pipeline:
+            return self._chunks(launched)
+        before, self._launched = self._launched, launched
+        return self._chunks(before) if before is not None else []
+
+    def _launch(self) -> _Launched:
+        """The pending groups' tower (the groups that need it) and drop masks, launched; the masks' copy to the
+        host started (one copy per batch, not one wait per group)."""
         groups, self._groups = self._groups, []
         need, reuse = [], []
         prev, prev_times = self._prev_patches, self._prev_times
@@ -198,8 +228,6 @@ class VisualStream:
                 need.append((g.patches, g.grid))
                 prev, prev_times = g.patches, g.times
         encoded = iter(self.backend.encode_patches([p for p, _ in need], [g for _, g in need]) if need else [])
-        # every group's drop mask first, on the model's device, then all of them to the host at once: one wait for
-        # the device per batch instead of one per group
         group_embeds, masks = [], []
         for g, reused in zip(groups, reuse, strict=True):
             if reused and self._prev_embeds is not None:
@@ -212,11 +240,29 @@ class VisualStream:
             self._prev_embeds = embeds
             group_embeds.append(embeds)
             masks.append(self._drop_mask(embeds, g.times[0]))
-        on_host = [m for m in masks if m is not None]
-        on_host = list(torch.cat(on_host).cpu().split([len(m) for m in on_host])) if on_host else []
+        present = [m for m in masks if m is not None]
+        on_host, event = None, None
+        if present:
+            cat = torch.cat(present)
+            if cat.device.type == "cuda":
+                on_host = torch.empty(cat.shape, dtype=cat.dtype, pin_memory=True)
+                on_host.copy_(cat, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+            else:
+                on_host = cat.cpu()
+        return _Launched(groups, group_embeds, masks, on_host, event)
+
+    def _chunks(self, launched: _Launched) -> list[Chunk]:
+        """A launched batch as chunks, once its keep masks are on the host."""
+        if launched.event is not None:
+            launched.event.synchronize()
+        masks = launched.masks
+        present = [m for m in masks if m is not None]
+        on_host = list(launched.on_host.split([len(m) for m in present])) if launched.on_host is not None else []
         keeps = [None if m is None else torch.nonzero(on_host.pop(0)).squeeze(1) for m in masks]
         pieces: list[list[Chunk]] = [[]]
-        for g, embeds, keep in zip(groups, group_embeds, keeps, strict=True):
+        for g, embeds, keep in zip(launched.groups, launched.embeds, keeps, strict=True):
             grid, t0, t1 = g.grid, g.times[0], g.times[-1]
             n = int(embeds.shape[0])
             kept = n if keep is None else int(keep.numel())
