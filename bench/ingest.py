@@ -133,7 +133,7 @@ def lm_forward(backend, name: str):
 def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, device: str, window: int,
                batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9,
                frames: list[np.ndarray] | None = None, beside_factory=None, questions: int = 3,
-               pipeline: bool = True) -> dict:
+               pipeline: bool = True, per_batch: bool = True) -> dict:
     from model import vision_attention
     from perception.sources import VideoFrame
     from reasoning.captions import Captioner
@@ -182,10 +182,10 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
             t1 = t0 + group_s / 2                   # the feed's reuse check is against the pair handed over before
             hint = (feed.change, last_times) if feed.change is not None and last_times is not None else None
             last_times = [t0, t1]
-            for chunk in vs.push_group(patches, grid, t0, t1, change=hint):
-                ctx = mem.num_tokens
-                n = chunk.num_tokens
-                sealed = mem.append(chunk).sealed
+            chunks = vs.push_group(patches, grid, t0, t1, change=hint)
+            for part in [chunks] if per_batch else [[c] for c in chunks]:     # one prefill per batch, or per chunk
+                ctx, n = mem.num_tokens, sum(c.num_tokens for c in part)
+                sealed = mem.append_all(part).sealed if part else []
                 lm_flops += 2 * lm_params * n + 4 * backend.num_layers * hidden * n * (ctx + n / 2)
                 for seg in sealed if captioner is not None else []:
                     captioner.offer(seg)
@@ -204,8 +204,9 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
     bar.close()
     if oom_at is None:
         try:
-            for chunk in vs.flush():
-                mem.append(chunk)
+            for part in [vs.flush()] if per_batch else [[c] for c in vs.flush()]:
+                if part:
+                    mem.append_all(part)
         except torch.OutOfMemoryError:
             oom_at = stream_t
     mem.landing.land(wait=True)                     # every sealed segment on the host, inside the clock
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-vision", action="store_true", help="vision blocks under torch.compile (all configs)")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false", help="turn each batch into chunks "
                    "before the next batch's tower is launched (perception.visual's `pipeline` off), to compare")
+    p.add_argument("--prefill-per-chunk", dest="per_batch", action="store_false", help="one LM prefill per chunk "
+                   "(memory.append) instead of one per batch (memory.append_all), to compare")
     p.add_argument("--profile", type=float, metavar="MIN", help="then each config for MIN min under the profiler")
     p.add_argument("--out", help="also write the rows as JSON lines to this file")
     return run_ingest_bench(p.parse_args(argv))
@@ -331,7 +334,7 @@ def run_ingest_bench(args) -> int:
               f"{peak / 1e12:.0f} TFLOP/s; torch {torch.__version__}"
               f"{'; cuDNN SDPA on' if args.cudnn_sdpa else ''}"
               f"{'; vision blocks compiled' if args.compile_vision else ''}"
-              f"{'' if args.pipeline else '; not pipelined'}")
+              f"{'' if args.pipeline else '; not pipelined'}{'' if args.per_batch else '; a prefill per chunk'}")
     print(header, file=sys.stderr)
     if args.cudnn_sdpa:                      # after every attention_for() call, which turns it off
         torch.backends.cuda.enable_cudnn_sdp(True)
@@ -360,7 +363,7 @@ def run_ingest_bench(args) -> int:
                 row = run_config(name, backend, feed, minutes=args.minutes, fps=args.stream_fps, device=args.device,
                                  window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
                                  param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s, frames=frames,
-                                 questions=args.questions, pipeline=args.pipeline)
+                                 questions=args.questions, pipeline=args.pipeline, per_batch=args.per_batch)
         row["mfu"] = row["flops"] / row["wall_s"] / peak
         rows.append(row)
         print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)
@@ -371,7 +374,7 @@ def run_ingest_bench(args) -> int:
         print("\n" + profile(name, lambda name=name: run_config(
             name, backend, feed, minutes=args.profile, fps=args.stream_fps, device=args.device, window=args.window,
             batch=args.batch, wall_cap_s=1e9, param_counts=(vit_params, lm_params), frames=frames,
-            pipeline=args.pipeline)))
+            pipeline=args.pipeline, per_batch=args.per_batch)))
     write_rows(args.out, header, rows)
     return 0
 

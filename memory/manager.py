@@ -44,7 +44,7 @@ from memory.timeref import parse_time_ref
 from memory.views import AppendResult, ContextView, place_segments
 from memory.window import ChunkRecord, WindowSegment
 from model.backend import Backend
-from model.chunk import Chunk, VideoBlock
+from model.chunk import Chunk, VideoBlock, concat_chunks
 
 log = logging.getLogger("onlooker.memory")
 
@@ -118,21 +118,30 @@ class HierarchicalMemory:
         return logits
 
     def append(self, chunk: Chunk) -> AppendResult:
-        if self.sink is None:
-            raise RuntimeError("set_sink() first")
-        sealed = self._close_block() if self._open is not None and not chunk.continues else []
-        result = self._append(chunk)
-        result.sealed[:0] = sealed
-        return result
+        return self.append_all([chunk])
 
-    def _close_block(self) -> list[Segment]:
-        assert self._open is not None
-        closer = self.backend.block_closer(self._open)
-        self._open.closed = True
-        return self._append(closer).sealed
+    def append_all(self, chunks: list[Chunk]) -> AppendResult:
+        """Chunks in stream order in one prefill (a video block left open before a chunk that does not continue it
+        is closed first, in the same prefill); then each joins the window in turn, and what no longer fits is
+        sealed once, after all of them. Equal to appending them one by one with the window sealed only after the
+        last (tests/unit/test_memory.py); one prefill instead of several keeps the launching thread's work down."""
+        if self.sink is None or not chunks:
+            raise RuntimeError("set_sink() first" if chunks else "no chunks to append")
+        seq, open_block = [], self._open
+        for chunk in chunks:
+            if open_block is not None and (not chunk.continues or chunk.block is None):
+                open_block.closed = True                 # by a closer, or by a chunk that does not continue it
+                if not chunk.continues:
+                    seq.append(self.backend.block_closer(open_block))
+            seq.append(chunk)
+            open_block = chunk.block
+        logits, key_sums = self._prefill_or_shrink(seq)
+        for chunk, key_sum in zip(seq, key_sums, strict=True):
+            self._record(chunk, key_sum)
+        return AppendResult(logits, self._evict())
 
-    def _append(self, chunk: Chunk) -> AppendResult:
-        logits, key_sum = self._prefill_or_shrink(chunk)
+    def _record(self, chunk: Chunk, key_sum: torch.Tensor) -> None:
+        """A prefilled chunk joins the window: the newest segment, or a new one (the one before checkpointed)."""
         rec = ChunkRecord(chunk.kind, chunk.t0, chunk.t1, chunk.text, chunk.num_tokens, self.next_pos, chunk.pos_span)
         last = self.window[-1] if self.window else None
         fits = last is not None and (chunk.t0 - last.t0 < self.config.segment_seconds
@@ -151,15 +160,21 @@ class HierarchicalMemory:
         self.next_pos += chunk.pos_span
         self.stream_pos += chunk.pos_span
         self._open = chunk.block
-        return AppendResult(logits, self._evict())
 
-    def _prefill_or_shrink(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prefill; if the device runs out of memory, undo the partial append, halve the window (sealing what
-        no longer fits), log it and try again, until the window cannot shrink further."""
+    def _prefill_or_shrink(self, seq: list[Chunk]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Prefill the chunks as one -> logits after the last, and each chunk's key sum; if the device runs out of
+        memory, undo the partial append, halve the window (sealing what no longer fits), log it and try again,
+        until the window cannot shrink further."""
+        chunk = concat_chunks(seq, self.backend.embed_ids)
         while True:
             lengths = kv_cache.layer_lengths(self.cache)
             try:
-                return self.backend.prefill_keys(chunk, self.cache, self.next_pos)
+                if len(seq) == 1:
+                    logits, key_sum = self.backend.prefill_keys(chunk, self.cache, self.next_pos)
+                    return logits, [key_sum]
+                logits, key_sums = self.backend.prefill_keys(chunk, self.cache, self.next_pos,
+                                                             [c.num_tokens for c in seq])
+                return logits, list(key_sums.unbind(0))
             except torch.OutOfMemoryError:
                 kv_cache.truncate(self.cache, lengths)
                 if not self.config.shrink_on_oom or self.window_budget <= 16 or len(self.window) <= 1:
@@ -229,7 +244,7 @@ class HierarchicalMemory:
 
     def flush(self, t_end: float) -> list[Segment]:
         """Seal the whole window and write every host segment to disk (end of a stored session)."""
-        closed = self._close_block() if self._open is not None else []
+        closed = [] if self._open is None else self.append_all([self.backend.block_closer(self._open)]).sealed
         if self._notes and self.window:                # notes past the last chunk belong to the last segment
             self.window[-1].notes.extend(text for _, text in self._notes)
             self._notes = []

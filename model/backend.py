@@ -64,6 +64,11 @@ class Backend(ABC):
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
 
     # -- chunks -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids -> input embeddings on the model's device (to join chunks given as embeddings)."""
+        return self.model.get_input_embeddings()(ids.to(self.device, non_blocking=True))
+
     def text_chunk(self, kind: str, text: str, t0: float, t1: float) -> Chunk:
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         n = int(ids.shape[0])
@@ -100,15 +105,19 @@ class Backend(ABC):
             for h in hooks:
                 h.remove()
 
-    def prefill_keys(self, chunk: Chunk, cache: DynamicCache, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefill_keys(self, chunk: Chunk, cache: DynamicCache, offset: int,
+                     sizes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`prefill`, plus the sum over the chunk's tokens of each layer's keys before RoPE, (L, Hkv, D) float32:
         the raw material of a segment's representative key (position-independent, so it stays valid
         however the segment is moved later). It stays on the model's device: a copy to the host here would wait
-        for the prefill to finish at every chunk (a host sync); sealing moves the mean to the host once."""
+        for the prefill to finish at every chunk (a host sync); sealing moves the mean to the host once.
+        With `sizes` (the token counts of consecutive pieces of the chunk), one sum per piece: (P, L, Hkv, D)."""
         with self.capture("k_proj") as outs:
             logits = self.prefill(chunk, cache, offset)
-        key_sum = torch.stack([o.reshape(-1, self.num_kv_heads, self.head_dim).float().sum(0) for o in outs])
-        return logits, key_sum
+        keys = [o.reshape(-1, self.num_kv_heads, self.head_dim).float() for o in outs]
+        if sizes is None:
+            return logits, torch.stack([k.sum(0) for k in keys])
+        return logits, torch.stack([torch.stack([p.sum(0) for p in k.split(sizes)]) for k in keys], dim=1)
 
     def question_query(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
         """The question's queries before RoPE, averaged over its tokens and over the query heads that share

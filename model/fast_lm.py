@@ -155,13 +155,15 @@ class FastLM:
     @torch.inference_mode()
     def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache, *,
                 visual_mask: torch.Tensor | None = None, deepstack: list[torch.Tensor] | None = None,
-                collect: str | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                collect: str | None = None, pieces: tuple[torch.Tensor, int] | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`embeds` (n, hidden) at M-RoPE `position_ids` (3, 1, n) on top of `cache` (grows by n).
 
         Returns the final hidden state of the last token (hidden,) after the model's norm, and with `collect`, one
         (Hkv, D) float32 per layer: "keys" -> the layer's k_proj output summed over the tokens; "queries" -> its
         q_proj output averaged over the tokens and over the query heads sharing a KV head (stack them outside
-        inference mode to get a tensor that can be updated in place)."""
+        inference mode to get a tensor that can be updated in place). `pieces` with "keys": each token's piece
+        of the chunk (n,) on the device, and how many there are (P); the sums are then (P, Hkv, D), one per piece."""
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         run_in, run_out = self._compiled if self.compiled and self._compiled else (layer_in, layer_out)
         n = int(embeds.shape[0])
@@ -178,7 +180,10 @@ class FastLM:
                 qkv, qk = run_in(x, w_in, w_qkv, b_qkv, qk_norm, cos, sin, self.eps, hq, hkv, d)
             else:
                 qkv, qk = graphs.layer_in(li, n)
-            if collect == "keys":
+            if collect == "keys" and pieces is not None:
+                keys = qkv[:, hq:hq + hkv].float()
+                sums.append(keys.new_zeros(pieces[1], hkv, d).index_add_(0, pieces[0], keys))
+            elif collect == "keys":
                 sums.append(qkv[:, hq:hq + hkv].float().sum(0))
             elif collect == "queries":
                 sums.append(qkv[:, :hq].float().reshape(n, hkv, hq // hkv, d).mean(dim=(0, 2)))

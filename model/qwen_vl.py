@@ -182,9 +182,6 @@ class QwenVLBackend(Backend):
     def inv_freq(self) -> torch.Tensor:
         return self.model.model.language_model.rotary_emb.inv_freq
 
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(ids.to(self.device, non_blocking=True))
-
     def patchify(self, frames: np.ndarray | list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         return patchify(frames, self.patch_size, self.merge_size, self.temporal_patch_size, self.max_pixels,
                         self.min_pixels, self.mean, self.std)
@@ -257,7 +254,7 @@ class QwenVLBackend(Backend):
         n_img = int(embeds.shape[0])
         n_tail = int(tail.shape[0])
         pos = torch.cat([text_positions(k, 3), vis_pos, text_positions(n_tail, 3) + k + m], dim=1)
-        inputs_embeds = torch.cat([self._embed(head), embeds.to(self.dtype), self._embed(tail)])
+        inputs_embeds = torch.cat([self.embed_ids(head), embeds.to(self.dtype), self.embed_ids(tail)])
         ids = torch.cat([head, torch.full((n_img,), self.image_token_id), tail])
         mask = None
         if deep is not None:
@@ -284,7 +281,7 @@ class QwenVLBackend(Backend):
         n_img = int(embeds.shape[0])
         block.pairs += 1
         block.t1 = t1
-        parts = [self._embed(head)] if k else []
+        parts = [self.embed_ids(head)] if k else []
         kept = f"{n_img}/{gh * gw} tokens" if keep is not None else f"{n_img} tokens"
         return Chunk("frame", t0, t1, f"[{format_time(t0)}] <frame {kept}>",
                      torch.cat([text_positions(k, 3), vis_pos], dim=1), k,
@@ -320,11 +317,18 @@ class QwenVLBackend(Backend):
     def prefill(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
         return self._forward(chunk, cache, offset, None)[0]
 
-    def prefill_keys(self, chunk: Chunk, cache: DynamicCache, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefill_keys(self, chunk: Chunk, cache: DynamicCache, offset: int,
+                     sizes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fast is None:
-            return super().prefill_keys(chunk, cache, offset)
-        logits, sums = self._forward(chunk, cache, offset, "keys")
-        return logits, torch.stack(sums)                 # outside inference mode: the memory adds to it in place
+            return super().prefill_keys(chunk, cache, offset, sizes)
+        pieces = None
+        if sizes is not None:                            # each token's piece, for one sum per piece and layer
+            counts = torch.tensor(sizes)
+            pieces = (torch.repeat_interleave(torch.arange(len(sizes)), counts).to(self.device, non_blocking=True),
+                      len(sizes))
+        logits, sums = self._forward(chunk, cache, offset, "keys", pieces)
+        key_sum = torch.stack(sums)                      # outside inference mode: the memory adds to it in place
+        return logits, key_sum if sizes is None else key_sum.transpose(0, 1).contiguous()
 
     def question_query(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
         if self.fast is None:
@@ -332,19 +336,20 @@ class QwenVLBackend(Backend):
         return torch.stack(self._forward(chunk, cache, offset, "queries")[1]).cpu()
 
     @torch.inference_mode()
-    def _forward(self, chunk: Chunk, cache: DynamicCache, offset: int,
-                 collect: str | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _forward(self, chunk: Chunk, cache: DynamicCache, offset: int, collect: str | None,
+                 pieces: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if chunk.inputs_embeds is not None:
             embeds = chunk.inputs_embeds.to(self.device, self.dtype)
         else:
             assert chunk.input_ids is not None
-            embeds = self._embed(chunk.input_ids)
+            embeds = self.embed_ids(chunk.input_ids)
         pos = (chunk.position_ids.to(self.device, non_blocking=True) + offset).unsqueeze(1)        # (3, 1, n)
         mask = deep = None
         if chunk.deepstack is not None and chunk.visual_mask is not None and bool(chunk.visual_mask.any()):
             mask, deep = chunk.visual_mask, [d.to(self.device, self.dtype) for d in chunk.deepstack]
         if self.fast is not None:
-            last, sums = self.fast.forward(embeds, pos, cache, visual_mask=mask, deepstack=deep, collect=collect)
+            last, sums = self.fast.forward(embeds, pos, cache, visual_mask=mask, deepstack=deep, collect=collect,
+                                           pieces=pieces)
             return self.model.lm_head(last).float(), sums
         extra = {} if mask is None else {"visual_pos_masks": mask.to(self.device).unsqueeze(0),
                                          "deepstack_visual_embeds": deep}

@@ -280,7 +280,7 @@ class VisualStream:
             if block.pairs == 0 and pieces[-1]:
                 pieces.append([])                                  # a chunk never holds the start of a block inside
             pieces[-1].append(self.backend.visual_chunk(embeds, merged, t0, t1, keep, block=block))
-        return [concat_chunks(p, self.backend._embed) for p in pieces if p]
+        return [concat_chunks(p, self.backend.embed_ids) for p in pieces if p]
 
     def _change(self, g: PreparedGroup, prev: torch.Tensor, prev_times: list[float] | None) -> float:
         """`patch_change` of the group against the last encoded one: as handed over when it was made against those

@@ -29,7 +29,7 @@ def _ingest(backend, chunks):
 
 def _concat(chunks: list[Chunk], backend) -> Chunk:
     """The same chunks as one input: positions shifted by the running span."""
-    return concat_chunks(chunks, getattr(backend, "_embed", None))
+    return concat_chunks(chunks, getattr(backend, "embed_ids", None))
 
 
 def _qwen_chunks(backend):
@@ -71,7 +71,7 @@ def test_qwen3_vl_chunked_ingest_matches_transformers_full_forward(tiny_qwen3):
     assert chunks[1].deepstack is not None and len(chunks[1].deepstack) == 2
     chunked, _ = _ingest(b, chunks)
     from model.chunk import concat_chunks
-    one, _ = _ingest(b, [concat_chunks(chunks, b._embed)])
+    one, _ = _ingest(b, [concat_chunks(chunks, b.embed_ids)])
     torch.testing.assert_close(chunked, one, rtol=1e-5, atol=1e-5)
     scene = SyntheticScene("short")
     ids = torch.cat([c.input_ids for c in chunks])[None]

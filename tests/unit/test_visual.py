@@ -61,7 +61,7 @@ def test_batched_groups_equal_one_group_at_a_time(tiny_qwen):
     lc, pc = _prefill_all(b, c)
     assert pa == pc
     torch.testing.assert_close(la, lc, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(concat_chunks(a, b._embed).position_ids, c[0].position_ids)
+    torch.testing.assert_close(concat_chunks(a, b.embed_ids).position_ids, c[0].position_ids)
 
 
 def test_batched_token_drop_keeps_what_one_group_at_a_time_keeps(tiny_qwen):
@@ -74,8 +74,8 @@ def test_batched_token_drop_keeps_what_one_group_at_a_time_keeps(tiny_qwen):
     one = VisualStream(b, VisualConfig(batch_groups=1, **cfg))
     three = VisualStream(b, VisualConfig(batch_groups=3, **cfg))
     with torch.inference_mode():
-        a = concat_chunks([c for f, t in frames for c in one.push(f, t)], b._embed)
-        c = concat_chunks([c for f, t in frames for c in three.push(f, t)], b._embed)
+        a = concat_chunks([c for f, t in frames for c in one.push(f, t)], b.embed_ids)
+        c = concat_chunks([c for f, t in frames for c in three.push(f, t)], b.embed_ids)
     assert 0 < three.stats.tokens_kept < three.stats.tokens_total
     assert one.stats.tokens_kept == three.stats.tokens_kept
     torch.testing.assert_close(a.position_ids, c.position_ids)
