@@ -7,9 +7,9 @@
 
 Ingest and decode alternate, so a long answer never holds up the stream: each answer decodes on a fork of
 the memory taken when the question was asked, while new chunks keep landing in memory. Scheduled questions
-(`--ask T:question`) fire once the stream passes T, before the first frame later than T is ingested, so
-they see exactly the stream up to T. The data inbox is bounded: a live source's oldest frame is dropped
-(counted); otherwise producers wait. `housekeeping` (retention) runs here, every so often."""
+(`--ask T:question`) fire once the stream passes T, before the first frame later than T is ingested, with the
+pairs still waiting for their batch ingested first, so they see the stream up to T. The data inbox is bounded:
+a live source's oldest frame is dropped (counted); otherwise producers wait. `housekeeping` (retention) runs here, every so often."""
 
 from __future__ import annotations
 
@@ -59,8 +59,7 @@ class Runtime:
         self.data = DataInbox(max_data, drop_oldest=live,
                               droppable=lambda e: isinstance(e, ev.ObservationEvent))
         self.stats = RuntimeStats()
-        self.stream_t = 0.0
-        self.stream_ended = False
+        self.stream_t, self.stream_ended = 0.0, False
         self.error: str | None = None
         self.shutdown = False
         self._thread_id: int | None = None       # set while run() owns a thread
@@ -80,8 +79,7 @@ class Runtime:
         self._beside: Observation | None = None      # VLM path: the newest observation from the perceivers beside it
         for w in watches or []:
             self.watcher.add(w)
-        self.narrate = narrate
-        self.speaker = speaker
+        self.narrate, self.speaker = narrate, speaker
         self.muted, self.status, self._house_stream_t = False, {}, 0.0
         self._status_at = self._house_at = time.monotonic()
         self.housekeeping: tuple[float, Callable[[], Any]] | None = None   # (every s of wall or stream, fn)
@@ -207,6 +205,8 @@ class Runtime:
         assert q.t is not None
         self._next_question_id += 1
         latest = self._latest_obs if self._latest_obs and self._latest_obs[0] <= q.t else None
+        if self.visual is not None:           # pairs waiting for their batch (a GPU replay) join memory first
+            self._append_chunks(self.visual.drain())
         self._questions.append((q, self.memory.context(q.text, q.t), latest))
         self.stats.questions += 1
         return q

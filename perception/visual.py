@@ -190,6 +190,11 @@ class VisualStream:
         """End of stream: encode what is pending (a lone last frame is encoded as a still)."""
         if self._frames:
             self._group()
+        return self.drain()
+
+    def drain(self) -> list[Chunk]:
+        """Every complete group waiting (for its batch to fill, or launched) as chunks now; a frame waiting for its
+        pair stays (the runtime drains before a question, so it sees the stream up to it)."""
         out = self._encode() if self._groups else []
         if self._launched is not None:
             out += self._chunks(self._launched)
@@ -253,6 +258,7 @@ class VisualStream:
                 on_host = cat.cpu()
         return _Launched(groups, group_embeds, masks, on_host, event)
 
+    @torch.inference_mode()
     def _chunks(self, launched: _Launched) -> list[Chunk]:
         """A launched batch as chunks, once its keep masks are on the host."""
         if launched.event is not None:

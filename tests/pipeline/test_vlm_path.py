@@ -19,6 +19,7 @@ from memory.config import MemoryConfig
 from memory.manager import HierarchicalMemory
 from perception.observation import Observation
 from perception.synthetic import SyntheticScene
+from perception.visual import VisualConfig
 from reasoning.config import ReasoningConfig
 from reasoning.timing import Watcher
 
@@ -183,3 +184,20 @@ def test_a_stored_vlm_session_answers_onlooker_ask(capsys, monkeypatch, tmp_path
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["type"] == "answer" and rec["time_ref"] == "point" and rec["retrieved"]
     assert rec["missing_segments"] == 0
+
+
+def test_a_question_sees_the_pairs_still_waiting_for_their_batch(tiny_qwen):
+    """A GPU replay batches pairs (and pipelines the batches): a question at 5.2 s is answered from memory holding
+    every complete pair before it, up to 4.5 s, not from the last full batch; the lone frame at 5.0 waits."""
+    memory = HierarchicalMemory(tiny_qwen, MemoryConfig(segment_seconds=2.0))
+    rt = Runtime(tiny_qwen, memory, ReasoningConfig(max_new_tokens=2), [].append, asks=[(5.2, "What is on screen?")],
+                 visual=VisualConfig(batch_groups=4, pipeline=True))
+    seen, context = [], memory.context
+
+    def spy(question, t):
+        seen.append(max((c.t1 for w in memory.window for c in w.chunks), default=-1.0))
+        return context(question, t)
+    memory.context = spy
+    _feed(rt, 8)
+    assert seen == [4.5]
+    assert rt.visual is not None and rt.visual.stats.groups == 8 and not rt.visual.pending
