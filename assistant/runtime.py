@@ -9,7 +9,7 @@ Ingest and decode alternate, so a long answer never holds up the stream: each an
 the memory taken when the question was asked, while new chunks keep landing in memory. Scheduled questions
 (`--ask T:question`) fire once the stream passes T, before the first frame later than T is ingested, with the
 pairs still waiting for their batch ingested first, so they see the stream up to T. The data inbox is bounded:
-a live source's oldest frame is dropped (counted); otherwise producers wait. `housekeeping` (retention) runs here, every so often."""
+a live source's oldest frame is dropped (counted), else producers wait. `housekeeping` (retention) runs here."""
 
 from __future__ import annotations
 
