@@ -124,7 +124,7 @@ class HierarchicalMemory:
         """Chunks in stream order in one prefill (a video block left open before a chunk that does not continue it
         is closed first, in the same prefill); then each joins the window in turn, and what no longer fits is
         sealed once, after all of them. Equal to appending them one by one with the window sealed only after the
-        last (tests/unit/test_memory_batched.py); one prefill instead of several keeps the launching thread's work down."""
+        last (tests/unit/test_memory_batched.py); one prefill, not several, cuts the host's launches."""
         if self.sink is None or not chunks:
             raise RuntimeError("set_sink() first" if chunks else "no chunks to append")
         seq, open_block = [], self._open
