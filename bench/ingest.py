@@ -149,6 +149,9 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
                         **({} if onl else {"drop_threshold": 1.0, "reuse_threshold": 0.0}))
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)
+
+    def prefills(chunks: list) -> list[list]:        # one LM prefill per batch, or one per chunk (to compare)
+        return ([chunks] if chunks else []) if per_batch else [[c] for c in chunks]
     mem.set_sink(prompts.system_chunk(backend))
     beside = beside_factory() if beside_factory else Beside() if name == "onlooker+perception" else None
     captioner = Captioner(backend, mem, ReasoningConfig(captions=True)) if name == "onlooker+captions" else None
@@ -182,10 +185,9 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
             t1 = t0 + group_s / 2                   # the feed's reuse check is against the pair handed over before
             hint = (feed.change, last_times) if feed.change is not None and last_times is not None else None
             last_times = [t0, t1]
-            chunks = vs.push_group(patches, grid, t0, t1, change=hint)
-            for part in [chunks] if per_batch else [[c] for c in chunks]:     # one prefill per batch, or per chunk
+            for part in prefills(vs.push_group(patches, grid, t0, t1, change=hint)):
                 ctx, n = mem.num_tokens, sum(c.num_tokens for c in part)
-                sealed = mem.append_all(part).sealed if part else []
+                sealed = mem.append_all(part).sealed
                 lm_flops += 2 * lm_params * n + 4 * backend.num_layers * hidden * n * (ctx + n / 2)
                 for seg in sealed if captioner is not None else []:
                     captioner.offer(seg)
@@ -204,9 +206,8 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
     bar.close()
     if oom_at is None:
         try:
-            for part in [vs.flush()] if per_batch else [[c] for c in vs.flush()]:
-                if part:
-                    mem.append_all(part)
+            for part in prefills(vs.flush()):
+                mem.append_all(part)
         except torch.OutOfMemoryError:
             oom_at = stream_t
     mem.landing.land(wait=True)                     # every sealed segment on the host, inside the clock

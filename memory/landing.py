@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from model.backend import host_copy
+
 MAX_IN_FLIGHT = 16
 
 Parts = dict[str, torch.Tensor | None]
@@ -43,13 +45,10 @@ class Landing:
     def send(self, parts: Parts, finish: Callable[[Parts], Any]) -> None:
         """Start the host copies of `parts`; `finish(host_parts)` runs when they have landed (maybe now)."""
         event = None
+        host = {k: None if t is None else host_copy(t) for k, t in parts.items()}
         if any(t is not None and t.is_cuda for t in parts.values()):
-            host = {k: None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
-                t, non_blocking=True) for k, t in parts.items()}
             event = torch.cuda.Event()
             event.record()
-        else:
-            host = {k: None if t is None else t.cpu() for k, t in parts.items()}
         if self._event is not None:
             event = self._event()
         self._flights.append((event, host, finish))

@@ -158,3 +158,11 @@ def launching_thread(device: str | torch.device) -> None:
     their own process and speech recognition on CTranslate2's threads."""
     if str(device).startswith("cuda"):
         torch.set_num_threads(1)
+
+
+def host_copy(t: torch.Tensor) -> torch.Tensor:
+    """`t` on the host without waiting for the device: from a GPU into pinned memory, non-blocking (record a CUDA
+    event after it and wait on that before reading it; memory.landing, perception.visual); else `t.cpu()`."""
+    if t.is_cuda:
+        return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+    return t.cpu()

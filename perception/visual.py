@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import kernels
+from model.backend import host_copy
 from model.chunk import Chunk, VideoBlock, concat_chunks
 
 
@@ -249,13 +250,10 @@ class VisualStream:
         on_host, event = None, None
         if present:
             cat = torch.cat(present)
-            if cat.device.type == "cuda":
-                on_host = torch.empty(cat.shape, dtype=cat.dtype, pin_memory=True)
-                on_host.copy_(cat, non_blocking=True)
+            on_host = host_copy(cat)
+            if cat.is_cuda:
                 event = torch.cuda.Event()
                 event.record()
-            else:
-                on_host = cat.cpu()
         return _Launched(groups, group_embeds, masks, on_host, event)
 
     @torch.inference_mode()
