@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cudnn-sdpa", action="store_true", help="leave PyTorch's cuDNN attention on (it is off "
                    "on every GPU load path: model.backend.no_cudnn_attention), to compare")
     p.add_argument("--compile-vision", action="store_true", help="vision blocks under torch.compile (all configs)")
+    p.add_argument("--graph-vision", action="store_true", help="the vision tower replayed as one CUDA graph per "
+                   "batch shape (model.vision_graphs; all configs)")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false", help="turn each batch into chunks "
                    "before the next batch's tower is launched (perception.visual's `pipeline` off), to compare")
     p.add_argument("--prefill-per-chunk", dest="per_batch", action="store_false", help="one LM prefill per chunk "
@@ -335,12 +337,16 @@ def run_ingest_bench(args) -> int:
               f"{peak / 1e12:.0f} TFLOP/s; torch {torch.__version__}"
               f"{'; cuDNN SDPA on' if args.cudnn_sdpa else ''}"
               f"{'; vision blocks compiled' if args.compile_vision else ''}"
+              f"{'; vision tower graphed' if args.graph_vision else ''}"
               f"{'' if args.pipeline else '; not pipelined'}{'' if args.per_batch else '; a prefill per chunk'}")
     print(header, file=sys.stderr)
     if args.cudnn_sdpa:                      # after every attention_for() call, which turns it off
         torch.backends.cuda.enable_cudnn_sdp(True)
-    if args.compile_vision:                  # every batch size ingest can make, compiled before the clock runs
+    if args.compile_vision:
         backend.compile_vision()
+    if args.graph_vision:
+        backend.graph_vision()
+    if args.compile_vision or args.graph_vision:    # every batch size ingest can make, before the clock runs
         for k in range(1, args.batch + 1):
             backend.encode_patches([prepared.groups[0][0]] * k, [prepared.groups[0][1]] * k)
     start = time.perf_counter()          # the LM's CUDA graphs for every token bucket, before the clock runs

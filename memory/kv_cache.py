@@ -88,7 +88,29 @@ def read_range(cache: DynamicCache, start: int, n: int) -> tuple[torch.Tensor, t
 def take_front(cache: DynamicCache, start: int, n: int, rotate: Rotate | None, delta: int) -> tuple[
         torch.Tensor, torch.Tensor]:
     """Remove tokens [start, start+n) from every layer and return them stacked, (L, Hkv, n, D) each. The keys
-    after them are rotated by `delta` positions when `rotate` is given (closing the gap)."""
+    after them are rotated by `delta` positions when `rotate` is given (closing the gap).
+
+    All layers at once: stacked, sliced, rotated and joined in a few kernels (then each layer holds a view of the
+    joined tensor), not a few per layer; the memory does this at every eviction, and per layer it was ~10 launches
+    x 28 layers on the 7B (py-spy on the H200: 9.5% of ingest for the slicing, 6% for the rotation)."""
+    layers = _layers(cache)
+    if len({(tuple(layer.keys.shape), layer.keys.dtype) for layer in layers}) != 1:
+        return _take_front_per_layer(cache, start, n, rotate, delta)
+    keys = torch.stack([layer.keys[0] for layer in layers])                 # (L, Hkv, N, D)
+    values = torch.stack([layer.values[0] for layer in layers])
+    rest = keys[:, :, start + n:]
+    if rotate is not None and rest.shape[2]:
+        rest = rotate(rest, delta)
+    new_keys = torch.cat([keys[:, :, :start], rest], dim=2)
+    new_values = torch.cat([values[:, :, :start], values[:, :, start + n:]], dim=2)
+    for li, layer in enumerate(layers):
+        layer.keys, layer.values = new_keys[li:li + 1], new_values[li:li + 1]
+    return keys[:, :, start:start + n].contiguous(), values[:, :, start:start + n].contiguous()
+
+
+def _take_front_per_layer(cache: DynamicCache, start: int, n: int, rotate: Rotate | None, delta: int) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """`take_front` layer by layer (layers of different lengths or kinds)."""
     keys = torch.stack([layer.keys[0, :, start:start + n] for layer in _layers(cache)])     # (L, Hkv, n, D)
     values = torch.stack([layer.values[0, :, start:start + n] for layer in _layers(cache)])
     for layer in _layers(cache):

@@ -79,19 +79,28 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, expand: bool | None = None
+           ) -> torch.Tensor:
     """(1, Hq, n, D) queries against (1, Hkv, N, D) keys/values, the n queries being the last n of the N: causal,
     aligned at the lower right. GQA without expanding the keys where the kernel takes it (flash on a GPU, the
-    math kernel on the CPU); on a GPU without flash, keys and values are expanded for memory-efficient attention."""
+    math kernel on the CPU); on a GPU without flash, keys and values are expanded for memory-efficient attention.
+    `expand`: whether to expand, when the caller already knows (`needs_expand`; it is the same for every layer)."""
     n, total = q.shape[2], k.shape[2]
     if n == 1:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
     bias = causal_lower_right(n, total)
-    if q.device.type == "cuda" and not _flash_ok(q, k, v):
+    if expand is None:
+        expand = needs_expand(q, k, v)
+    if expand:
         g = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
+
+
+def needs_expand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `attend` expands the shared key/value heads: on a GPU where flash attention cannot take these."""
+    return q.device.type == "cuda" and not _flash_ok(q, k, v)
 
 
 def _flash_ok(q, k, v) -> bool:
@@ -174,28 +183,35 @@ class FastLM:
             idx = visual_mask.nonzero().squeeze(1).to(embeds.device, non_blocking=True)
         graphs = self.graphs.bucket_for(n, embeds) if self.graphs is not None and not self.compiled else None
         x = embeds if graphs is None else graphs.load(embeds, cos, sin)
-        sums = []
+        keys = None
+        if collect == "keys":                    # each layer's keys before RoPE, summed after the last layer
+            keys = embeds.new_empty(len(self.layers), n, hkv, d)
+        sums, expand = [], None
         for li, (w_in, w_qkv, b_qkv, qk_norm, o_proj, w_post, w_gu, down) in enumerate(self.layers):
             if graphs is None:
                 qkv, qk = run_in(x, w_in, w_qkv, b_qkv, qk_norm, cos, sin, self.eps, hq, hkv, d)
             else:
                 qkv, qk = graphs.layer_in(li, n)
-            if collect == "keys" and pieces is not None:
-                keys = qkv[:, hq:hq + hkv].float()
-                sums.append(keys.new_zeros(pieces[1], hkv, d).index_add_(0, pieces[0], keys))
-            elif collect == "keys":
-                sums.append(qkv[:, hq:hq + hkv].float().sum(0))
+            if keys is not None:
+                keys[li].copy_(qkv[:, hq:hq + hkv])
             elif collect == "queries":
                 sums.append(qkv[:, :hq].float().reshape(n, hkv, hq // hkv, d).mean(dim=(0, 2)))
             q, k, v = heads(qkv, qk, hq, hkv)
             k, v = cache.update(k, v, li)
-            att = attend(q, k, v, self.scale)[0].transpose(0, 1)         # (n, Hq, D)
+            if expand is None and n > 1:         # the same for every layer: checked once per forward
+                expand = needs_expand(q, k, v)
+            att = attend(q, k, v, self.scale, expand)[0].transpose(0, 1)         # (n, Hq, D)
             if graphs is None:
                 x = run_out(x, att.reshape(n, -1), o_proj.weight, w_post, w_gu, down.weight, self.eps)
             else:
                 x = graphs.layer_out(li, att)
             if idx is not None and deepstack is not None and li < len(deepstack):
                 x.index_add_(0, idx, deepstack[li].to(x.device, x.dtype))
+        if keys is not None and pieces is not None:
+            sums = list(keys.new_zeros(len(self.layers), pieces[1], hkv, d, dtype=torch.float32).index_add_(
+                1, pieces[0], keys.float()).unbind(0))
+        elif keys is not None:
+            sums = list(keys.float().sum(1).unbind(0))
         last = rms_norm(x[n - 1], self.lm.norm.weight, self.eps)
         return last, sums
 

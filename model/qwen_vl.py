@@ -39,6 +39,7 @@ from model import vision_attention
 from model.backend import Backend, no_cudnn_attention
 from model.chunk import Chunk, VideoBlock, format_time, text_positions
 from model.fast_lm import FastLM
+from model.vision_graphs import TowerGraphs
 
 IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)     # Qwen2-VL / Qwen2.5-VL (CLIP)
 IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
@@ -153,6 +154,7 @@ class QwenVLBackend(Backend):
         end = torch.tensor([self.vision_end_id])
         self._frame_tail = end if self.deepstack else torch.cat([end, newline])
         vision_attention.install(model.model.visual)
+        self.tower_graphs: TowerGraphs | None = None      # graph_vision()
         # the language model's lean forward (model.fast_lm); None: transformers' own forward. On a GPU its layers
         # replay as CUDA graphs (model.lm_graphs; a no-op for tensors on the CPU)
         self.fast: FastLM | None = FastLM(self.language_model()) if fast_lm else None
@@ -190,18 +192,29 @@ class QwenVLBackend(Backend):
     def encode_patches(self, patches: list[torch.Tensor], grids: list[torch.Tensor]) -> list[torch.Tensor]:
         """The vision tower once over several frame groups (batched): merged embeddings (n_i, hidden) each.
         Qwen3-VL: each group's deepstack features ride along as extra columns, (n_i, hidden * (1 + layers)),
-        so pruning and feature reuse treat them with their token; `visual_chunk` splits them off again."""
-        # each group to the device on its own: patches in pinned memory (the perception thread pins them) copy
-        # without holding up this thread; a host-side cat first would make a pageable copy and wait for it
-        x = torch.cat([p.to(self.device, non_blocking=True) for p in patches]).to(self.visual_dtype)
+        so pruning and feature reuse treat them with their token; `visual_chunk` splits them off again. With
+        `graph_vision` on, a replay of this batch shape's CUDA graph (model.vision_graphs)."""
         grid = torch.stack(grids)
         visual, shapes = self.model.model.visual, grid.tolist()
         given = vision_attention.tower_inputs(visual, shapes, self.device)          # nothing derived on the device
-        with vision_attention.planned(visual, shapes):                               # one attention call per layer
-            out = visual(x, grid_thw=grid.to(self.device, non_blocking=True), **given)
-        merged = out.pooler_output
-        if self.deepstack:
-            merged = torch.cat([merged, *out.deepstack_features], dim=-1)
+        grid_dev = grid.to(self.device, non_blocking=True)
+
+        def tower(x: torch.Tensor) -> list[torch.Tensor]:
+            with vision_attention.planned(visual, shapes):                           # one attention call per layer
+                out = visual(x, grid_thw=grid_dev, **given)
+            return [out.pooler_output, *(out.deepstack_features if self.deepstack else [])]
+
+        outs = None
+        if self.tower_graphs is not None:
+            on = vision_attention.batched(visual)         # transformers' own attention waits: it is not captured
+            key = (tuple(tuple(s) for s in shapes), on)
+            keep = [grid_dev, given, vision_attention.plan_for(visual, shapes) if on else None]
+            outs = self.tower_graphs.run(key, patches, tower, self.visual_dtype, self.device, keep)
+        if outs is None:
+            # each group to the device on its own: patches in pinned memory (the perception thread pins them) copy
+            # without holding up this thread; a host-side cat first would make a pageable copy and wait for it
+            outs = tower(torch.cat([p.to(self.device, non_blocking=True) for p in patches]).to(self.visual_dtype))
+        merged = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
         sizes = [int(g[0] * g[1] * g[2]) // self.merge_size ** 2 for g in grids]
         return list(torch.split(merged, sizes))
 
@@ -209,6 +222,15 @@ class QwenVLBackend(Backend):
         """The vision tower's blocks under torch.compile (a GPU; a few seconds per new batch shape at first)."""
         if self.device.type == "cuda":
             vision_attention.compile_blocks(self.model.model.visual)
+
+    def graph_vision(self, on: bool = True) -> bool:
+        """Replay the vision tower as one CUDA graph per batch shape (model.vision_graphs; a GPU; a shape is
+        captured at its first batch). Whether it is on."""
+        if not on or self.device.type != "cuda":
+            self.tower_graphs = None
+        elif self.tower_graphs is None:
+            self.tower_graphs = TowerGraphs()
+        return self.tower_graphs is not None
 
     def merged_grid(self, grid: torch.Tensor) -> tuple[int, int]:
         return int(grid[1]) // self.merge_size, int(grid[2]) // self.merge_size

@@ -225,6 +225,12 @@ def compile_blocks(visual: Any) -> None:
     visual._onlooker_compiled = True
 
 
+def batched(visual: Any) -> bool:
+    """Whether a forward of `visual` inside `planned` takes the batched path."""
+    holder = getattr(visual, "_onlooker_holder", None)
+    return holder is not None and holder.enabled
+
+
 def set_batched(visual: Any, on: bool) -> None:
     """Turn the batched path off (the tower's own attention runs, e.g. to compare) or back on."""
     holder = getattr(visual, "_onlooker_holder", None)

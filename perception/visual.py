@@ -44,6 +44,7 @@ class VisualConfig:
     keyframe_seconds: float = 8.0    # the first group of each such span of stream keeps every token; 0: never
     block_seconds: float = 4.0       # video layout: frame pairs within this much stream time form one video block
     compile_vision: bool = False     # the vision tower's blocks under torch.compile (GPU; bench vision)
+    graph_vision: bool = False       # the vision tower replayed as a CUDA graph per batch shape (GPU)
     pipeline: bool = False           # chunks of a batch come out at the next batch (its tower runs meanwhile)
 
     def __post_init__(self) -> None:
@@ -159,6 +160,8 @@ class VisualStream:
         self._launched: _Launched | None = None        # pipeline: the batch whose chunks come out next
         if self.config.compile_vision and hasattr(backend, "compile_vision"):
             backend.compile_vision()
+        if self.config.graph_vision and hasattr(backend, "graph_vision"):
+            backend.graph_vision()
 
     @property
     def pending(self) -> bool:

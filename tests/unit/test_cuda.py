@@ -321,3 +321,45 @@ def test_gpu_lean_lm_forward_within_bf16_of_transformers(shape):
     within_bf16("lean", got, got_cache)
     assert buckets == [16, 256, 384]                         # 1, 200 and 300 tokens, padded
     within_bf16("CUDA graphs", graphed, graphed_cache)
+
+
+@pytest.mark.parametrize("shape", ["qwen2.5-vl-7b", "qwen3-vl-8b"])
+def test_gpu_vision_tower_graph_replays_equal_the_forward(shape):
+    """model.vision_graphs through the backend's own `encode_patches` on the real tower shapes (random weights,
+    compiled blocks): a shape is captured at its first batch and replayed after; each replay's embeddings (and
+    Qwen3-VL's deepstack columns) equal the forward run without graphs on the same patches, the outputs of one
+    replay survive the next, and a batch of another size gets a graph of its own."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from types import SimpleNamespace
+
+    from bench.vision import _inputs, build_tower
+    from model import vision_attention
+    from model.qwen_vl import QwenVLBackend
+    from model.vision_graphs import TowerGraphs
+    tower = build_tower(shape)
+    assert vision_attention.install(tower)
+    vision_attention.compile_blocks(tower)
+    qwen3 = shape.startswith("qwen3")
+    be = SimpleNamespace(model=SimpleNamespace(model=SimpleNamespace(visual=tower)), device=torch.device("cuda"),
+                         deepstack=qwen3, merge_size=tower.config.spatial_merge_size, visual_dtype=torch.bfloat16,
+                         tower_graphs=None)
+
+    def encode(pairs, seed):
+        torch.manual_seed(seed)
+        x, grid = _inputs(tower, pairs)
+        patches = [p.float().cpu().pin_memory() for p in x.split(len(x) // pairs)]
+        return QwenVLBackend.encode_patches(be, patches, list(grid))   # type: ignore[arg-type]
+
+    eager = {(p, s): encode(p, s) for p, s in ((4, 1), (4, 2), (2, 3))}
+    be.tower_graphs = TowerGraphs()
+    first = encode(4, 1)                               # captured
+    second = encode(4, 2)                              # replayed
+    other = encode(2, 3)                               # another shape, captured
+    assert len(be.tower_graphs) == 2 and be.tower_graphs.replays == 3
+    for got, want in ((first, eager[4, 1]), (second, eager[4, 2]), (other, eager[2, 3])):
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape
+            assert float((g.float() - w.float()).norm() / w.float().norm()) < 1e-3
+    assert float((first[0].float() - second[0].float()).norm()) > 0     # not the same buffer read twice
