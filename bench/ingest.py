@@ -97,6 +97,7 @@ def load_frames(media: list[Path], fps: float, limit_s: float | None = None) -> 
     return frames, names
 
 
+WARM_MINUTES = 2.0        # of stream, each configuration before the clock: past its first seals
 CONFIGS = ("transformers", "naive", "window", "onlooker", "onlooker+perception", "onlooker+captions",
            "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm", "onlooker-eager-lm", "onlooker+int4",
            "onlooker+int4+keep45", "onlooker+lm-graphs")
@@ -353,15 +354,19 @@ def run_ingest_bench(args) -> int:
     if backend.warm_lm_graphs():
         print(f"LM CUDA graphs captured in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     names = [c.strip() for c in args.configs.split(",")]
-    # warm-up (kernel selection, allocator, cuBLAS handles; compiling when a configuration compiles), not recorded
-    for warm in ["window"] + [n for n in names if n == "onlooker+compiled-lm"]:
+    # warm-up, not recorded: kernel selection, allocator, cuBLAS handles, compiling; every configuration for long
+    # enough to seal (a configuration's first token drop, int8 and pruning kernels are Triton's, compiled at first
+    # use: on the H200 the first 5 s of a cold onlooker run took 88 pairs, then 120 per second)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise BenchError(f"unknown configuration {unknown[0]!r} ({', '.join(CONFIGS)})")
+    for warm in dict.fromkeys(n for n in names if n != "transformers"):
         with lm_forward(backend, warm):
-            run_config(warm, backend, feed, minutes=16 / 60, fps=args.stream_fps, device=args.device,
-                       window=args.window, batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params))
+            run_config(warm, backend, feed, minutes=WARM_MINUTES, fps=args.stream_fps, device=args.device,
+                       window=args.window, batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params),
+                       frames=frames, pipeline=args.pipeline, per_batch=args.per_batch)
     rows = []
     for name in names * max(1, args.repeat):
-        if name not in CONFIGS:
-            raise BenchError(f"unknown configuration {name!r} ({', '.join(CONFIGS)})")
         if name == "transformers":
             row = run_transformers(backend, feed, minutes=args.minutes, fps=args.stream_fps, device=args.device,
                                    wall_cap_s=args.naive_wall_s, param_counts=(vit_params, lm_params))

@@ -314,7 +314,7 @@ class HierarchicalMemory:
 
     # -- retrieval ------------------------------------------------------------------------------
     def _embed_text(self, text: str) -> torch.Tensor | None:
-        return self.embedder.encode([text])[0] if self.embedder is not None else None
+        return self.embedder.embed_words(text) if self.embedder is not None else None
 
     def candidates(self) -> list[Candidate]:
         cands = [Candidate(i, s.t0, s.t1, s.text, s.kept_tokens, s.tier == "dropped", s.rep_key, s.embedding)

@@ -156,7 +156,8 @@ def retrieve(question: str, now: float, cands: list[Candidate], *, query: torch.
     has_emb = embed is not None and len(embeddings) == len(cands)
     if embed is not None and has_emb:
         emb = torch.stack(embeddings) @ embed(question)
-        rankings["text_embedding"] = _ranking(emb, keys)
+        worded = {k for k, e in zip(keys, embeddings, strict=True) if bool(e.any())}    # no words: a zero vector
+        rankings["text_embedding"] = [k for k in _ranking(emb, keys) if k in worded]
     rep_keys = [c.rep_key for c in cands if c.rep_key is not None]
     if score_of is not None:
         rankings["model_qk"] = _ranking(torch.tensor([score_of[id(c)] for c in cands]), keys)
