@@ -49,7 +49,6 @@ class TextEmbedder:
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1)
 
-
     def embed_words(self, text: str) -> torch.Tensor:
         """A segment's embedding (384,): of its words, less its frame placeholders ("[0:12] <frame 38/64 tokens>");
         a zero vector, similar to nothing, without running the model when no words are left. On the VLM path a
