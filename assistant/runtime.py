@@ -264,7 +264,7 @@ class Runtime:
         self._ingest_times.append(time.monotonic())
         self.stream_t = t
         if self.visual is not None:                      # the VLM path: the frame itself goes into memory
-            chunks = self.visual.push(obs.image, t, obs.prepared)
+            chunks = self.stats.timed("visual_s", self.visual.push, obs.image, t, obs.prepared)
             self._append_chunks(chunks)
             if chunks:
                 beside = self._beside

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from memory.manager import HierarchicalMemory
 from perception.visual import VisualStream
 from reasoning.captions import CaptionStats
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,6 +31,15 @@ class RuntimeStats:
     transcripts: int = 0
     barge_ins: int = 0
     probe_ms: list[float] = field(default_factory=list)
+    visual_s: float = 0.0          # seconds in the visual stream (vision tower, token drop; the VLM path)
+
+    def timed(self, name: str, fn: Callable[..., T], *args) -> T:
+        """`fn(*args)`, its wall time added to the float counter `name`."""
+        start = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            setattr(self, name, getattr(self, name) + time.monotonic() - start)
 
 
 def _med(xs: list[float]) -> float | None:
@@ -39,7 +53,11 @@ def memory_summary(memory: HierarchicalMemory) -> dict:
             "disk_kv_bytes": st.disk_bytes, "segments_spilled": st.segments_spilled,
             "segments_dropped": st.segments_dropped, "segment_read_errors": st.segment_read_errors,
             "tokens_pruned": st.tokens_pruned, "oom_window_shrinks": st.oom_shrinks,
-            "storage_error": st.storage_error}
+            "storage_error": st.storage_error,
+            # where the runtime thread's time went besides the model: writing segment files and index rows, and
+            # embedding segment texts (bench.recording reports them)
+            "segment_write_s": round(st.write_s, 3), "index_write_s": round(st.index_s, 3),
+            "embed_s": round(memory.embedder.seconds, 3) if memory.embedder is not None else None}
 
 
 def visual_summary(visual: VisualStream) -> dict:
@@ -69,6 +87,7 @@ def runtime_summary(s: RuntimeStats, memory: HierarchicalMemory, visual: VisualS
         "ttft_ms_max": round(max(s.ttft_ms), 1) if s.ttft_ms else None,
         "answer_ms_median": _med(s.answer_ms),
         "ingest_ms_median": _med(s.ingest_ms),
+        "ingest_s": round(sum(s.ingest_ms) / 1000, 3), "visual_s": round(s.visual_s, 3),
         "max_ingest_wait_ms": round(s.max_ingest_wait_ms, 1),
         "max_ingest_stall_answering_ms": round(s.max_ingest_stall_answering_ms, 1),
         "frames_dropped_behind": inbox_dropped,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -38,15 +39,18 @@ class TextEmbedder:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
         self.dim = int(self.model.config.hidden_size)
+        self.seconds = 0.0          # spent encoding, all calls together
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, self.dim)
+        start = time.perf_counter()
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         hidden = self.model(**batch).last_hidden_state                      # (n, T, H)
         mask = batch["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        self.seconds += time.perf_counter() - start
         return torch.nn.functional.normalize(pooled, dim=-1)
 
     def embed_words(self, text: str) -> torch.Tensor:

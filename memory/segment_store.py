@@ -14,6 +14,7 @@ import errno
 import logging
 import sqlite3
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class MemoryStats:
     retrieved_segments: int = 0
     oom_shrinks: int = 0              # times the window was halved after running out of device memory
     storage_error: str | None = None  # why writing stopped, if it did
+    write_s: float = 0.0              # seconds spent writing segment files (on the thread that owns the memory)
+    index_s: float = 0.0              # seconds spent writing index rows (likewise)
 
 
 class SegmentStore:
@@ -69,11 +72,14 @@ class SegmentStore:
     def _index_write(self, fn, *args, **kwargs):
         if self.index is None or self.stats.storage_error is not None:
             return None
+        start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         except (sqlite3.Error, OSError) as e:
             self._storage_failed("writing the session index", e)
             return None
+        finally:
+            self.stats.index_s += time.perf_counter() - start
 
     @property
     def durable(self) -> bool:
@@ -109,11 +115,14 @@ class SegmentStore:
         seg.file = None                     # a stale checkpoint is never taken for this segment's KV
         if self.stats.storage_error is not None:
             return False
+        start = time.perf_counter()
         try:
             size = write_segment_file(path, seg)
         except OSError as e:
             self._storage_failed(f"writing {path.name}", e)
             return False
+        finally:
+            self.stats.write_s += time.perf_counter() - start
         self.stats.disk_bytes += size - old
         seg.file = path
         seg.extra["file_bytes"] = size

@@ -32,12 +32,18 @@ def test_onlooker_run_fast_indexes_the_whole_recording(tmp_path, monkeypatch):
     assert row["frames_in_file"] == 60 and row["frames_sampled"] == 60 and row["error"] is None
     assert row["segments_sealed"] > 0 and row["stream_s"] >= 29.0
     assert 0 < row["session_wall_s"] <= row["command_wall_s"]
+    # the runtime thread's time by part: appends (segment files, index rows and embeddings among them) and the visual
+    # stream, each within the session's wall; a stored session writes files and rows
+    assert 0 < row["ingest_s"] + row["visual_s"] <= row["session_wall_s"]
+    assert 0 < row["segment_write_s"] and 0 < row["index_write_s"]
+    assert row["segment_write_s"] + row["index_write_s"] + (row["embed_s"] or 0) <= row["session_wall_s"]
     model = tmp_path / "w" / "model" / "model.safetensors"
     stamp = model.stat().st_mtime_ns
     assert recording.main(["--size", "tiny", "--device", "cpu", "--minutes", "0.5", "--frame", "112", "--beside", "off",
                            "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
     again = json.loads(out.read_text().splitlines()[-1])
     assert model.stat().st_mtime_ns == stamp and again["frames_sampled"] == 60 and again["beside"] == "off"
+    assert again["embed_s"] in (None, 0.0)          # nothing beside the model: no words to embed, the model never ran
 
 
 def test_fast_on_a_gpu_batches_frame_pairs_and_live_runs_do_not(tmp_path):
