@@ -349,8 +349,8 @@ class QwenVLBackend(Backend):
             pieces = (torch.repeat_interleave(torch.arange(len(sizes)), counts).to(self.device, non_blocking=True),
                       len(sizes))
         logits, sums = self._forward(chunk, cache, offset, "keys", pieces)
-        key_sum = torch.stack(sums)                      # outside inference mode: the memory adds to it in place
-        return logits, key_sum if sizes is None else key_sum.transpose(0, 1).contiguous()
+        # stacked outside inference mode (the memory adds to it in place); with pieces, (P, L, Hkv, D) in one copy
+        return logits, torch.stack(sums, dim=0 if sizes is None else 1)
 
     def question_query(self, chunk: Chunk, cache: DynamicCache, offset: int) -> torch.Tensor:
         if self.fast is None:
