@@ -24,8 +24,7 @@ from perception.visual import change_against
 
 def prepare(backend, a: np.ndarray, b: np.ndarray, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
     pair = [cv2.resize(f, (FRAME, FRAME), interpolation=cv2.INTER_AREA) for f in (a, b)]
-    patches, grid = backend.patchify(pair)
-    return (patches.pin_memory() if pin else patches), grid
+    return backend.patchify(pair, pin=pin)
 
 
 class Prepared:

@@ -18,19 +18,16 @@ block at base + max(grid_h, grid_w) (Transformers >= 5.17). A pair after the fir
 block, which the memory adds before any other content (model.chunk.VideoBlock). Qwen3-VL's layout is
 "timestamps": every pair behind the processor's own "<t seconds>" text, frames back to back.
 
-Pre-processing (smart resize to multiples of 28 with PIL's antialiased bicubic, CLIP normalisation, patch
-flattening) mirrors Qwen2VLImageProcessor without needing torchvision.
+Pre-processing (smart resize, normalisation, patch flattening) is model.patches.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from transformers import AutoTokenizer, DynamicCache
@@ -39,62 +36,8 @@ from model import vision_attention
 from model.backend import Backend, no_cudnn_attention
 from model.chunk import Chunk, VideoBlock, format_time, text_positions
 from model.fast_lm import FastLM
+from model.patches import HALF, IMAGE_MEAN, IMAGE_STD, patchify
 from model.vision_graphs import TowerGraphs
-
-IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)     # Qwen2-VL / Qwen2.5-VL (CLIP)
-IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
-HALF = np.array([0.5, 0.5, 0.5], np.float32)                                 # Qwen3-VL
-
-
-def smart_size(height: int, width: int, factor: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:
-    """Nearest size with both sides multiples of `factor` and area within [min_pixels, max_pixels]."""
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / beta / factor) * factor)
-        w = max(factor, math.floor(width / beta / factor) * factor)
-    elif h * w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * beta / factor) * factor
-        w = math.ceil(width * beta / factor) * factor
-    return h, w
-
-
-def resize_like_processor(image_bgr: np.ndarray, w: int, h: int) -> np.ndarray:
-    """(H, W, 3) BGR uint8 -> (h, w, 3) RGB uint8, resized as transformers' Qwen-VL image processors do: PIL
-    bicubic, which antialiases when it shrinks (cv2's INTER_CUBIC does not). tests/unit/test_visual.py
-    compares the result with the processor's on real frames."""
-    from PIL import Image
-    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-    if rgb.shape[:2] == (h, w):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC))
-
-
-def patchify(image_bgr: np.ndarray | list[np.ndarray], patch_size: int, merge_size: int, temporal_patch_size: int,
-             max_pixels: int, min_pixels: int, mean: np.ndarray = IMAGE_MEAN,
-             std: np.ndarray = IMAGE_STD) -> tuple[torch.Tensor, torch.Tensor]:
-    """One frame, or `temporal_patch_size` consecutive frames (a video slice), -> (flattened patches
-    (grid_h*grid_w, C*T*P*P), grid_thw (3,)), Qwen2-VL layout. A single frame is repeated in time (a still)."""
-    frames = image_bgr if isinstance(image_bgr, list) else [image_bgr]
-    h, w = smart_size(frames[0].shape[0], frames[0].shape[1], patch_size * merge_size, max_pixels, min_pixels)
-    xs = [resize_like_processor(f, w, h) for f in frames]                     # (H, W, C) uint8 RGB each
-    if len(xs) == 1:
-        xs = xs * temporal_patch_size
-    if len(xs) != temporal_patch_size:
-        raise ValueError(f"patchify takes 1 or {temporal_patch_size} frames, got {len(xs)}")
-    # rearranged as bytes, then normalised once contiguous: the same arithmetic per value as normalising first,
-    # a quarter of the memory traffic in the strided copy (10.3 -> 2.3 ms a 448x448 pair on one CPU core)
-    gh, gw = h // patch_size, w // patch_size
-    x = np.stack(xs).reshape(temporal_patch_size, gh // merge_size, merge_size, patch_size, gw // merge_size,
-                             merge_size, patch_size, 3)
-    x = np.ascontiguousarray(x.transpose(1, 4, 2, 5, 7, 0, 3, 6))           # (gh/m, gw/m, m, m, C, T, P, P)
-    flat = x.reshape(gh * gw, 3, temporal_patch_size * patch_size * patch_size).astype(np.float32)
-    flat /= 255.0
-    flat -= np.asarray(mean, np.float32).reshape(1, 3, 1)
-    flat /= np.asarray(std, np.float32).reshape(1, 3, 1)
-    return torch.from_numpy(flat.reshape(gh * gw, -1)), torch.tensor([1, gh, gw])
 
 
 def frame_marker(t: float) -> str:
@@ -184,9 +127,9 @@ class QwenVLBackend(Backend):
     def inv_freq(self) -> torch.Tensor:
         return self.model.model.language_model.rotary_emb.inv_freq
 
-    def patchify(self, frames: np.ndarray | list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def patchify(self, frames: np.ndarray | list[np.ndarray], pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return patchify(frames, self.patch_size, self.merge_size, self.temporal_patch_size, self.max_pixels,
-                        self.min_pixels, self.mean, self.std)
+                        self.min_pixels, self.mean, self.std, pin=pin)
 
     @torch.inference_mode()
     def encode_patches(self, patches: list[torch.Tensor], grids: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -25,6 +25,7 @@ Runs on the runtime thread (it calls the model); plain synchronous code.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,9 +55,19 @@ class VisualConfig:
             raise ValueError(f"keyframe_seconds must be >= 0, got {self.keyframe_seconds}")
 
 
+_local = threading.local()
+
+
 def patch_change(patches: torch.Tensor, prev: torch.Tensor) -> float:
-    """The largest mean |difference| of one patch between two groups (normalised pixel units)."""
-    return float((patches - prev).abs().mean(dim=1).max())
+    """The largest mean |difference| of one patch between two groups (normalised pixel units). The difference
+    goes into a buffer this thread reuses: a fresh one per pair maps fresh pages in a session (glibc's mmap
+    threshold is pinned at 1 MiB there, assistant.housekeeping), 1.4 ms of page faults a 448x448 pair."""
+    with torch.inference_mode():            # the buffer is made and written in inference mode only
+        diff = getattr(_local, "diff", None)
+        if diff is None or diff.shape != patches.shape or diff.dtype != patches.dtype or diff.device != patches.device:
+            diff = _local.diff = torch.empty_like(patches)
+        torch.sub(patches, prev, out=diff)
+        return float(diff.abs_().mean(dim=1).max())
 
 
 def change_against(patches: torch.Tensor, prev: torch.Tensor | None) -> float | None:
@@ -110,10 +121,11 @@ def group_size(backend, config: VisualConfig) -> int:
     return backend.temporal_patch_size if config.group_frames else 1
 
 
-def patchify_group(backend, frames: list[tuple[np.ndarray, float]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One group's (patches, grid); a lone frame is patchified as a still."""
+def patchify_group(backend, frames: list[tuple[np.ndarray, float]],
+                   pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One group's (patches, grid); a lone frame is patchified as a still. `pin`: in page-locked memory."""
     images = [f for f, _ in frames]
-    return backend.patchify(images if len(images) > 1 else images[0])
+    return backend.patchify(images if len(images) > 1 else images[0], pin=pin)
 
 
 class FramePrep:
@@ -133,8 +145,8 @@ class FramePrep:
         self._frames.append((image, t))
         if len(self._frames) < self.group_size:
             return None
-        patches, grid = patchify_group(self.backend, self._frames)
-        group = PreparedGroup([t for _, t in self._frames], patches.pin_memory() if self.pin else patches, grid)
+        patches, grid = patchify_group(self.backend, self._frames, pin=self.pin)
+        group = PreparedGroup([t for _, t in self._frames], patches, grid)
         if self._last is not None:
             group.change, group.after = change_against(patches, self._last.patches), self._last.times
         self._last = group

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from assistant.store import default_cache_dir
 from model.causal_lm import lite_model_dir
-from model.qwen_vl import IMAGE_MEAN, IMAGE_STD, patchify
+from model.patches import IMAGE_MEAN, IMAGE_STD, patchify
 from model.tiny_vl import MAX_PIXELS, TRAINED, build
 from perception.synthetic import SignScene
 

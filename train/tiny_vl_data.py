@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from model.chunk import format_time
-from model.qwen_vl import IMAGE_MEAN, IMAGE_STD, frame_marker, patchify, vision_positions
+from model.patches import IMAGE_MEAN, IMAGE_STD, patchify
+from model.qwen_vl import frame_marker, vision_positions
 from model.tiny_vl import MAX_PIXELS
 from perception.synthetic import SignScene, words
 from perception.visual import VisualConfig, keyframe_bucket

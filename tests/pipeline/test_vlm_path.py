@@ -143,7 +143,8 @@ def test_the_cli_runs_perception_beside_a_vlm(capsys, monkeypatch, tmp_path, tin
     patchified_on: list[str] = []                        # which thread made each pair's patches
     real = QwenVLBackend.patchify
     monkeypatch.setattr(QwenVLBackend, "patchify",
-                        lambda self, *a: (patchified_on.append(threading.current_thread().name), real(self, *a))[1])
+                        lambda self, *a, **k: (patchified_on.append(threading.current_thread().name),
+                                               real(self, *a, **k))[1])
     assert main(["run", "--source", "synthetic:short", "--model", str(model_dir), "--headless", "--fast",
                  "--no-audio", "--window", "200"]) == 0
     assert patchified_on == ["onlooker-perceive"] * 6    # off the runtime's thread, which launches the kernels

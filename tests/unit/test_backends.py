@@ -13,7 +13,7 @@ from memory.config import MemoryConfig
 from memory.kv_cache import fork_cache
 from memory.manager import HierarchicalMemory
 from model.chunk import Chunk, concat_chunks
-from model.qwen_vl import patchify
+from model.patches import patchify
 from perception.synthetic import SyntheticScene
 from reasoning import prompts
 from reasoning.answerer import AnswerJob

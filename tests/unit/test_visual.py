@@ -127,7 +127,7 @@ def test_patchify_matches_the_qwen_image_processor_on_real_frames():
     import cv2
     from transformers import Qwen2VLImageProcessorPil
 
-    from model.qwen_vl import IMAGE_MEAN, IMAGE_STD, patchify
+    from model.patches import IMAGE_MEAN, IMAGE_STD, patchify
     from tests.conftest import BOTTLE
     cap = cv2.VideoCapture(BOTTLE)
     frames = [cap.read()[1] for _ in range(3)]
