@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -30,20 +31,21 @@ def _busy_s(events) -> float:
     return busy / 1e6
 
 
-def _regions() -> list[tuple[type, str]]:
+def _regions() -> list[tuple[Any, str]]:
     """The steps of ingest, wrapped in record_function while profiling (the product code is not annotated)."""
+    from memory import views
     from memory.manager import HierarchicalMemory
     from memory.segment_store import SegmentStore
     from model.qwen_vl import QwenVLBackend
     from perception.visual import VisualStream
     return [(VisualStream, "push_group"), (VisualStream, "_encode"), (QwenVLBackend, "encode_patches"),
-            (HierarchicalMemory, "append"), (HierarchicalMemory, "_prefill_or_shrink"), (HierarchicalMemory, "_evict"),
+            (HierarchicalMemory, "append"), (views, "prefill_or_shrink"), (HierarchicalMemory, "_evict"),
             (HierarchicalMemory, "_seal"), (HierarchicalMemory, "_checkpoint"), (SegmentStore, "add"),
             (SegmentStore, "checkpoint")]
 
 
 @contextlib.contextmanager
-def _annotated(regions: list[tuple[type, str]]):
+def _annotated(regions: list[tuple[Any, str]]):
     saved = [(cls, attr, cls.__dict__[attr]) for cls, attr in regions]
     for cls, attr, fn in saved:
         def wrapped(*a, _fn=fn, _label=f"onlooker:{cls.__name__}.{attr}", **k):

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import kernels
-from memory import kv_cache
+from memory import kv_cache, views
 from memory.config import MemoryConfig
 from memory.embed import TextEmbedder
 from memory.index import SegmentIndex
@@ -44,7 +44,7 @@ from memory.timeref import parse_time_ref
 from memory.views import AppendResult, ContextView, place_segments
 from memory.window import ChunkRecord, WindowSegment
 from model.backend import Backend
-from model.chunk import Chunk, VideoBlock, concat_chunks
+from model.chunk import Chunk, VideoBlock
 
 log = logging.getLogger("onlooker.memory")
 
@@ -135,7 +135,7 @@ class HierarchicalMemory:
                     seq.append(self.backend.block_closer(open_block))
             seq.append(chunk)
             open_block = chunk.block
-        logits, key_sums = self._prefill_or_shrink(seq)
+        logits, key_sums = views.prefill_or_shrink(self, seq)
         for chunk, key_sum in zip(seq, key_sums, strict=True):
             self._record(chunk, key_sum)
         return AppendResult(logits, self._evict())
@@ -161,31 +161,6 @@ class HierarchicalMemory:
         self.stream_pos += chunk.pos_span
         self._open = chunk.block
 
-    def _prefill_or_shrink(self, seq: list[Chunk]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Prefill the chunks as one -> logits after the last, and each chunk's key sum; if the device runs out of
-        memory, undo the partial append, halve the window (sealing what no longer fits), log it and try again,
-        until the window cannot shrink further."""
-        chunk = concat_chunks(seq, self.backend.embed_ids)
-        while True:
-            lengths = kv_cache.layer_lengths(self.cache)
-            try:
-                if len(seq) == 1:
-                    logits, key_sum = self.backend.prefill_keys(chunk, self.cache, self.next_pos)
-                    return logits, [key_sum]
-                logits, key_sums = self.backend.prefill_keys(chunk, self.cache, self.next_pos,
-                                                             [c.num_tokens for c in seq])
-                return logits, list(key_sums.unbind(0))
-            except torch.OutOfMemoryError:
-                kv_cache.truncate(self.cache, lengths)
-                if not self.config.shrink_on_oom or self.window_budget <= 16 or len(self.window) <= 1:
-                    raise
-                self.stats.oom_shrinks += 1
-                log.warning("%s: out of device memory; shrinking the window from %d tokens", self.label,
-                            self.window_budget)
-                self.shrink_window(self.window_budget // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-
     def _checkpoint(self, w: WindowSegment, t1: float) -> None:
         """A window segment has closed: in a stored session its KV and index row go to disk as soon as its copy
         lands (memory.landing), so a crash loses at most the open segment and any copy still in flight
@@ -202,8 +177,9 @@ class HierarchicalMemory:
 
         def landed(h: dict, dtype: torch.dtype = k.dtype) -> None:
             seg.rep_key, seg.kv = h["rep"], kv_from_parts(h, dtype, self.config.quantize_bits)
-            seg.index_id = self.store.checkpoint(seg)
-            seg.kv, w.checkpoint = None, seg
+            seg.index_id, w.checkpoint = self.store.checkpoint(seg), seg
+            if self.config.keep_ratio < 1.0:     # else sealing takes this very KV (`_seal`): kept on the host
+                seg.kv = None
         self.landing.send({**squeeze_kv(k, v, self.config.quantize, self.config.quantize_bits),
                            "rep": seg.rep_key}, landed)
 
@@ -289,8 +265,13 @@ class HierarchicalMemory:
         if not c.retain:                    # window-only memory: the KV is dropped, the drop is counted
             self.stats.segments_dropped += 1
             return self.landing.send({"rep": seg.rep_key}, lambda h: self._landed(seg, w, h, None))
-        parts = compress(keys, values, c.keep_ratio, c.quantize, c.quantize_bits, c.prune_by)
         self._sealing += 1
+        cp = w.checkpoint
+        if cp is not None and cp.kv is not None:
+            # nothing is pruned at sealing, so the checkpoint's KV (quantized as sealing would, its keys at the
+            # checkpoint's positions) is the sealed KV: no second quantize and copy, and its file stays as written
+            return self.landing.send({"rep": seg.rep_key}, lambda h: self._landed(seg, w, h, cp.kv))
+        parts = compress(keys, values, c.keep_ratio, c.quantize, c.quantize_bits, c.prune_by)
         self.landing.send({**parts, "rep": seg.rep_key}, lambda h: self._landed(
             seg, w, h, kv_from_parts(h, dtype, c.quantize_bits)))
 
@@ -298,9 +279,13 @@ class HierarchicalMemory:
         seg.rep_key = self.slabs.put(host["rep"])
         if kv is None:
             return seg
-        seg.kept, seg.kv, self._sealing = host["kept"], kv, self._sealing - 1
-        if w.checkpoint is not None:        # its checkpoint's row and file are replaced by the sealed segment
-            seg.index_id, seg.file, seg.extra = w.checkpoint.index_id, w.checkpoint.file, w.checkpoint.extra
+        seg.kept, seg.kv, self._sealing = host.get("kept"), kv, self._sealing - 1
+        cp = w.checkpoint
+        if cp is not None:                  # its checkpoint's row and file are replaced by the sealed segment
+            seg.index_id, seg.file, seg.extra = cp.index_id, cp.file, cp.extra
+            if kv is cp.kv:                 # the checkpoint's very KV: its keys sit at the checkpoint's positions
+                seg.pos_start = cp.pos_start
+            cp.kv = None
         emb = w.embedding if w.embedding is not None else self._embed_text(seg.text)
         seg.embedding = self.slabs.put(emb) if emb is not None else None
         self.stats.segments_sealed += 1

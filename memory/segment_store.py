@@ -15,6 +15,7 @@ import logging
 import sqlite3
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ class SegmentStore:
         self.segments.append(seg)
         if seg.kv is not None:
             self.stats.host_bytes += seg.kv.nbytes
-        if self.durable and seg.kv is not None:
+        if self.durable and seg.kv is not None and not self._written(seg):
             self._write_file(seg)
         if self.index is not None:
             if seg.index_id is None:
@@ -107,6 +108,12 @@ class SegmentStore:
         if not self.durable or not self._write_file(seg):
             return None
         return self._index_write(self.index.add, seg, "window") if self.index is not None else None
+
+    def _written(self, seg: Segment) -> bool:
+        """The segment's file already holds its KV and its description (a checkpoint sealed unchanged)."""
+        was = seg.extra.get("written")
+        return seg.file is not None and was is not None and was[0]() is seg.kv and was[1] == seg.meta() \
+            and seg.file == self._segment_path(seg) and seg.file.exists()
 
     def _write_file(self, seg: Segment) -> bool:
         """Write (or rewrite, over its checkpoint) the segment's file; False when storage is off or failing."""
@@ -126,6 +133,7 @@ class SegmentStore:
         self.stats.disk_bytes += size - old
         seg.file = path
         seg.extra["file_bytes"] = size
+        seg.extra["written"] = (weakref.ref(seg.kv), seg.meta())      # weak: a spilled segment's KV is freed
         return True
 
     def retext(self, seg: Segment, text: str, embedding: torch.Tensor | None) -> None:

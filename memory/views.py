@@ -1,5 +1,5 @@
 """What the hierarchical memory hands out: the result of an append, and a context view to answer from (and the
-sealed segments placed into one)."""
+sealed segments placed into one); and the prefill of appended chunks behind an append."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from transformers import DynamicCache
 from memory import kv_cache
 from memory.retrieval import Retrieval
 from memory.segments import Segment, SegmentFileError
+from model.chunk import Chunk, concat_chunks
 
 log = logging.getLogger("onlooker.memory")
 
@@ -59,3 +60,27 @@ def place_segments(mem: Any, segments: list[Segment], pos: int) -> tuple[list[tu
         placed.append(seg)
         pos += seg.pos_span
     return pieces, placed, notes, pos
+
+
+def prefill_or_shrink(mem: Any, seq: list[Chunk]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Prefill the chunks as one on top of `mem`'s cache (a memory.manager.HierarchicalMemory) -> logits after the
+    last, and each chunk's key sum; if the device runs out of memory, undo the partial append, halve the window
+    (sealing what no longer fits), log it and try again, until the window cannot shrink further."""
+    chunk = concat_chunks(seq, mem.backend.embed_ids)
+    while True:
+        lengths = kv_cache.layer_lengths(mem.cache)
+        try:
+            if len(seq) == 1:
+                logits, key_sum = mem.backend.prefill_keys(chunk, mem.cache, mem.next_pos)
+                return logits, [key_sum]
+            logits, key_sums = mem.backend.prefill_keys(chunk, mem.cache, mem.next_pos, [c.num_tokens for c in seq])
+            return logits, list(key_sums.unbind(0))
+        except torch.OutOfMemoryError:
+            kv_cache.truncate(mem.cache, lengths)
+            if not mem.config.shrink_on_oom or mem.window_budget <= 16 or len(mem.window) <= 1:
+                raise
+            mem.stats.oom_shrinks += 1
+            log.warning("%s: out of device memory; shrinking the window from %d tokens", mem.label, mem.window_budget)
+            mem.shrink_window(mem.window_budget // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
