@@ -108,8 +108,7 @@ def run_session(cfg, asks: list[tuple[float, str]], printer=None) -> tuple[int, 
     if not cfg.headless and sys.stdin.isatty():
         session.read_stdin_questions()
     result = session.run()
-    summary = session.close(result)
-    s = summary.fields
+    s = (summary := session.close(result)).fields
     if cfg.headless:
         printer(summary)
     else:
@@ -352,6 +351,9 @@ def _leave_if_torch_still_runs(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:                              # before torch makes its first tensor (assistant.housekeeping)
+        from assistant.housekeeping import huge_pages_for_large_tensors
+        huge_pages_for_large_tensors()
     code = _main(argv)
     if argv is None:                              # the process's own command line, not a test calling in
         _leave_if_torch_still_runs(code)

@@ -266,6 +266,8 @@ def question_ttft(backend, mem: HierarchicalMemory, now: float, device: str, que
 
 
 def main(argv: list[str] | None = None) -> int:
+    from assistant.housekeeping import huge_pages_for_large_tensors
+    huge_pages_for_large_tensors()                 # as `onlooker run` does, before the first tensor
     p = argparse.ArgumentParser(prog="onlooker bench ingest", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=list(SIZES), default="7b", help="architecture: 7b (Qwen2.5-VL-7B), 8b "
                    "(Qwen3-VL-8B), tiny, tiny3 (tiny Qwen2.5-VL / Qwen3-VL for the CPU)")

@@ -82,6 +82,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
            "--fps", "2", "--model", str(work / "model"), "--device", args.device, "--headless", "--no-audio"]
     if args.beside:
         cmd += ["--perceive-beside", args.beside]
+    if args.config:
+        cmd += ["--config", str(Path(args.config).resolve())]
     env = dict(os.environ, HF_HUB_OFFLINE="1", ONLOOKER_DATA_DIR=str(work / "data"))
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout_s)
@@ -91,7 +93,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     if proc.returncode != 0 or summary is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise BenchError(f"onlooker run exited {proc.returncode}: {' | '.join(tail)}")
-    return {"model": name, "device": args.device, "beside": args.beside or "auto", "minutes": args.minutes,
+    return {"model": name, "device": args.device, "beside": args.beside or "auto", "config": args.config,
+            "minutes": args.minutes,
             "frames_in_file": frames,
             "frames_sampled": summary.get("frames_sampled"), "segments_sealed": summary.get("segments_sealed"),
             "stream_s": summary.get("stream_t"), "session_wall_s": summary.get("wall_s"), "command_wall_s": wall,
@@ -112,11 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="keep the model and the recording in this folder (default: a temporary one)")
     p.add_argument("--beside", choices=["auto", "latest", "every", "off"],
                    help="the run's --perceive-beside (default: the product's, auto)")
+    p.add_argument("--config", help="the run's --config (a TOML file of settings, e.g. [visual] compile_vision = true)")
     p.add_argument("--timeout-s", type=float, default=3600.0)
     p.add_argument("--out", help="append the result as a JSON line to this file")
     args = p.parse_args(argv)
     if not args.minutes > 0:
         raise BenchError("--minutes must be > 0")
+    if args.config and not Path(args.config).is_file():
+        raise BenchError(f"--config {args.config} is not a file")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="onlooker-recording-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

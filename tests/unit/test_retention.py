@@ -150,3 +150,45 @@ def test_pinned_mmap_threshold_keeps_large_buffers_out_of_the_heap(mode, expecte
     p = subprocess.run([sys.executable, "-c", _MMAP_PROBE, "pin"], cwd=ROOT, capture_output=True, text=True,
                        timeout=60, env=env)
     assert p.stdout.startswith("False"), p.stdout + p.stderr
+
+
+_THP_PROBE = """
+import sys
+from assistant.housekeeping import huge_pages_for_large_tensors
+asked = huge_pages_for_large_tensors() if sys.argv[1] == "ask" else False
+import torch
+
+def huge_kb():
+    return next(int(line.split()[1]) for line in open("/proc/self/smaps_rollup") if line.startswith("AnonHugePages"))
+before = huge_kb()
+x = torch.ones(64 << 20, dtype=torch.uint8)      # 64 MiB, every page touched
+print(asked, (huge_kb() - before) // 1024)
+"""
+
+
+def _thp_mode() -> str | None:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return None
+    return text[text.index("[") + 1:text.index("]")] if "[" in text else None
+
+
+@pytest.mark.skipif(_thp_mode() not in ("madvise", "always"), reason="the kernel's transparent huge pages are off")
+@pytest.mark.parametrize("mode,user", [("ask", None), ("ask", "0"), ("none", None)])
+def test_large_tensors_on_huge_pages_when_asked_and_the_user_did_not_decide(mode, user):
+    """Sealed KV lands in fresh host buffers of megabytes; backed by 2 MB pages they fault once per 2 MB. Asked
+    (as `onlooker run` asks), a 64 MiB tensor sits on huge pages; the user's THP_MEM_ALLOC_ENABLE=0 decides
+    otherwise. Not asked, only a kernel that always uses them does."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if user is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = user
+    p = subprocess.run([sys.executable, "-c", _THP_PROBE, mode], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    asked, huge_mb = p.stdout.split()
+    assert asked == str(mode == "ask" and user is None)
+    if asked == "True":
+        assert int(huge_mb) >= 32, p.stdout
+    elif _thp_mode() == "madvise":
+        assert int(huge_mb) < 32, p.stdout
