@@ -270,6 +270,7 @@ class HierarchicalMemory:
         if cp is not None and cp.kv is not None:
             # nothing is pruned at sealing, so the checkpoint's KV (quantized as sealing would, its keys at the
             # checkpoint's positions) is the sealed KV: no second quantize and copy, and its file stays as written
+            seg.pos_start = cp.pos_start
             return self.landing.send({"rep": seg.rep_key}, lambda h: self._landed(seg, w, h, cp.kv))
         parts = compress(keys, values, c.keep_ratio, c.quantize, c.quantize_bits, c.prune_by)
         self.landing.send({**parts, "rep": seg.rep_key}, lambda h: self._landed(
@@ -283,8 +284,6 @@ class HierarchicalMemory:
         cp = w.checkpoint
         if cp is not None:                  # its checkpoint's row and file are replaced by the sealed segment
             seg.index_id, seg.file, seg.extra = cp.index_id, cp.file, cp.extra
-            if kv is cp.kv:                 # the checkpoint's very KV: its keys sit at the checkpoint's positions
-                seg.pos_start = cp.pos_start
             cp.kv = None
         emb = w.embedding if w.embedding is not None else self._embed_text(seg.text)
         seg.embedding = self.slabs.put(emb) if emb is not None else None

@@ -113,7 +113,7 @@ class SegmentStore:
         """The segment's file already holds its KV and its description (a checkpoint sealed unchanged)."""
         was = seg.extra.get("written")
         return seg.file is not None and was is not None and was[0]() is seg.kv and was[1] == seg.meta() \
-            and seg.file == self._segment_path(seg) and seg.file.exists()
+            and seg.file.exists()                # the same meta is the same seg_id, so the same path
 
     def _write_file(self, seg: Segment) -> bool:
         """Write (or rewrite, over its checkpoint) the segment's file; False when storage is off or failing."""
