@@ -100,8 +100,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "stream_s": summary.get("stream_t"), "session_wall_s": summary.get("wall_s"), "command_wall_s": wall,
             "frames_per_s": (summary.get("frames_sampled") or 0) / max(summary.get("wall_s") or wall, 1e-9),
             # the runtime thread's time by part (the session summary): memory appends (prefill, sealing, landing and
-            # the writes below), the visual stream, segment files, index rows, text embeddings
-            **{k: summary.get(k) for k in ("ingest_s", "visual_s", "segment_write_s", "index_write_s", "embed_s")},
+            # the writes below), the visual stream, segment files, index rows, text embeddings; checkpoint files are
+            # written on memory.landing's helper threads on a GPU
+            **{k: summary.get(k) for k in ("ingest_s", "visual_s", "segment_write_s", "checkpoint_write_s",
+                                           "index_write_s", "embed_s")},
             "error": summary.get("error"), "command": " ".join(cmd[1:])}
 
 
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{row['frames_sampled']} | {row['segments_sealed']} | {row['session_wall_s']:.1f} | "
           f"{row['command_wall_s']:.1f} | {row['frames_per_s']:.1f} |")
     print("runtime thread: " + ", ".join(f"{k} {row[k]}" for k in ("ingest_s", "visual_s", "segment_write_s",
-                                                                    "index_write_s", "embed_s")), file=sys.stderr)
+                                                                    "checkpoint_write_s", "index_write_s", "embed_s")),
+          file=sys.stderr)
     if args.out:
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -175,13 +175,18 @@ class HierarchicalMemory:
                       w.num_tokens, w.pos_start, w.orig_pos, w.pos_span, w.rep_key.to(torch.float16),
                       embedding=w.embedding)
 
-        def landed(h: dict, dtype: torch.dtype = k.dtype) -> None:
+        path = self.store.segment_path(seg)
+
+        def write(h: dict, dtype: torch.dtype = k.dtype) -> dict:      # on the landing's helper thread off a GPU
             seg.rep_key, seg.kv = h["rep"], kv_from_parts(h, dtype, self.config.quantize_bits)
-            seg.index_id, w.checkpoint = self.store.checkpoint(seg), seg
+            return {"written": self.store.write(seg, path)}
+
+        def landed(h: dict) -> None:
+            seg.index_id, w.checkpoint = self.store.checkpoint(seg, h["written"]), seg
             if self.config.keep_ratio < 1.0:     # else sealing takes this very KV (`_seal`): kept on the host
                 seg.kv = None
         self.landing.send({**squeeze_kv(k, v, self.config.quantize, self.config.quantize_bits),
-                           "rep": seg.rep_key}, landed)
+                           "rep": seg.rep_key}, landed, write)
 
     def shrink_window(self, tokens: int) -> list[Segment]:
         """Lower the window budget (e.g. the device ran out of memory) and seal what no longer fits."""

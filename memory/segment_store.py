@@ -28,6 +28,8 @@ log = logging.getLogger("onlooker.memory")
 
 MB = 1 << 20
 
+Written = tuple[int, float] | OSError | None        # what `SegmentStore.write` reports: (bytes, seconds), the error
+
 
 @dataclass
 class MemoryStats:
@@ -43,7 +45,9 @@ class MemoryStats:
     retrieved_segments: int = 0
     oom_shrinks: int = 0              # times the window was halved after running out of device memory
     storage_error: str | None = None  # why writing stopped, if it did
-    write_s: float = 0.0              # seconds spent writing segment files (on the thread that owns the memory)
+    write_s: float = 0.0              # seconds spent writing sealed segments' files (on the memory's own thread)
+    checkpoint_write_s: float = 0.0   # seconds spent writing checkpoint files (on memory.landing's helper threads
+                                      # off a GPU, else on the memory's own thread)
     index_s: float = 0.0              # seconds spent writing index rows (likewise)
 
 
@@ -102,12 +106,25 @@ class SegmentStore:
                 self._index_write(self.index.replace, seg.index_id, seg, seg.tier)
         self.enforce_budgets()
 
-    def checkpoint(self, seg: Segment) -> int | None:
-        """A closed segment still in the device window, written to disk with its index row (tier "window"), so
-        that it survives a crash; sealing it later replaces both. Returns the row id."""
-        if not self.durable or not self._write_file(seg):
+    def checkpoint(self, seg: Segment, written: Written) -> int | None:
+        """A closed segment still in the device window, written to disk (`write`, on memory.landing's helper thread
+        off a GPU; `written` is what it reported) and given its index row (tier "window"), so that it survives a
+        crash; sealing it later replaces both. Returns the row id."""
+        if not self.durable or not self._wrote(seg, self.segment_path(seg), written, checkpoint=True):
             return None
         return self._index_write(self.index.add, seg, "window") if self.index is not None else None
+
+    def write(self, seg: Segment, path: Path) -> Written:
+        """Write the segment's file to `path` and report how it went (`_wrote` records it). Touches nothing of the
+        store's, so a landing's helper thread may call it: None when storage is off, the error when writing failed,
+        else (bytes, seconds)."""
+        if self.stats.storage_error is not None:
+            return None
+        start = time.perf_counter()
+        try:
+            return write_segment_file(path, seg), time.perf_counter() - start
+        except OSError as e:
+            return e
 
     def _written(self, seg: Segment) -> bool:
         """The segment's file already holds its KV and its description (a checkpoint sealed unchanged)."""
@@ -117,19 +134,22 @@ class SegmentStore:
 
     def _write_file(self, seg: Segment) -> bool:
         """Write (or rewrite, over its checkpoint) the segment's file; False when storage is off or failing."""
-        path = self._segment_path(seg)
+        path = self.segment_path(seg)
+        return self._wrote(seg, path, self.write(seg, path))
+
+    def _wrote(self, seg: Segment, path: Path, written: Written, checkpoint: bool = False) -> bool:
         old = int(seg.extra.pop("file_bytes", 0)) if seg.file == path else 0
         seg.file = None                     # a stale checkpoint is never taken for this segment's KV
-        if self.stats.storage_error is not None:
+        if written is None:
             return False
-        start = time.perf_counter()
-        try:
-            size = write_segment_file(path, seg)
-        except OSError as e:
-            self._storage_failed(f"writing {path.name}", e)
+        if isinstance(written, OSError):
+            self._storage_failed(f"writing {path.name}", written)
             return False
-        finally:
-            self.stats.write_s += time.perf_counter() - start
+        size, seconds = written
+        if checkpoint:
+            self.stats.checkpoint_write_s += seconds
+        else:
+            self.stats.write_s += seconds
         self.stats.disk_bytes += size - old
         seg.file = path
         seg.extra["file_bytes"] = size
@@ -143,7 +163,7 @@ class SegmentStore:
             self._index_write(self.index.update, seg.index_id, text=text,
                               embedding=tensor_to_blob(embedding) if embedding is not None else None)
 
-    def _segment_path(self, seg: Segment) -> Path:
+    def segment_path(self, seg: Segment) -> Path:
         if self.spill_dir is None:
             self._tmp_dir = tempfile.TemporaryDirectory(prefix="onlooker-kv-")
             self.spill_dir = Path(self._tmp_dir.name)

@@ -3,6 +3,8 @@ has not passed, the memory still seals, answers and stores what a memory that wa
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -125,3 +127,102 @@ def test_a_stored_session_checkpoints_and_seals_through_held_flights_as_one_that
         segs = segments_from_index(index, b.kv_shape)
         rows.append((on_disk, [(s.seg_id, s.t0, s.t1, s.text, s.pos_start) for s in segs]))
     assert rows[0] == rows[1] and rows[0][0] and len(rows[0][1]) == len(WORDS)
+
+
+class GatedEvent:
+    """An event whose wait blocks until the test opens the gate (a device still busy, seen from a helper thread)."""
+    gate = threading.Event()
+
+    def query(self) -> bool:
+        return GatedEvent.gate.is_set()
+
+    def synchronize(self) -> None:
+        assert GatedEvent.gate.wait(timeout=30), "the gate was never opened"
+
+
+def test_flights_arriving_on_helper_threads_land_in_order_and_equal_a_memory_that_waits(lite_backend, tmp_path):
+    """The helper threads (what flights off a CUDA device use) wait and copy off the calling thread; nothing lands
+    before its copies have arrived, flights land in sealing order, and the memory equals one that waits."""
+    b = lite_backend
+    GatedEvent.gate.clear()
+    now = _memory(b, tmp_path, False)
+    held = _memory(b, tmp_path, True)
+    held.landing = Landing(event=GatedEvent, threads=True)
+    for c in _chunks(b)[:8]:
+        now.append(c)
+        assert not held.append(c).sealed
+    assert len(held.landing) > 0 and not held.store.segments        # the helpers are blocked on the device
+    GatedEvent.gate.set()
+    landed = []
+    for c in _chunks(b)[8:]:
+        now.append(c)
+        landed += held.append(c).sealed
+    segs = held.segments                                            # lands whatever is still arriving
+    assert [s.seg_id for s in landed] == [s.seg_id for s in segs[:len(landed)]]
+    assert [s.seg_id for s in segs] == [s.seg_id for s in now.segments] == list(range(len(segs)))
+    for a, h in zip(now.segments, segs, strict=True):
+        assert (a.t0, a.t1, a.text, a.pos_start) == (h.t0, h.t1, h.text, h.pos_start)
+        torch.testing.assert_close(a.kv.keys, h.kv.keys, rtol=0, atol=0)
+    assert held.stats == now.stats
+
+
+def test_a_helper_threads_failure_is_raised_where_the_flight_lands():
+    """A copy that fails on a helper thread raises in `land()`, not silently on the thread."""
+    class Broken:
+        def query(self) -> bool:
+            return True
+
+        def synchronize(self) -> None:
+            raise RuntimeError("device lost")
+    lander = Landing(event=Broken, threads=True)
+    got = []
+    lander.send({"x": torch.ones(3)}, got.append)
+    with pytest.raises(RuntimeError, match="device lost"):
+        lander.land(wait=True)
+    assert not got
+
+
+def test_checkpoint_files_written_on_helper_threads_equal_a_stored_session_that_waits(lite_backend, tmp_path):
+    """A checkpoint's file is written on the helper thread (off the loop); nothing reaches disk while its copy has
+    not arrived, and the session that ends equals one that waited: the same files, bytes, index rows."""
+    import sqlite_utils
+
+    from memory.index import SegmentIndex
+    from memory.stored import segments_from_index
+    b = lite_backend
+    GatedEvent.gate.clear()
+    out = []
+    for threads in (False, True):
+        index = SegmentIndex(sqlite_utils.Database(tmp_path / f"{threads}.db"), "s")
+        kv = tmp_path / f"kv-{threads}"
+        mem = HierarchicalMemory(b, MemoryConfig(window_tokens=96, segment_seconds=1.0), index=index, spill_dir=kv)
+        if threads:
+            mem.landing = Landing(event=GatedEvent, threads=True)
+        mem.set_sink(prompts.system_chunk(b))
+        for c in _chunks(b)[:6]:
+            mem.append(c)
+        if threads:
+            assert len(mem.landing) and not list(kv.glob("*.safetensors"))   # blocked on the device: not written
+            GatedEvent.gate.set()
+        for c in _chunks(b)[6:]:
+            mem.append(c)
+            mem.landing.land(wait=True)     # whether a checkpoint lands before its sealing is up to the helper's timing
+        mem.flush(100.0)
+        files = {p.name: _file(p) for p in sorted(kv.glob("*.safetensors"))}
+        segs = segments_from_index(index, b.kv_shape)
+        out.append((files, [(s.seg_id, s.t0, s.t1, s.text, s.pos_start, s.file.name) for s in segs], mem.stats))
+    (f0, rows0, st0), (f1, rows1, st1) = out
+    assert f0.keys() == f1.keys() and len(f0) == len(WORDS) and rows0 == rows1
+    for name, (meta, tensors) in f0.items():
+        assert f1[name][0] == meta and f1[name][1].keys() == tensors.keys()
+        for k, t in tensors.items():
+            torch.testing.assert_close(f1[name][1][k], t, rtol=0, atol=0)
+    assert st1.checkpoint_write_s > 0 and st1.disk_bytes == st0.disk_bytes
+    assert (st0.segments_sealed, st0.segments_spilled) == (st1.segments_sealed, st1.segments_spilled)
+
+
+def _file(path):
+    """A segment file's metadata and tensors (its header's key order is not fixed, so not its bytes)."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
