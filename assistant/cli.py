@@ -263,7 +263,7 @@ def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--positions", choices=["contiguous", "original"],
                     help="where retrieved KV sits: re-positioned by RoPE shift (default) or where it was ingested")
     sp.add_argument("--keep-ratio", type=float, help="fraction of tokens a sealed segment keeps (default 1.0)")
-    sp.add_argument("--int8", action="store_true", help="quantize sealed segments' KV to int8")
+    sp.add_argument("--int8", action="store_true", help="sealed KV in int8 (VLM path default; [memory] quantize)")
     sp.add_argument("--watch", action="append", metavar="CONDITION",
                     help='standing instruction, e.g. "a person appears" or \'the sign says "STOP"\' (repeatable)')
     sp.add_argument("--narrate", action="store_true", help="speak up on notable change (new text, scene change)")

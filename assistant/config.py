@@ -74,10 +74,13 @@ class AssistantConfig:
 
     def memory_for(self, accepts_frames: bool) -> MemoryConfig:
         """The memory settings for a backend: on the VLM path (frames in) retrieval knows the visual stream's
-        keyframe span, so a past time is read from the keyframe before it."""
-        if not accepts_frames or self.memory.keyframe_seconds:
-            return self.memory
-        return dataclasses.replace(self.memory, keyframe_seconds=self.visual.keyframe_seconds)
+        keyframe span, so a past time is read from the keyframe before it, and sealed KV is int8 unless
+        `quantize` was set (an hour of the 7B's bf16 KV is about 15 GB; docs/benchmarks.md)."""
+        if not accepts_frames:
+            return dataclasses.replace(self.memory, quantize=bool(self.memory.quantize))
+        return dataclasses.replace(self.memory, keyframe_seconds=self.memory.keyframe_seconds
+                                   or self.visual.keyframe_seconds,
+                                   quantize=True if self.memory.quantize is None else self.memory.quantize)
 
     def validate(self) -> None:
         """Check every value again (after flags changed some)."""

@@ -36,7 +36,10 @@ class MemoryConfig:
     retain: bool = True                # False: what leaves the window is dropped and counted (StreamingVLM-style)
     keep_ratio: float = 1.0            # fraction of a segment's tokens kept (by `prune_by`); 1.0 keeps all
     prune_by: str = "value_norm"       # "value_norm" or "novelty" (distance from the segment's mean value)
-    quantize: bool = False             # quantized KV for sealed segments (host and disk), `quantize_bits` wide
+    # quantized KV for sealed segments (host and disk), `quantize_bits` wide; None (unset): on for the VLM path
+    # (assistant.config.AssistantConfig.memory_for: half the bytes to copy and write, twice the stream the disk
+    # budget holds; no answer changed on tiny-vl), off for the lite path and for a memory built directly
+    quantize: bool | None = None
     quantize_bits: int = 8             # 8: int8 per (layer, head, token) row; 4: int4 per group of 32 (4.5 bits)
     # host and disk tiers
     host_mb: float = 512.0             # sealed segments in RAM; past this the oldest spill to disk

@@ -185,7 +185,7 @@ class HierarchicalMemory:
             seg.index_id, w.checkpoint = self.store.checkpoint(seg, h["written"]), seg
             if self.config.keep_ratio < 1.0:     # else sealing takes this very KV (`_seal`): kept on the host
                 seg.kv = None
-        self.landing.send({**squeeze_kv(k, v, self.config.quantize, self.config.quantize_bits),
+        self.landing.send({**squeeze_kv(k, v, bool(self.config.quantize), self.config.quantize_bits),
                            "rep": seg.rep_key}, landed, write)
 
     def shrink_window(self, tokens: int) -> list[Segment]:
@@ -277,7 +277,7 @@ class HierarchicalMemory:
             # checkpoint's positions) is the sealed KV: no second quantize and copy, and its file stays as written
             seg.pos_start = cp.pos_start
             return self.landing.send({"rep": seg.rep_key}, lambda h: self._landed(seg, w, h, cp.kv))
-        parts = compress(keys, values, c.keep_ratio, c.quantize, c.quantize_bits, c.prune_by)
+        parts = compress(keys, values, c.keep_ratio, bool(c.quantize), c.quantize_bits, c.prune_by)
         self.landing.send({**parts, "rep": seg.rep_key}, lambda h: self._landed(
             seg, w, h, kv_from_parts(h, dtype, c.quantize_bits)))
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from assistant import events as ev
 from assistant.cli import main
@@ -185,6 +186,23 @@ def test_a_stored_vlm_session_answers_onlooker_ask(capsys, monkeypatch, tmp_path
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["type"] == "answer" and rec["time_ref"] == "point" and rec["retrieved"]
     assert rec["missing_segments"] == 0
+    from safetensors import safe_open
+    files = list((tmp_path / "data").rglob("segment-*.safetensors"))
+    assert files
+    for path in files:                                   # sealed KV is int8 on the VLM path unless set otherwise
+        with safe_open(str(path), framework="pt") as f:
+            assert f.get_tensor("keys").dtype == torch.int8 and "key_scale" in f.keys()
+
+
+def test_sealed_kv_is_int8_on_the_vlm_path_unless_set():
+    from assistant.config import AssistantConfig
+    cfg = AssistantConfig()
+    assert cfg.memory.quantize is None
+    assert cfg.memory_for(True).quantize is True and cfg.memory_for(False).quantize is False
+    cfg.memory.quantize = False                          # `quantize = false` in [memory]
+    assert cfg.memory_for(True).quantize is False
+    cfg.memory.quantize = True                           # --int8
+    assert cfg.memory_for(False).quantize is True and cfg.memory_for(True).quantize is True
 
 
 def test_a_question_sees_the_pairs_still_waiting_for_their_batch(tiny_qwen):
