@@ -104,6 +104,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             # written on memory.landing's helper threads on a GPU
             **{k: summary.get(k) for k in ("ingest_s", "visual_s", "segment_write_s", "checkpoint_write_s",
                                            "index_write_s", "embed_s")},
+            # the visual stream: tower runs, pairs that reused the last features, visual tokens kept
+            **{k: summary.get(k) for k in ("vit_groups", "vit_reused_groups", "visual_tokens_kept_pct")},
             "error": summary.get("error"), "command": " ".join(cmd[1:])}
 
 

@@ -182,9 +182,10 @@ class HierarchicalMemory:
             return {"written": self.store.write(seg, path)}
 
         def landed(h: dict) -> None:
-            seg.index_id, w.checkpoint = self.store.checkpoint(seg, h["written"]), seg
+            seg.index_id = self.store.checkpoint(seg, h["written"])
             if self.config.keep_ratio < 1.0:     # else sealing takes this very KV (`_seal`): kept on the host
                 seg.kv = None
+        w.checkpoint = seg                       # its KV arrives with this flight, before any later one lands
         self.landing.send({**squeeze_kv(k, v, bool(self.config.quantize), self.config.quantize_bits),
                            "rep": seg.rep_key}, landed, write)
 
@@ -272,9 +273,11 @@ class HierarchicalMemory:
             return self.landing.send({"rep": seg.rep_key}, lambda h: self._landed(seg, w, h, None))
         self._sealing += 1
         cp = w.checkpoint
-        if cp is not None and cp.kv is not None:
+        if cp is not None and c.keep_ratio >= 1.0:
             # nothing is pruned at sealing, so the checkpoint's KV (quantized as sealing would, its keys at the
-            # checkpoint's positions) is the sealed KV: no second quantize and copy, and its file stays as written
+            # checkpoint's positions) is the sealed KV: no second quantize and copy, and its file stays as written.
+            # Read when this flight lands: flights land in order, so the checkpoint's has (its copy may still have
+            # been on its way when sealing began)
             seg.pos_start = cp.pos_start
             return self.landing.send({"rep": seg.rep_key}, lambda h: self._landed(seg, w, h, cp.kv))
         parts = compress(keys, values, c.keep_ratio, bool(c.quantize), c.quantize_bits, c.prune_by)

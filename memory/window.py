@@ -31,7 +31,7 @@ class WindowSegment:
     orig_pos: int
     embedding: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)      # words about it from beside the model (perception, captions)
-    checkpoint: Any = None                # memory.segments.Segment written to disk when it closed (stored sessions)
+    checkpoint: Any = None                # memory.segments.Segment sent to disk when it closed (stored sessions)
 
     @property
     def t0(self) -> float:
