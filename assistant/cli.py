@@ -56,9 +56,9 @@ def _config(args: argparse.Namespace):
         cfg.perception.realtime = False
         if cfg.device.startswith("cuda") and cfg.visual.batch_groups == 1:
             cfg.visual.batch_groups = 8      # a file as fast as it goes: no one waits on a batch, the GPU fills
-        if cfg.device.startswith("cuda"):
-            cfg.visual.pipeline = True       # the next batch's tower runs while this one is prefilled
-            cfg.visual.graph_vision = True   # the tower replayed as a CUDA graph per batch shape (model.vision_graphs)
+        if cfg.device.startswith("cuda"):    # the next batch's tower runs while this one is prefilled; the tower
+            cfg.visual.pipeline = True       # replayed as a CUDA graph (model.vision_graphs), every batch at one shape
+            cfg.visual.graph_vision = cfg.visual.pad_batches = True
     if getattr(args, "keep_all", False):
         cfg.storage.max_age_days = cfg.storage.max_gb = None
     if getattr(args, "int8", False):

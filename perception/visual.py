@@ -47,6 +47,8 @@ class VisualConfig:
     compile_vision: bool = False     # the vision tower's blocks under torch.compile (GPU; bench vision)
     graph_vision: bool = False       # the vision tower replayed as a CUDA graph per batch shape (GPU)
     pipeline: bool = False           # chunks of a batch come out at the next batch (its tower runs meanwhile)
+    pad_batches: bool = False        # a short batch (reused groups, the stream's end) runs the tower at batch_groups
+                                     # (copies of its last group, outputs dropped): one graph / compiled shape
 
     def __post_init__(self) -> None:
         if self.batch_groups < 1:
@@ -248,7 +250,7 @@ class VisualStream:
                 reuse.append(False)
                 need.append((g.patches, g.grid))
                 prev, prev_times = g.patches, g.times
-        encoded = iter(self.backend.encode_patches([p for p, _ in need], [g for _, g in need]) if need else [])
+        encoded = iter(self._tower(need) if need else [])
         group_embeds, masks = [], []
         for g, reused in zip(groups, reuse, strict=True):
             if reused and self._prev_embeds is not None:
@@ -270,6 +272,14 @@ class VisualStream:
                 event = torch.cuda.Event()
                 event.record()
         return _Launched(groups, group_embeds, masks, on_host, event)
+
+    def _tower(self, need: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """The tower over these groups; with `pad_batches`, at `batch_groups` groups, the copies' outputs dropped."""
+        patches, grids = [p for p, _ in need], [g for _, g in need]
+        short = self.config.batch_groups - len(need) if self.config.pad_batches else 0
+        if short > 0:
+            patches, grids = patches + [patches[-1]] * short, grids + [grids[-1]] * short
+        return self.backend.encode_patches(patches, grids)[:len(need)]
 
     @torch.inference_mode()
     def _chunks(self, launched: _Launched) -> list[Chunk]:

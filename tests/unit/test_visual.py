@@ -224,3 +224,33 @@ def test_pipelined_batches_come_out_one_batch_later_and_equal(tiny_qwen):
         assert (x.t0, x.t1, x.text, x.pos_span) == (y.t0, y.t1, y.text, y.pos_span)
         torch.testing.assert_close(x.position_ids, y.position_ids)
         torch.testing.assert_close(x.inputs_embeds, y.inputs_embeds)
+
+
+def test_padded_batches_run_the_tower_at_one_size_and_give_the_same_chunks(tiny_qwen):
+    """`pad_batches`: a short batch (here the stream's last, one group of three) runs the tower at the full batch
+    size with copies of its last group, and the chunks equal those of the unpadded stream."""
+    b = tiny_qwen
+    scene = SyntheticScene("short")
+    frames = [(scene.render(i * 7), i * 0.5) for i in range(8)]
+    cfg = dict(batch_groups=3, drop_threshold=0.97, reuse_threshold=0.0)
+    sizes: list[int] = []
+    encode = b.encode_patches
+
+    def counted(patches, grids):
+        sizes.append(len(patches))
+        return encode(patches, grids)
+
+    outs = []
+    for pad in (False, True):
+        vs = VisualStream(b, VisualConfig(pad_batches=pad, **cfg))
+        b.encode_patches = counted
+        try:
+            outs.append([c for f, t in frames for c in vs.push(f, t)] + vs.flush())
+        finally:
+            del b.encode_patches
+    assert sizes == [3, 1, 3, 3]
+    plain, padded = outs
+    assert [c.num_tokens for c in plain] == [c.num_tokens for c in padded]
+    for x, y in zip(plain, padded, strict=True):
+        torch.testing.assert_close(x.inputs_embeds, y.inputs_embeds)
+        torch.testing.assert_close(x.position_ids, y.position_ids)
