@@ -54,11 +54,11 @@ def _config(args: argparse.Namespace):
             setattr(obj, name, value)
     if getattr(args, "fast", False):
         cfg.perception.realtime = False
-        if cfg.device.startswith("cuda") and cfg.visual.batch_groups == 1:
-            cfg.visual.batch_groups = 8      # a file as fast as it goes: no one waits on a batch, the GPU fills
-        if cfg.device.startswith("cuda"):    # the next batch's tower runs while this one is prefilled; the tower
-            cfg.visual.pipeline = True       # replayed as a CUDA graph (model.vision_graphs), every batch at one shape
-            cfg.visual.graph_vision = cfg.visual.pad_batches = True
+        if cfg.device.startswith("cuda"):    # a file as fast as it goes: 8 pairs a batch, the next one's tower
+            v = cfg.visual                   # running while this one is prefilled, replayed as a CUDA graph
+            v.batch_groups = 8 if v.batch_groups == 1 else v.batch_groups      # (model.vision_graphs), every
+            v.pipeline = v.graph_vision = v.pad_batches = True                 # batch at one shape, compiled once
+            v.compile_vision = v.compile_vision is not False                   # (2.4x the tower; benchmarks.md)
     if getattr(args, "keep_all", False):
         cfg.storage.max_age_days = cfg.storage.max_gb = None
     if getattr(args, "int8", False):

@@ -111,7 +111,7 @@ def lm_forward(backend, name: str):
         with backend.transformers_forward():
             yield
         return
-    compiled = name == "onlooker+compiled-lm"
+    compiled = name == "onlooker+compiled-lm" and not backend.fast.compiled     # (--compile-lm: all configs)
     graphs = backend.fast.graphs
     if compiled:
         backend.fast.compile(True)
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cudnn-sdpa", action="store_true", help="leave PyTorch's cuDNN attention on (it is off "
                    "on every GPU load path: model.backend.no_cudnn_attention), to compare")
     p.add_argument("--compile-vision", action="store_true", help="vision blocks under torch.compile (all configs)")
+    p.add_argument("--compile-lm", action="store_true", help="the LM layers' elementwise work under torch.compile")
     p.add_argument("--graph-vision", action="store_true", help="the vision tower replayed as one CUDA graph per "
                    "batch shape (model.vision_graphs; all configs)")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false", help="turn each batch into chunks "
@@ -340,7 +341,7 @@ def run_ingest_bench(args) -> int:
               f"{peak / 1e12:.0f} TFLOP/s; torch {torch.__version__}"
               f"{'; cuDNN SDPA on' if args.cudnn_sdpa else ''}"
               f"{'; vision blocks compiled' if args.compile_vision else ''}"
-              f"{'; vision tower graphed' if args.graph_vision else ''}"
+              f"{'; vision tower graphed' if args.graph_vision else ''}{'; LM compiled' if args.compile_lm else ''}"
               f"{'' if args.pipeline else '; not pipelined'}{'' if args.per_batch else '; a prefill per chunk'}")
     print(header, file=sys.stderr)
     if args.cudnn_sdpa:                      # after every attention_for() call, which turns it off
@@ -349,6 +350,7 @@ def run_ingest_bench(args) -> int:
         backend.compile_vision()
     if args.graph_vision:
         backend.graph_vision()
+    backend.fast.compile(args.compile_lm)
     if args.compile_vision or args.graph_vision:    # every batch size ingest can make, before the clock runs
         for k in range(1, args.batch + 1):
             backend.encode_patches([prepared.groups[0][0]] * k, [prepared.groups[0][1]] * k)

@@ -220,6 +220,7 @@ def compile_blocks(visual: Any) -> None:
     if getattr(visual, "_onlooker_compiled", False):
         return
     torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+    torch._dynamo.config.suppress_errors = True        # a compiler that fails here (none installed) runs it eagerly
     for blk in visual.blocks:
         blk.forward = torch.compile(blk.forward, dynamic=False)
     visual._onlooker_compiled = True

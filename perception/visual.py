@@ -44,7 +44,7 @@ class VisualConfig:
     reuse_threshold: float = 0.1     # ViT skipped when no patch's mean |pixel difference| (normalised) reaches it
     keyframe_seconds: float = 8.0    # the first group of each such span of stream keeps every token; 0: never
     block_seconds: float = 4.0       # video layout: frame pairs within this much stream time form one video block
-    compile_vision: bool = False     # the vision tower's blocks under torch.compile (GPU; bench vision)
+    compile_vision: bool | None = None   # the tower's blocks under torch.compile (GPU; None: on for run --fast)
     graph_vision: bool = False       # the vision tower replayed as a CUDA graph per batch shape (GPU)
     pipeline: bool = False           # chunks of a batch come out at the next batch (its tower runs meanwhile)
     pad_batches: bool = False        # a short batch (reused groups, the stream's end) runs the tower at batch_groups

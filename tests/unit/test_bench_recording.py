@@ -58,3 +58,18 @@ def test_fast_on_a_gpu_batches_frame_pairs_and_live_runs_do_not(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text("[visual]\nbatch_groups = 2\n")
     assert batch("--fast", "--device", "cuda", "--config", str(toml)) == 2
+
+
+def test_fast_runs_on_a_gpu_compile_the_tower_unless_the_config_says_not(tmp_path):
+    """`run --fast --device cuda` compiles the tower's blocks and pads short batches (one shape to compile and
+    graph); a config file's `compile_vision = false` stays, and a CPU or real-time run compiles nothing."""
+    from assistant.cli import _config, build_parser
+
+    def visual(*flags: str):
+        return _config(build_parser().parse_args(["run", "--source", "x.mp4", *flags])).visual
+    v = visual("--fast", "--device", "cuda")
+    assert v.compile_vision is True and v.pad_batches and v.graph_vision
+    assert not visual("--fast").compile_vision and not visual("--device", "cuda").compile_vision
+    toml = tmp_path / "c.toml"
+    toml.write_text("[visual]\ncompile_vision = false\n")
+    assert visual("--fast", "--device", "cuda", "--config", str(toml)).compile_vision is False
