@@ -8,7 +8,9 @@ in one run:
     batched           model/vision_attention.py: one SDPA call per layer
     batched+compile   the same with each block under torch.compile (blocks of one kind share a graph)
 frames/s counts both frames of a pair. `rel_err` is |batched - transformers| / |transformers| over the merged
-output (bf16 both), `syncs` the host syncs per forward that torch's sync debug mode reports.
+output (bf16 both), `syncs` the host syncs per forward that torch's sync debug mode reports. `--graph`: the batched
+modes also replayed as one CUDA graph (as `onlooker run --fast` and `bench ingest --graph-vision` run the tower),
+with the replay's GPU time by kernel class under torch's profiler (matrix multiplies, attention, the rest).
 """
 
 from __future__ import annotations
@@ -63,8 +65,37 @@ def _forward(tower, x, grid, batched: bool) -> torch.Tensor:
     from model import vision_attention
     if not batched:
         return tower(x, grid_thw=grid.cuda()).pooler_output
+    given = vision_attention.tower_inputs(tower, grid.tolist(), "cuda")     # nothing derived on the device
     with vision_attention.planned(tower, grid.tolist()):
-        return tower(x, grid_thw=grid.cuda()).pooler_output
+        return tower(x, grid_thw=grid.cuda(), **given).pooler_output
+
+
+def _kind(kernel: str) -> str:
+    k = kernel.lower()
+    if any(s in k for s in ("gemm", "cutlass", "nvjet", "cublas", "xmma")):
+        return "matmul"
+    return "attention" if any(s in k for s in ("flash", "fmha", "sdpa", "attention")) else "other"
+
+
+def _graphed(fwd, iters: int) -> dict:
+    """`fwd` captured as one CUDA graph: ms per replay, and its GPU ms by kernel class (profiler, 5 replays)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fwd()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fwd()
+    sec = _time(graph.replay, iters)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            graph.replay()
+        torch.cuda.synchronize()
+    kinds: dict[str, float] = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    for a in prof.key_averages():
+        kinds[_kind(a.key)] += getattr(a, "self_device_time_total", 0.0) / 5e3
+    return {"graph_ms": sec * 1e3, **{f"graph_{k}_ms": v for k, v in kinds.items()}}
 
 
 def _time(fn, iters: int) -> float:
@@ -89,7 +120,7 @@ def _syncs(fn) -> int:
         torch.cuda.set_sync_debug_mode(0)
 
 
-def run(shapes: list[str], batches: list[int], iters: int, compile_blocks: bool) -> list[dict]:
+def run(shapes: list[str], batches: list[int], iters: int, compile_blocks: bool, graph: bool = False) -> list[dict]:
     from model import vision_attention
     rows = []
     for shape in shapes:
@@ -114,6 +145,8 @@ def run(shapes: list[str], batches: list[int], iters: int, compile_blocks: bool)
                         sec = _time(fwd, iters)
                         row = {"shape": shape, "pairs": b, "mode": mode, "ms": sec * 1e3, "frames_per_s": 2 * b / sec,
                                "first_call_s": first_s, "syncs": _syncs(fwd)}
+                        if graph and batched:
+                            row.update(_graphed(fwd, iters))
                         if not batched:
                             refs[b] = out
                         else:
@@ -131,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="4,8,16", help="pairs per forward, comma-separated")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--no-compile", action="store_true", help="leave out batched+compile")
+    p.add_argument("--graph", action="store_true", help="also replay the batched modes as CUDA graphs")
     p.add_argument("--out", help="also write the rows as JSON lines to this file")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -145,15 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print("onlooker: error: --batches: comma-separated integers", file=sys.stderr)
         return 2
-    rows = run(shapes, batches, args.iters, not args.no_compile)
+    rows = run(shapes, batches, args.iters, not args.no_compile, args.graph)
     header = (f"bench vision: {torch.cuda.get_device_name()}, torch {torch.__version__}, random bf16 weights, "
               f"448x448 pairs, {args.iters} timed forwards each")
     base = {(r["shape"], r["pairs"]): r["frames_per_s"] for r in rows if r["mode"] == "transformers"}
     print_table(header, ["tower", "pairs", "mode", "ms / forward", "frames/s", "vs transformers", "host syncs",
-                         "rel. error", "first call s"],
+                         "rel. error", "first call s", "graph ms (matmul / attention / other)"],
                 [[r["shape"], str(r["pairs"]), r["mode"], f"{r['ms']:.1f}", f"{r['frames_per_s']:.0f}",
                   f"{r['frames_per_s'] / base[(r['shape'], r['pairs'])]:.2f}x", str(r["syncs"]),
-                  f"{r['rel_err']:.1e}" if "rel_err" in r else "", f"{r['first_call_s']:.1f}"] for r in rows])
+                  f"{r['rel_err']:.1e}" if "rel_err" in r else "", f"{r['first_call_s']:.1f}",
+                  f"{r['graph_ms']:.1f} ({r['graph_matmul_ms']:.1f} / {r['graph_attention_ms']:.1f} / "
+                  f"{r['graph_other_ms']:.1f})" if "graph_ms" in r else ""] for r in rows])
     write_rows(args.out, header, rows)
     return 0
 
