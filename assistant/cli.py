@@ -57,8 +57,8 @@ def _config(args: argparse.Namespace):
         if cfg.device.startswith("cuda"):    # a file as fast as it goes: 8 pairs a batch, the next one's tower
             v = cfg.visual                   # running while this one is prefilled, replayed as a CUDA graph
             v.batch_groups = 8 if v.batch_groups == 1 else v.batch_groups      # (model.vision_graphs), every
-            v.pipeline = v.graph_vision = v.pad_batches = True                 # batch at one shape, compiled once
-            v.compile_vision = v.compile_vision is not False                   # (2.4x the tower; benchmarks.md)
+            v.pipeline = v.graph_vision = v.pad_batches = v.fill_batches = True    # batch full, at one shape,
+            v.compile_vision = v.compile_vision is not False                   # compiled once (benchmarks.md)
     if getattr(args, "keep_all", False):
         cfg.storage.max_age_days = cfg.storage.max_gb = None
     if getattr(args, "int8", False):

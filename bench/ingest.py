@@ -50,7 +50,7 @@ from tqdm import tqdm
 from bench.common import BenchError, gpu_gb, measure_matmul_peak, sync, write_rows
 from bench.ingest_baseline import run_transformers
 from bench.ingest_beside import Beside
-from bench.ingest_feed import Feed, Prepared
+from bench.ingest_feed import MEDIA, Feed, Prepared, load_frames
 from bench.ingest_profile import profile
 from bench.ingest_report import MARKS_S, format_medians, format_table
 from bench.ingest_shapes import FRAME, SIZES, build_backend
@@ -62,41 +62,6 @@ from reasoning import prompts
 from reasoning.answerer import answer_job
 
 log = logging.getLogger("onlooker.bench")
-MEDIA = Path(__file__).resolve().parents[1] / "tests" / "data"      # the sample videos the benchmarks loop
-
-def load_frames(media: list[Path], fps: float, limit_s: float | None = None) -> tuple[list[np.ndarray], list[str]]:
-    """The sampled frames of each video (at `fps` of stream time), then the synthetic scene, at their own size
-    (the feed resizes them inside the timed loop)."""
-    import cv2
-
-    from perception.synthetic import SyntheticScene
-    frames, names = [], []
-    for path in media:
-        cap = cv2.VideoCapture(str(path))
-        src_fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-        step, i, next_t = 1.0 / fps, 0, 0.0
-        n0 = len(frames)
-        while True:
-            ok, img = cap.read()
-            if not ok or (limit_s is not None and i / src_fps > limit_s):
-                break
-            if i / src_fps + 1e-9 >= next_t:
-                frames.append(img)
-                next_t += step
-            i += 1
-        cap.release()
-        names.append(f"{path.name} ({len(frames) - n0} frames)")
-    scene = SyntheticScene("signs")
-    dur = scene.spec.duration_s if limit_s is None else min(scene.spec.duration_s, limit_s)
-    n = int(dur * fps)
-    for k in range(n):
-        frames.append(scene.render(int(k / fps * scene.spec.fps)))
-    names.append(f"synthetic:signs ({n} frames)")
-    if len(frames) % 2:
-        frames.pop()
-    return frames, names
-
-
 WARM_MINUTES = 2.0        # of stream, each configuration before the clock: past its first seals
 CONFIGS = ("transformers", "naive", "window", "onlooker", "onlooker+perception", "onlooker+captions",
            "onlooker-tf-vision", "onlooker-tf-lm", "onlooker+compiled-lm", "onlooker-eager-lm", "onlooker+int4",
@@ -134,7 +99,7 @@ def lm_forward(backend, name: str):
 def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, device: str, window: int,
                batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9,
                frames: list[np.ndarray] | None = None, beside_factory=None, questions: int = 3,
-               pipeline: bool = True, per_batch: bool = True) -> dict:
+               pipeline: bool = True, per_batch: bool = True, full: bool = False) -> dict:
     from model import vision_attention
     from perception.sources import VideoFrame
     from reasoning.captions import Captioner
@@ -146,7 +111,7 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
                         quantize=onl, retain=onl, host_mb=64_000, shrink_on_oom=not naive, segment_seconds=4.0,
                         segment_tokens=4096, quantize_bits=4 if name.startswith("onlooker+int4") else 8,
                         keep_ratio=0.45 if name == "onlooker+int4+keep45" else 1.0)
-    vcfg = VisualConfig(batch_groups=batch, pipeline=pipeline,
+    vcfg = VisualConfig(batch_groups=batch, pipeline=pipeline, pad_batches=full, fill_batches=full,
                         **({} if onl else {"drop_threshold": 1.0, "reuse_threshold": 0.0}))
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)
@@ -296,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-lm", action="store_true", help="the LM layers' elementwise work under torch.compile")
     p.add_argument("--graph-vision", action="store_true", help="the vision tower replayed as one CUDA graph per "
                    "batch shape (model.vision_graphs; all configs)")
+    p.add_argument("--full-batches", dest="full", action="store_true", help="every tower batch full, as run --fast "
+                   "runs it: a batch waits for --batch pairs that need the tower, a short one is padded (all configs)")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false", help="turn each batch into chunks "
                    "before the next batch's tower is launched (perception.visual's `pipeline` off), to compare")
     p.add_argument("--prefill-per-chunk", dest="per_batch", action="store_false", help="one LM prefill per chunk "
@@ -342,7 +309,8 @@ def run_ingest_bench(args) -> int:
               f"{'; cuDNN SDPA on' if args.cudnn_sdpa else ''}"
               f"{'; vision blocks compiled' if args.compile_vision else ''}"
               f"{'; vision tower graphed' if args.graph_vision else ''}{'; LM compiled' if args.compile_lm else ''}"
-              f"{'' if args.pipeline else '; not pipelined'}{'' if args.per_batch else '; a prefill per chunk'}")
+              f"{'' if args.pipeline else '; not pipelined'}{'' if args.per_batch else '; a prefill per chunk'}"
+              f"{'; full tower batches' if args.full else ''}")
     print(header, file=sys.stderr)
     if args.cudnn_sdpa:                      # after every attention_for() call, which turns it off
         torch.backends.cuda.enable_cudnn_sdp(True)
@@ -352,7 +320,7 @@ def run_ingest_bench(args) -> int:
         backend.graph_vision()
     backend.fast.compile(args.compile_lm)
     if args.compile_vision or args.graph_vision:    # every batch size ingest can make, before the clock runs
-        for k in range(1, args.batch + 1):
+        for k in [args.batch] if args.full else range(1, args.batch + 1):
             backend.encode_patches([prepared.groups[0][0]] * k, [prepared.groups[0][1]] * k)
     start = time.perf_counter()          # the LM's CUDA graphs for every token bucket, before the clock runs
     if backend.warm_lm_graphs():
@@ -368,7 +336,7 @@ def run_ingest_bench(args) -> int:
         with lm_forward(backend, warm):
             run_config(warm, backend, feed, minutes=WARM_MINUTES, fps=args.stream_fps, device=args.device,
                        window=args.window, batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params),
-                       frames=frames, pipeline=args.pipeline, per_batch=args.per_batch)
+                       frames=frames, pipeline=args.pipeline, per_batch=args.per_batch, full=args.full)
     rows = []
     for name in names * max(1, args.repeat):
         if name == "transformers":
@@ -379,7 +347,8 @@ def run_ingest_bench(args) -> int:
                 row = run_config(name, backend, feed, minutes=args.minutes, fps=args.stream_fps, device=args.device,
                                  window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
                                  param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s, frames=frames,
-                                 questions=args.questions, pipeline=args.pipeline, per_batch=args.per_batch)
+                                 questions=args.questions, pipeline=args.pipeline, per_batch=args.per_batch,
+                                 full=args.full)
         row["mfu"] = row["flops"] / row["wall_s"] / peak
         rows.append(row)
         print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)
@@ -390,7 +359,7 @@ def run_ingest_bench(args) -> int:
         print("\n" + profile(name, lambda name=name: run_config(
             name, backend, feed, minutes=args.profile, fps=args.stream_fps, device=args.device, window=args.window,
             batch=args.batch, wall_cap_s=1e9, param_counts=(vit_params, lm_params), frames=frames,
-            pipeline=args.pipeline, per_batch=args.per_batch)))
+            pipeline=args.pipeline, per_batch=args.per_batch, full=args.full)))
     write_rows(args.out, header, rows)
     return 0
 

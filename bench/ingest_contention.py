@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from bench.common import write_rows
-from bench.ingest import MEDIA, build_backend, default_tokenizer, load_frames, run_config
+from bench.ingest import build_backend, default_tokenizer, run_config
 from bench.ingest_beside import Beside, Burner, pin
-from bench.ingest_feed import Prepared
+from bench.ingest_feed import MEDIA, Prepared, load_frames
 from bench.ingest_shapes import SIZES
 
 VARIANTS = ("alone", "perception", "burn1", "burn2", "alone-split", "perception-split", "burn2-split", "alone-pin1",

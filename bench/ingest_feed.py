@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,6 +21,39 @@ import torch
 
 from bench.ingest_shapes import FRAME
 from perception.visual import change_against
+
+MEDIA = Path(__file__).resolve().parents[1] / "tests" / "data"      # the sample videos the benchmarks loop
+
+
+def load_frames(media: list[Path], fps: float, limit_s: float | None = None) -> tuple[list[np.ndarray], list[str]]:
+    """The sampled frames of each video (at `fps` of stream time), then the synthetic scene, at their own size
+    (the feed resizes them inside the timed loop)."""
+    from perception.synthetic import SyntheticScene
+    frames, names = [], []
+    for path in media:
+        cap = cv2.VideoCapture(str(path))
+        src_fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        step, i, next_t = 1.0 / fps, 0, 0.0
+        n0 = len(frames)
+        while True:
+            ok, img = cap.read()
+            if not ok or (limit_s is not None and i / src_fps > limit_s):
+                break
+            if i / src_fps + 1e-9 >= next_t:
+                frames.append(img)
+                next_t += step
+            i += 1
+        cap.release()
+        names.append(f"{path.name} ({len(frames) - n0} frames)")
+    scene = SyntheticScene("signs")
+    dur = scene.spec.duration_s if limit_s is None else min(scene.spec.duration_s, limit_s)
+    n = int(dur * fps)
+    for k in range(n):
+        frames.append(scene.render(int(k / fps * scene.spec.fps)))
+    names.append(f"synthetic:signs ({n} frames)")
+    if len(frames) % 2:
+        frames.pop()
+    return frames, names
 
 
 def prepare(backend, a: np.ndarray, b: np.ndarray, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ def write_recording(path: Path, minutes: float, fps: float, size: int) -> int:
     """The benchmark's frames at `size`x`size`, looped to `minutes` of video at `fps`; the frame count."""
     import cv2
 
-    from bench.ingest import MEDIA, load_frames
+    from bench.ingest_feed import MEDIA, load_frames
     media = sorted(MEDIA.glob("*.mp4"))
     frames, _ = load_frames(media, fps)
     frames = [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames]

@@ -20,6 +20,9 @@ its keep masks start on their way to the host, and the batch launched before it 
 never waits for the tower it has just launched, and the device runs that tower while the host launches the prefill
 of the batch before. Chunks come out one batch later; `flush` returns everything.
 
+With `fill_batches` on (`run --fast`), a batch waits until `batch_groups` of its groups need the tower: the groups
+that reuse features ride along, so the tower runs full batches (one shape, no lanes idle) and skipping it saves time.
+
 Runs on the runtime thread (it calls the model); plain synchronous code.
 """
 
@@ -49,6 +52,8 @@ class VisualConfig:
     pipeline: bool = False           # chunks of a batch come out at the next batch (its tower runs meanwhile)
     pad_batches: bool = False        # a short batch (reused groups, the stream's end) runs the tower at batch_groups
                                      # (copies of its last group, outputs dropped): one graph / compiled shape
+    fill_batches: bool = False       # a batch waits for batch_groups groups that need the tower (the reused ones ride
+                                     # along, 2 * batch_groups groups at most): the tower runs full batches
 
     def __post_init__(self) -> None:
         if self.batch_groups < 1:
@@ -164,6 +169,7 @@ class VisualStream:
         self.stats = VisualStats()
         self._frames: list[tuple[np.ndarray, float]] = []
         self._groups: list[PreparedGroup] = []         # patchified, waiting for the batch to fill
+        self._reuse: list[bool] = []                   # for each: its features are the group's before (no tower)
         self._prev_patches: torch.Tensor | None = None
         self._prev_times: list[float] | None = None    # the times of the group `_prev_patches` belong to
         self._prev_embeds: torch.Tensor | None = None
@@ -190,7 +196,7 @@ class VisualStream:
         if len(self._frames) < self.group_size:
             return []
         self._group(prepared)
-        return self._encode() if len(self._groups) >= self.config.batch_groups else []
+        return self._encode() if self._full() else []
 
     def push_group(self, patches: torch.Tensor, grid: torch.Tensor, t0: float, t1: float,
                    change: tuple[float, list[float]] | None = None) -> list[Chunk]:
@@ -201,8 +207,14 @@ class VisualStream:
         group = PreparedGroup([t0, t1] if t1 != t0 else [t0], patches, grid)
         if change is not None:
             group.change, group.after = change
-        self._groups.append(group)
-        return self._encode() if len(self._groups) >= self.config.batch_groups else []
+        self._add(group)
+        return self._encode() if self._full() else []
+
+    def _full(self) -> bool:
+        """Whether the pending groups make a batch: `batch_groups` of them, or with `fill_batches` that many that
+        need the tower (or twice that many in all)."""
+        n, size = len(self._groups), self.config.batch_groups
+        return (n - sum(self._reuse) if self.config.fill_batches else n) >= size or n >= 2 * size
 
     def flush(self) -> list[Chunk]:
         """End of stream: encode what is pending (a lone last frame is encoded as a still)."""
@@ -221,12 +233,21 @@ class VisualStream:
 
     def _group(self, prepared: PreparedGroup | None = None) -> None:
         times = [t for _, t in self._frames]
-        if prepared is not None and prepared.times == times:
-            self._groups.append(prepared)
-        else:
+        if prepared is None or prepared.times != times:
             patches, grid = patchify_group(self.backend, self._frames)
-            self._groups.append(PreparedGroup(times, patches, grid))
+            prepared = PreparedGroup(times, patches, grid)
+        self._add(prepared)
         self._frames = []
+
+    def _add(self, g: PreparedGroup) -> None:
+        """A group joins the batch, with its reuse decision: against the last group that needs the tower."""
+        prev = self._prev_patches
+        reuse = prev is not None and prev.shape == g.patches.shape and self.config.reuse_threshold > 0 and \
+            self._change(g, prev, self._prev_times) < self.config.reuse_threshold
+        if not reuse:
+            self._prev_patches, self._prev_times = g.patches, g.times
+        self._groups.append(g)
+        self._reuse.append(reuse)
 
     @torch.inference_mode()
     def _encode(self) -> list[Chunk]:
@@ -239,26 +260,16 @@ class VisualStream:
     def _launch(self) -> _Launched:
         """The pending groups' tower (the groups that need it) and drop masks, launched; the masks' copy to the
         host started (one copy per batch, not one wait per group)."""
-        groups, self._groups = self._groups, []
-        need, reuse = [], []
-        prev, prev_times = self._prev_patches, self._prev_times
-        for g in groups:
-            if prev is not None and prev.shape == g.patches.shape and self.config.reuse_threshold > 0 and \
-                    self._change(g, prev, prev_times) < self.config.reuse_threshold:
-                reuse.append(True)
-            else:
-                reuse.append(False)
-                need.append((g.patches, g.grid))
-                prev, prev_times = g.patches, g.times
+        groups, reuse, self._groups, self._reuse = self._groups, self._reuse, [], []
+        need = [(g.patches, g.grid) for g, reused in zip(groups, reuse, strict=True) if not reused]
         encoded = iter(self._tower(need) if need else [])
         group_embeds, masks = [], []
         for g, reused in zip(groups, reuse, strict=True):
-            if reused and self._prev_embeds is not None:
+            if reused and self._prev_embeds is not None:      # (always set: a group that needs the tower came first)
                 embeds = self._prev_embeds
                 self.stats.reused_groups += 1
             else:
                 embeds = next(encoded)
-                self._prev_patches, self._prev_times = g.patches, g.times
                 self.stats.vit_groups += 1
             self._prev_embeds = embeds
             group_embeds.append(embeds)

@@ -254,3 +254,39 @@ def test_padded_batches_run_the_tower_at_one_size_and_give_the_same_chunks(tiny_
     for x, y in zip(plain, padded, strict=True):
         torch.testing.assert_close(x.inputs_embeds, y.inputs_embeds)
         torch.testing.assert_close(x.position_ids, y.position_ids)
+
+
+def test_filled_batches_run_the_tower_on_full_batches_and_give_the_same_tokens(tiny_qwen):
+    """`fill_batches`: a batch waits for `batch_groups` groups that need the tower, the reused ones riding along,
+    so every tower call but the stream's last is a full batch; the tokens, their order and the statistics equal
+    those of batches cut every `batch_groups` groups. Without it the calls are short where groups are reused."""
+    b = tiny_qwen
+    scene = SyntheticScene("short")
+    frames = [(scene.render(14 * (i // 6)), i * 0.5) for i in range(16)]        # pairs repeat in threes
+    cfg = dict(batch_groups=2, drop_threshold=0.97, reuse_threshold=0.05, keyframe_seconds=0.0)
+    sizes: list[int] = []
+    encode = b.encode_patches
+
+    def counted(patches, grids):
+        sizes.append(len(patches))
+        return encode(patches, grids)
+
+    outs, calls = [], []
+    for fill in (False, True):
+        vs = VisualStream(b, VisualConfig(fill_batches=fill, **cfg))
+        b.encode_patches = counted
+        try:
+            outs.append(([c for f, t in frames for c in vs.push(f, t)] + vs.flush(), vs.stats))
+        finally:
+            del b.encode_patches
+        calls.append(sizes[:])
+        sizes.clear()
+    (plain, st_plain), (filled, st_filled) = outs
+    assert st_plain.reused_groups > 0 and st_plain == st_filled
+    assert min(calls[0]) < 2 and calls[1][:-1] == [2] * (len(calls[1]) - 1) and len(calls[1]) < len(calls[0])
+    assert [w for c in plain for w in c.text.split()] == [w for c in filled for w in c.text.split()]
+    assert sum(c.pos_span for c in plain) == sum(c.pos_span for c in filled)
+
+    def embeds(chunks):
+        return torch.cat([b.embed_ids(c.input_ids) if c.inputs_embeds is None else c.inputs_embeds for c in chunks])
+    torch.testing.assert_close(embeds(plain), embeds(filled))
