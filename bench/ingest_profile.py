@@ -77,10 +77,10 @@ def profile(name: str, run: Callable[[], dict], top: int = 20) -> str:
              ""]
     avg = prof.key_averages()
     lines += ["Steps of ingest (inclusive: a step contains the ones it calls):", "",
-              "| step | calls | CPU ms | share of wall |", "|---|---|---|---|"]
+              "| step | calls | CPU ms | share of wall | GPU ms of its kernels |", "|---|---|---|---|---|"]
     for a in sorted((a for a in avg if a.key.startswith("onlooker:")), key=lambda a: -a.cpu_time_total):
         lines.append(f"| {a.key[9:]} | {a.count} | {a.cpu_time_total / 1e3:.0f} | "
-                     f"{100 * a.cpu_time_total / 1e6 / wall:.0f}% |")
+                     f"{100 * a.cpu_time_total / 1e6 / wall:.0f}% | {getattr(a, 'device_time_total', 0) / 1e3:.0f} |")
     lines.append("")
     for key, label in (("self_cpu_time_total", "own CPU time"), ("self_device_time_total", "own GPU time")):
         if key == "self_device_time_total" and not torch.cuda.is_available():
