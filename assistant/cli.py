@@ -54,9 +54,9 @@ def _config(args: argparse.Namespace):
             setattr(obj, name, value)
     if getattr(args, "fast", False):
         cfg.perception.realtime = False
-        if cfg.device.startswith("cuda"):    # a file as fast as it goes: 8 pairs a batch, the next one's tower
+        if cfg.device.startswith("cuda"):    # a file as fast as it goes: 16 pairs a batch, the next one's tower
             v = cfg.visual                   # running while this one is prefilled, replayed as a CUDA graph
-            v.batch_groups = 8 if v.batch_groups == 1 else v.batch_groups      # (model.vision_graphs), every
+            v.batch_groups = 16 if v.batch_groups == 1 else v.batch_groups     # (model.vision_graphs), every
             v.pipeline = v.graph_vision = v.pad_batches = v.fill_batches = True    # batch full, at one shape,
             v.compile_vision = v.compile_vision is not False                   # compiled once (benchmarks.md)
     if getattr(args, "keep_all", False):

@@ -47,13 +47,13 @@ def test_onlooker_run_fast_indexes_the_whole_recording(tmp_path, monkeypatch):
 
 
 def test_fast_on_a_gpu_batches_frame_pairs_and_live_runs_do_not(tmp_path):
-    """`onlooker run --fast --device cuda` encodes and prefills 8 frame pairs per call, as `bench ingest` measures;
+    """`onlooker run --fast --device cuda` encodes and prefills 16 frame pairs per call, as `bench ingest` measures;
     a real-time or CPU run keeps 1 (a batch would add its seconds of latency), and a config file's other size stays."""
     from assistant.cli import _config, build_parser
 
     def batch(*flags: str) -> int:
         return _config(build_parser().parse_args(["run", "--source", "x.mp4", *flags])).visual.batch_groups
-    assert batch("--fast", "--device", "cuda") == 8
+    assert batch("--fast", "--device", "cuda") == 16
     assert batch("--device", "cuda") == 1 and batch("--fast", "--device", "cpu") == 1 and batch("--fast") == 1
     toml = tmp_path / "c.toml"
     toml.write_text("[visual]\nbatch_groups = 2\n")
