@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_kernel_bench(args) -> int:
-    from kernels import ops, reference
+    from onlooker_kernels import ops, reference
     if not torch.cuda.is_available():
         print("onlooker: error: bench kernels needs a CUDA GPU", file=sys.stderr)
         return 2

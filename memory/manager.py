@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-import kernels
+import onlooker_kernels as kernels
 from memory import kv_cache, views
 from memory.config import MemoryConfig
 from memory.embed import TextEmbedder

@@ -23,8 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import kernels
-from kernels.reference import dequantize_int8_ref, quantize_int8_ref
+import onlooker_kernels as kernels
+from onlooker_kernels.reference import dequantize_int8_ref, quantize_int8_ref
 
 
 class SegmentFileError(RuntimeError):

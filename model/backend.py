@@ -4,7 +4,7 @@ A backend turns pieces of stream into position-independent `Chunk`s (model.chunk
 into a KV cache at a position offset the memory chooses. Earlier context is never recomputed: `prefill`
 only runs the new tokens against the cache. Answers are decoded one token at a time on top of a cache
 the memory hands out. Because all keys are rotated by position, moving a cached chunk by `delta`
-positions is a rotation of its keys by `delta * inv_freq` (kernels.rope_shift), the same for RoPE and
+positions is a rotation of its keys by `delta * inv_freq` (onlooker_kernels.rope_shift), the same for RoPE and
 for M-RoPE when all three axes move together.
 
 The backend knows no prompts and no cache internals: callers pass the text, and the cache is whatever

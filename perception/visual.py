@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-import kernels
+import onlooker_kernels as kernels
 from model.backend import host_copy
 from model.chunk import Chunk, VideoBlock, concat_chunks
 

@@ -10,7 +10,7 @@ import torch
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
-from kernels import ops, reference  # noqa: E402
+from onlooker_kernels import ops, reference  # noqa: E402
 
 # every check runs twice: on the CPU through Triton's interpreter (the default test run) and on the GPU
 # (marker `cuda`, skipped without one)
@@ -62,7 +62,7 @@ def test_gather_rope(dtype, dev):
 
 
 def test_gather_rope_matches_the_memory_rope_shift(dev):
-    from kernels.reference import rope_shift_ref as rope_shift
+    from onlooker_kernels.reference import rope_shift_ref as rope_shift
     keys = torch.randn(20, 64, device=dev)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, 64, 2, device=dev).float() / 64))
     rows = torch.arange(20, device=dev)

@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-import kernels
-from kernels.reference import rope_shift_ref
+import onlooker_kernels as kernels
 from memory.config import MemoryConfig
 from memory.kv_cache import fork_cache
 from memory.manager import HierarchicalMemory
 from model.chunk import Chunk, concat_chunks
 from model.patches import patchify
+from onlooker_kernels.reference import rope_shift_ref
 from perception.synthetic import SyntheticScene
 from reasoning import prompts
 from reasoning.answerer import AnswerJob

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+import onlooker_kernels as kernels
 from memory import kv_cache
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # lowest first; a package may import its own modules and those of any package before it
-LAYERS = ["model", "kernels", "perception", "memory", "reasoning", "tui", "assistant", "bench"]
+LAYERS = ["model", "onlooker_kernels", "perception", "memory", "reasoning", "tui", "assistant", "bench"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 MAX_LINES = 400
 
@@ -58,7 +58,8 @@ def test_imports_point_down_the_layers():
 
 def test_kernels_import_only_model_and_model_nothing():
     g = _graph()
-    assert all(d.split(".")[0] in ("kernels", "model") for m, ds in g.items() if m.startswith("kernels") for d in ds)
+    assert all(d.split(".")[0] in ("onlooker_kernels", "model")
+               for m, ds in g.items() if m.startswith("onlooker_kernels") for d in ds)
     assert all(d.startswith("model") for m, ds in g.items() if m.startswith("model") for d in ds)
 
 
@@ -110,3 +111,13 @@ def test_the_layout_check_can_fail(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("import assistant.cli\nfrom memory import manager\n")
     assert _imports(f, "model.x", _modules()) == {"assistant.cli", "memory", "memory.manager"}
+
+
+def test_no_top_level_package_shadows_an_installed_distribution():
+    """Our top-level packages sit first on the path (the editable install, the repository root), so one named like an
+    installed distribution's package would hide it: `kernels` hid Hugging Face's `kernels`, which transformers >= 5.25
+    requires and imports, and `import transformers` failed."""
+    from importlib.metadata import packages_distributions
+    provided = packages_distributions()
+    clashes = {pkg: provided[pkg] for pkg in LAYERS if set(provided.get(pkg, [])) - {"onlooker"}}
+    assert not clashes, clashes

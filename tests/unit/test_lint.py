@@ -1,4 +1,4 @@
-"""ruff over the repository and mypy over the core packages (model, perception, memory, reasoning, kernels),
+"""ruff over the repository and mypy over the core packages (model, perception, memory, reasoning, onlooker_kernels),
 as part of the default test run. Both are in the test extras."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The torch reference of every op in `kernels.ops`, importable without Triton (the CPU path uses these).
+"""The torch reference of every op in `onlooker_kernels.ops`, importable without Triton (the CPU path uses these).
 This is the one home of each reference: the memory's int8 and RoPE shift on the CPU are these functions,
 so a kernel and the code it replaces cannot drift apart. Imports no other project package."""
 

@@ -1,4 +1,4 @@
-"""Triton kernels for the streaming hot paths; their torch references are in `kernels.reference`.
+"""Triton kernels for the streaming hot paths; their torch references are in `onlooker_kernels.reference`.
 
     token_drop      cosine similarity of each visual token to the same patch's reference token, thresholded
     segment_scores  a question query against the representative keys of every segment (a GEMV), for top-k
@@ -7,7 +7,7 @@
 
 All of them are memory-bound: each reads its inputs once and writes its outputs once. On the CPU the
 Triton versions run only under TRITON_INTERPRET=1 (the tests); the dispatch functions in
-`kernels/__init__.py` use them for CUDA tensors and the references otherwise.
+`onlooker_kernels/__init__.py` use them for CUDA tensors and the references otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.reference import rope_table
+from onlooker_kernels.reference import rope_table
 
 # -- token drop ---------------------------------------------------------------------------------
 
