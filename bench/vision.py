@@ -1,7 +1,8 @@
 """`onlooker bench vision`: the vision tower alone, transformers' attention against one call per layer.
 
 Random bf16 weights in the shapes of Qwen2.5-VL-7B's tower (32 blocks, width 1280, 16 heads, window 112 px, full
-attention at blocks 7/15/23/31) and Qwen3-VL-8B's (27 blocks, width 1152, patch 16, deepstack at 8/16/24);
+attention at blocks 7/15/23/31; `qwen2.5-vl-7b-mlp3456`: its MLP width aligned) and Qwen3-VL-8B's (27 blocks, width
+1152, patch 16, deepstack at 8/16/24);
 frame pairs at 448x448 (one temporal patch each), batches of 4/8/16 pairs as ingest makes them. Per batch size,
 in one run:
     transformers      the tower's own forward (SDPA once per window or frame, a host sync per layer)
@@ -33,6 +34,9 @@ SHAPES = {
                         patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
                         deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh"),
 }
+# the 7B tower with its MLP width (3,420: rows of 6,840 bytes, not 16-byte aligned) rounded up to 3,456, as zero rows
+# and columns padded onto the real weights would make it (the same outputs): what the alignment costs the matmuls
+SHAPES["qwen2.5-vl-7b-mlp3456"] = {**SHAPES["qwen2.5-vl-7b"], "intermediate_size": 3456}
 
 
 def build_tower(shape: str, device: str = "cuda") -> torch.nn.Module:
@@ -160,7 +164,7 @@ def run(shapes: list[str], batches: list[int], iters: int, compile_blocks: bool,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="onlooker bench vision", description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated: " + ", ".join(SHAPES))
+    p.add_argument("--shapes", default="qwen2.5-vl-7b,qwen3-vl-8b", help="comma-separated: " + ", ".join(SHAPES))
     p.add_argument("--batches", default="4,8,16", help="pairs per forward, comma-separated")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--no-compile", action="store_true", help="leave out batched+compile")
