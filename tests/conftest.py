@@ -57,6 +57,23 @@ def tiny_qwen(lite_tokenizer):
     return QwenVLBackend(model, lite_tokenizer, "tiny-qwen2.5-vl", max_pixels=112 * 112)
 
 
+@pytest.fixture
+def tower_call_sizes(tiny_qwen):
+    """The number of frame groups in each call of `tiny_qwen`'s vision tower (`encode_patches`) during the test."""
+    sizes: list[int] = []
+    encode = tiny_qwen.encode_patches
+
+    def counted(patches, grids):
+        sizes.append(len(patches))
+        return encode(patches, grids)
+
+    tiny_qwen.encode_patches = counted
+    try:
+        yield sizes
+    finally:
+        del tiny_qwen.encode_patches
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tiny_qwen, tmp_path_factory):
     """The tiny Qwen2.5-VL saved as a model directory, for `--model PATH`."""

@@ -53,28 +53,17 @@ def test_the_transformers_baseline_streams_pairs_into_a_growing_cache(tiny_qwen)
     assert seen == [0, per_pair + 2, 2 * (per_pair + 2), 3 * (per_pair + 2)]   # 3 pairs, then the question
 
 
-def test_full_batches_run_every_tower_call_at_the_batch_size(tiny_qwen):
+def test_full_batches_run_every_tower_call_at_the_batch_size(tiny_qwen, tower_call_sizes):
     """`--full-batches` reaches the stream the configuration runs: the last, short batch of 7 pairs in batches of 3
     is padded (as `run --fast` pads it); without it that call has one pair."""
     from bench.ingest import run_config
     frames = _frames(8)
-    sizes: list[int] = []
-    encode = tiny_qwen.encode_patches
-
-    def counted(patches, grids):
-        sizes.append(len(patches))
-        return encode(patches, grids)
-
     calls = []
-    tiny_qwen.encode_patches = counted
-    try:
-        for full in (False, True):
-            row = run_config("onlooker", tiny_qwen, lambda: Prepared(tiny_qwen, frames, pin=False), minutes=7 / 60,
-                             fps=2.0, device="cpu", window=4096, batch=3, wall_cap_s=60, param_counts=(1, 1),
-                             questions=1, full=full)
-            assert row["frames"] == 14 and row["vit_groups"] == 7
-            calls.append(sizes[:])
-            sizes.clear()
-    finally:
-        del tiny_qwen.encode_patches
+    for full in (False, True):
+        row = run_config("onlooker", tiny_qwen, lambda: Prepared(tiny_qwen, frames, pin=False), minutes=7 / 60,
+                         fps=2.0, device="cpu", window=4096, batch=3, wall_cap_s=60, param_counts=(1, 1),
+                         questions=1, full=full)
+        assert row["frames"] == 14 and row["vit_groups"] == 7
+        calls.append(tower_call_sizes[:])
+        tower_call_sizes.clear()
     assert calls == [[3, 3, 1], [3, 3, 3]]

@@ -226,29 +226,18 @@ def test_pipelined_batches_come_out_one_batch_later_and_equal(tiny_qwen):
         torch.testing.assert_close(x.inputs_embeds, y.inputs_embeds)
 
 
-def test_padded_batches_run_the_tower_at_one_size_and_give_the_same_chunks(tiny_qwen):
+def test_padded_batches_run_the_tower_at_one_size_and_give_the_same_chunks(tiny_qwen, tower_call_sizes):
     """`pad_batches`: a short batch (here the stream's last, one group of three) runs the tower at the full batch
     size with copies of its last group, and the chunks equal those of the unpadded stream."""
     b = tiny_qwen
     scene = SyntheticScene("short")
     frames = [(scene.render(i * 7), i * 0.5) for i in range(8)]
     cfg = dict(batch_groups=3, drop_threshold=0.97, reuse_threshold=0.0)
-    sizes: list[int] = []
-    encode = b.encode_patches
-
-    def counted(patches, grids):
-        sizes.append(len(patches))
-        return encode(patches, grids)
-
     outs = []
     for pad in (False, True):
         vs = VisualStream(b, VisualConfig(pad_batches=pad, **cfg))
-        b.encode_patches = counted
-        try:
-            outs.append([c for f, t in frames for c in vs.push(f, t)] + vs.flush())
-        finally:
-            del b.encode_patches
-    assert sizes == [3, 1, 3, 3]
+        outs.append([c for f, t in frames for c in vs.push(f, t)] + vs.flush())
+    assert tower_call_sizes == [3, 1, 3, 3]
     plain, padded = outs
     assert [c.num_tokens for c in plain] == [c.num_tokens for c in padded]
     for x, y in zip(plain, padded, strict=True):
@@ -256,7 +245,7 @@ def test_padded_batches_run_the_tower_at_one_size_and_give_the_same_chunks(tiny_
         torch.testing.assert_close(x.position_ids, y.position_ids)
 
 
-def test_filled_batches_run_the_tower_on_full_batches_and_give_the_same_tokens(tiny_qwen):
+def test_filled_batches_run_the_tower_on_full_batches_and_give_the_same_tokens(tiny_qwen, tower_call_sizes):
     """`fill_batches`: a batch waits for `batch_groups` groups that need the tower, the reused ones riding along,
     so every tower call but the stream's last is a full batch; the tokens, their order and the statistics equal
     those of batches cut every `batch_groups` groups. Without it the calls are short where groups are reused."""
@@ -264,23 +253,12 @@ def test_filled_batches_run_the_tower_on_full_batches_and_give_the_same_tokens(t
     scene = SyntheticScene("short")
     frames = [(scene.render(14 * (i // 6)), i * 0.5) for i in range(16)]        # pairs repeat in threes
     cfg = dict(batch_groups=2, drop_threshold=0.97, reuse_threshold=0.05, keyframe_seconds=0.0)
-    sizes: list[int] = []
-    encode = b.encode_patches
-
-    def counted(patches, grids):
-        sizes.append(len(patches))
-        return encode(patches, grids)
-
     outs, calls = [], []
     for fill in (False, True):
         vs = VisualStream(b, VisualConfig(fill_batches=fill, **cfg))
-        b.encode_patches = counted
-        try:
-            outs.append(([c for f, t in frames for c in vs.push(f, t)] + vs.flush(), vs.stats))
-        finally:
-            del b.encode_patches
-        calls.append(sizes[:])
-        sizes.clear()
+        outs.append(([c for f, t in frames for c in vs.push(f, t)] + vs.flush(), vs.stats))
+        calls.append(tower_call_sizes[:])
+        tower_call_sizes.clear()
     (plain, st_plain), (filled, st_filled) = outs
     assert st_plain.reused_groups > 0 and st_plain == st_filled
     assert min(calls[0]) < 2 and calls[1][:-1] == [2] * (len(calls[1]) - 1) and len(calls[1]) < len(calls[0])
