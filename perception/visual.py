@@ -265,7 +265,8 @@ class VisualStream:
         encoded = iter(self._tower(need) if need else [])
         group_embeds, masks = [], []
         for g, reused in zip(groups, reuse, strict=True):
-            if reused and self._prev_embeds is not None:      # (always set: a group that needs the tower came first)
+            if reused:
+                assert self._prev_embeds is not None          # `_add`: a group that needs the tower came first
                 embeds = self._prev_embeds
                 self.stats.reused_groups += 1
             else:
