@@ -1,13 +1,15 @@
 """`onlooker bench vision`: the vision tower alone, transformers' attention against one call per layer.
 
 Random bf16 weights in the shapes of Qwen2.5-VL-7B's tower (32 blocks, width 1280, 16 heads, window 112 px, full
-attention at blocks 7/15/23/31; `qwen2.5-vl-7b-mlp3456`: its MLP width aligned) and Qwen3-VL-8B's (27 blocks, width
-1152, patch 16, deepstack at 8/16/24);
+attention at blocks 7/15/23/31) and Qwen3-VL-8B's (27 blocks, width 1152, patch 16, deepstack at 8/16/24);
 frame pairs at 448x448 (one temporal patch each), batches of 4/8/16 pairs as ingest makes them. Per batch size,
 in one run:
     transformers      the tower's own forward (SDPA once per window or frame, a host sync per layer)
     batched           model/vision_attention.py: one SDPA call per layer
-    batched+compile   the same with each block under torch.compile (blocks of one kind share a graph)
+    batched+aligned   with `--align-mlp`: the same with the MLPs at an aligned width, gate and up fused
+                      (model/vision_mlp.py, as the backend runs the tower on a GPU)
+    batched+compile   the batched (or aligned) tower with each block under torch.compile (blocks of one kind
+                      share a graph)
 frames/s counts both frames of a pair. `rel_err` is |batched - transformers| / |transformers| over the merged
 output (bf16 both), `syncs` the host syncs per forward that torch's sync debug mode reports. `--graph`: the batched
 modes also replayed as one CUDA graph (as `onlooker run --fast` and `bench ingest --graph-vision` run the tower),
@@ -34,9 +36,6 @@ SHAPES = {
                         patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
                         deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh"),
 }
-# the 7B tower with its MLP width (3,420: rows of 6,840 bytes, not 16-byte aligned) rounded up to 3,456, as zero rows
-# and columns padded onto the real weights would make it (the same outputs): what the alignment costs the matmuls
-SHAPES["qwen2.5-vl-7b-mlp3456"] = {**SHAPES["qwen2.5-vl-7b"], "intermediate_size": 3456}
 
 
 def build_tower(shape: str, device: str = "cuda") -> torch.nn.Module:
@@ -124,17 +123,21 @@ def _syncs(fn) -> int:
         torch.cuda.set_sync_debug_mode(0)
 
 
-def run(shapes: list[str], batches: list[int], iters: int, compile_blocks: bool, graph: bool = False) -> list[dict]:
-    from model import vision_attention
+def run(shapes: list[str], batches: list[int], iters: int, compile_blocks: bool, graph: bool = False,
+        align_mlp: bool = False) -> list[dict]:
+    from model import vision_attention, vision_mlp
     rows = []
     for shape in shapes:
         tower = build_tower(shape)
         vision_attention.install(tower)
         inputs = {b: _inputs(tower, b) for b in batches}
         refs: dict[int, torch.Tensor] = {}
-        phases = [("transformers", "batched")] + ([("batched+compile",)] if compile_blocks else [])
+        phases = [("transformers", "batched")] + ([("batched+aligned",)] if align_mlp else []) + \
+            ([("batched+aligned+compile" if align_mlp else "batched+compile",)] if compile_blocks else [])
         for modes in phases:
-            if modes == ("batched+compile",):
+            if modes == ("batched+aligned",):
+                vision_mlp.align_mlps(tower)
+            if modes[0].endswith("+compile"):
                 vision_attention.compile_blocks(tower)
             for b in batches:
                 x, grid = inputs[b]
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--no-compile", action="store_true", help="leave out batched+compile")
     p.add_argument("--graph", action="store_true", help="also replay the batched modes as CUDA graphs")
+    p.add_argument("--align-mlp", action="store_true", help="add the batched+aligned mode; compile the aligned tower")
     p.add_argument("--out", help="also write the rows as JSON lines to this file")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print("onlooker: error: --batches: comma-separated integers", file=sys.stderr)
         return 2
-    rows = run(shapes, batches, args.iters, not args.no_compile, args.graph)
+    rows = run(shapes, batches, args.iters, not args.no_compile, args.graph, args.align_mlp)
     header = (f"bench vision: {torch.cuda.get_device_name()}, torch {torch.__version__}, random bf16 weights, "
               f"448x448 pairs, {args.iters} timed forwards each")
     base = {(r["shape"], r["pairs"]): r["frames_per_s"] for r in rows if r["mode"] == "transformers"}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, DynamicCache
 
-from model import vision_attention
+from model import vision_attention, vision_mlp
 from model.backend import Backend, no_cudnn_attention
 from model.chunk import Chunk, VideoBlock, format_time, text_positions
 from model.fast_lm import FastLM
@@ -97,6 +97,8 @@ class QwenVLBackend(Backend):
         end = torch.tensor([self.vision_end_id])
         self._frame_tail = end if self.deepstack else torch.cat([end, newline])
         vision_attention.install(model.model.visual)
+        if self.device.type == "cuda":        # the tower's MLP at an aligned width (model.vision_mlp)
+            vision_mlp.align_mlps(model.model.visual)
         self.tower_graphs: TowerGraphs | None = None      # graph_vision()
         # the language model's lean forward (model.fast_lm); None: transformers' own forward. On a GPU its layers
         # replay as CUDA graphs (model.lm_graphs; a no-op for tensors on the CPU)

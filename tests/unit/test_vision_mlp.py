@@ -1,0 +1,58 @@
+"""The vision towers' MLPs padded to an aligned width (gate and up fused) give the towers' own output (tiny random
+configs, float32 on the CPU), keep transformers' weights as views, and change nothing twice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import vision_attention, vision_mlp
+from tests.unit.test_vision_attention import _inputs, _tower
+
+
+@pytest.mark.parametrize("family,width", [("qwen2_5_vl", 60), ("qwen3_vl", 60), ("qwen2_5_vl", 64)])
+def test_aligned_mlps_equal_the_towers_own_forward(family, width):
+    visual = _tower(family, intermediate_size=width)
+    with torch.no_grad():                    # biases that are not zero, so a padded unit fed them would show
+        for blk in visual.blocks:
+            for lin in blk.mlp.modules():
+                if isinstance(lin, torch.nn.Linear) and lin.bias is not None:
+                    lin.bias.normal_()
+    x, grid = _inputs(visual, [(1, 8, 8)] * 2)
+    with torch.inference_mode():
+        want = visual(x, grid_thw=grid)
+        gated = family == "qwen2_5_vl"
+        changed = vision_mlp.align_mlps(visual, multiple=48)
+        assert changed == len(visual.blocks)            # 60 -> 96 both families; 64 (aligned) fused when gated
+        mlp = visual.blocks[0].mlp
+        padded = -(-width // 48) * 48
+        assert mlp._onlooker_w_in.shape == ((2 if gated else 1) * padded, visual.config.hidden_size)
+        first = mlp.gate_proj if gated else mlp.linear_fc1
+        last = mlp.down_proj if gated else mlp.linear_fc2
+        assert first.weight.shape == (width, visual.config.hidden_size)       # transformers' view, its own shape
+        assert first.weight.data_ptr() == mlp._onlooker_w_in.data_ptr()       # a view, not a copy
+        assert last.weight.data_ptr() == mlp._onlooker_w_out.data_ptr()
+        assert float(mlp._onlooker_w_out[:, width:].abs().sum()) == 0.0
+        got = visual(x, grid_thw=grid)
+        assert vision_mlp.align_mlps(visual, multiple=48) == 0                # once
+        again = visual(x, grid_thw=grid)
+        assert vision_attention.install(visual)                               # with the batched attention too
+        with vision_attention.planned(visual, grid.tolist()):
+            batched = visual(x, grid_thw=grid)
+    for out in (got, again, batched):
+        torch.testing.assert_close(out.pooler_output, want.pooler_output, rtol=1e-5, atol=1e-5)
+    if family == "qwen3_vl":
+        for a, b in zip(got.deepstack_features, want.deepstack_features, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_an_aligned_ungated_mlp_is_left_alone():
+    visual = _tower("qwen3_vl", intermediate_size=96)
+    forward = visual.blocks[0].mlp.forward
+    assert vision_mlp.align_mlps(visual, multiple=48) == 0
+    assert visual.blocks[0].mlp.forward == forward
+
+
+def test_the_backend_aligns_its_tower_on_a_gpu_only(tiny_qwen):
+    """On the CPU the backend leaves the tower as transformers built it (padding only costs arithmetic there)."""
+    assert not any(getattr(b.mlp, "_onlooker_aligned", False) for b in tiny_qwen.model.model.visual.blocks)
