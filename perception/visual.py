@@ -20,6 +20,9 @@ its keep masks start on their way to the host, and the batch launched before it 
 never waits for the tower it has just launched, and the device runs that tower while the host launches the prefill
 of the batch before. Chunks come out one batch later; `flush` returns everything.
 
+With `tower_stream` on as well (a GPU), the tower and drop masks run on a CUDA stream of their own, beside the
+prefill of the batch before; the caller's stream waits for the tower's outputs when they become chunks.
+
 With `fill_batches` on (`run --fast`), a batch waits until `batch_groups` of its groups need the tower: the groups
 that reuse features ride along, so the tower runs full batches (one shape, no lanes idle) and skipping it saves time.
 
@@ -54,6 +57,7 @@ class VisualConfig:
                                      # (copies of its last group, outputs dropped): one graph / compiled shape
     fill_batches: bool = False       # a batch waits for batch_groups groups that need the tower (the reused ones ride
                                      # along, 2 * batch_groups groups at most): the tower runs full batches
+    tower_stream: bool = False       # with pipeline, on a GPU: the tower on a CUDA stream of its own, beside prefills
 
     def __post_init__(self) -> None:
         if self.batch_groups < 1:
@@ -111,6 +115,7 @@ class _Launched:
     masks: list[torch.Tensor | None]
     on_host: torch.Tensor | None         # every mask, concatenated (pinned on a GPU, filled by a copy in flight)
     event: torch.cuda.Event | None       # recorded after that copy
+    ready: torch.cuda.Event | None = None    # `tower_stream`: recorded on the tower's stream after all of it
 
 
 @dataclass
@@ -178,6 +183,11 @@ class VisualStream:
         self.video = self.group_size > 1 and getattr(backend, "frame_layout", "image") == "video"
         self._block: VideoBlock | None = None
         self._launched: _Launched | None = None        # pipeline: the batch whose chunks come out next
+        self._side: torch.cuda.Stream | None = None    # tower_stream: the tower's CUDA stream
+        device = getattr(backend, "device", None)
+        if self.config.tower_stream and self.config.pipeline and isinstance(device, torch.device) and \
+                device.type == "cuda":
+            self._side = torch.cuda.Stream(device)
         if self.config.compile_vision and hasattr(backend, "compile_vision"):
             backend.compile_vision()
         if self.config.graph_vision and hasattr(backend, "graph_vision"):
@@ -258,6 +268,21 @@ class VisualStream:
         return self._chunks(before) if before is not None else []
 
     def _launch(self) -> _Launched:
+        """`_launch_here`, on the tower's own stream with `tower_stream` (after what the caller's stream has
+        launched so far); the embeddings are marked as used by the caller's stream, which waits for `ready`."""
+        if self._side is None:
+            return self._launch_here()
+        main = torch.cuda.current_stream(self._side.device)
+        self._side.wait_stream(main)
+        with torch.cuda.stream(self._side):
+            launched = self._launch_here()
+            launched.ready = torch.cuda.Event()
+            launched.ready.record()
+        for e in launched.embeds:
+            e.record_stream(main)        # made on the tower's stream, read on this one: not reused before that
+        return launched
+
+    def _launch_here(self) -> _Launched:
         """The pending groups' tower (the groups that need it) and drop masks, launched; the masks' copy to the
         host started (one copy per batch, not one wait per group)."""
         groups, reuse, self._groups, self._reuse = self._groups, self._reuse, [], []
@@ -296,6 +321,8 @@ class VisualStream:
     @torch.inference_mode()
     def _chunks(self, launched: _Launched) -> list[Chunk]:
         """A launched batch as chunks, once its keep masks are on the host."""
+        if launched.ready is not None:
+            launched.ready.wait()                 # the current stream waits for the tower's stream
         if launched.event is not None:
             launched.event.synchronize()
         masks = launched.masks

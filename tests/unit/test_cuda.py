@@ -67,6 +67,36 @@ def test_gpu_batched_ingest_matches_one_group_at_a_time(gpu_qwen):
     assert rel < 2e-2, rel                    # bf16: different batch shapes round differently
 
 
+def test_gpu_tower_stream_gives_the_same_chunks(gpu_qwen):
+    """perception.visual's `tower_stream`: the tower and drop masks on a CUDA stream of their own (pipelined, with
+    token drop and feature reuse on) give the chunks of the same stream run on one CUDA stream, token for token, and
+    prefills that read them give the same logits."""
+    from perception.visual import VisualConfig, VisualStream
+    b = gpu_qwen
+    frames = _frames(24)
+    frames[10:12] = [(frames[8][0], frames[10][1]), (frames[9][0], frames[11][1])]     # a pair that reuses features
+    out = []
+    for side in (False, True):
+        vs = VisualStream(b, VisualConfig(batch_groups=2, pipeline=True, tower_stream=side, keyframe_seconds=4.0))
+        assert (vs._side is not None) == side
+        chunks = [c for f, t in frames for c in vs.push(f, t)] + vs.flush()
+        cache, pos, logits = DynamicCache(), 0, []
+        for ch in [prompts.system_chunk(b), *chunks]:
+            logits.append(b.prefill(ch, cache, pos))
+            pos += ch.pos_span
+        out.append((chunks, logits, vs.stats))
+    (one, lone, sone), (two, ltwo, stwo) = out
+    assert sone.reused_groups == stwo.reused_groups > 0 and sone.tokens_kept == stwo.tokens_kept < sone.tokens_total
+    assert len(one) == len(two) > 2
+    for a, c in zip(one, two, strict=True):
+        assert torch.equal(a.position_ids, c.position_ids)
+        assert (a.inputs_embeds is None) == (c.inputs_embeds is None)
+        if a.inputs_embeds is not None:
+            assert torch.equal(a.inputs_embeds, c.inputs_embeds)
+    for x, y in zip(lone, ltwo, strict=True):
+        assert torch.equal(x, y)
+
+
 def test_gpu_hierarchy_seals_to_host_and_restores_exactly(gpu_qwen, tmp_path):
     """Everything retrieved, nothing pruned: the assembled context gives the full-context logits, with the
     sealed KV moved to the host, spilled to disk and moved back (bf16 round trip is exact)."""
