@@ -55,10 +55,10 @@ def _config(args: argparse.Namespace):
     if getattr(args, "fast", False):
         cfg.perception.realtime = False
         if cfg.device.startswith("cuda"):    # a file as fast as it goes: 16 pairs a batch, the next one's tower
-            v = cfg.visual                   # running while this one is prefilled, replayed as a CUDA graph
-            v.batch_groups = 16 if v.batch_groups == 1 else v.batch_groups     # (model.vision_graphs), every
-            v.pipeline = v.graph_vision = v.pad_batches = v.fill_batches = True    # batch full, at one shape,
-            v.compile_vision = v.compile_vision is not False                   # compiled once (benchmarks.md)
+            v = cfg.visual                   # running on its own stream while this one is prefilled, replayed as
+            v.batch_groups = 16 if v.batch_groups == 1 else v.batch_groups     # a CUDA graph (model.vision_graphs),
+            v.pipeline = v.graph_vision = v.pad_batches = v.fill_batches = v.tower_stream = True    # every batch
+            v.compile_vision = v.compile_vision is not False        # full, at one shape, compiled once (benchmarks.md)
     if getattr(args, "keep_all", False):
         cfg.storage.max_age_days = cfg.storage.max_gb = None
     if getattr(args, "int8", False):

@@ -68,7 +68,7 @@ def test_fast_runs_on_a_gpu_compile_the_tower_unless_the_config_says_not(tmp_pat
     def visual(*flags: str):
         return _config(build_parser().parse_args(["run", "--source", "x.mp4", *flags])).visual
     v = visual("--fast", "--device", "cuda")
-    assert v.compile_vision is True and v.pad_batches and v.fill_batches and v.graph_vision
+    assert v.compile_vision is True and v.pad_batches and v.fill_batches and v.graph_vision and v.tower_stream
     assert not visual("--fast").compile_vision and not visual("--device", "cuda").compile_vision
     toml = tmp_path / "c.toml"
     toml.write_text("[visual]\ncompile_vision = false\n")
