@@ -9,8 +9,9 @@ On one H200 (16 pairs of 448x448 frames, blocks compiled, the tower replayed as 
 Exact: the padded rows of the first projection(s) have zero weights and biases and the padded columns of the
 last one are zero, so the padded units add nothing whatever the activation gives them. transformers' modules keep
 working: their weights become views into the padded tensors (no second copy; call after the model is on its
-device, as moving it would undo the sharing). Qwen2.5-VL's MLP (gate_proj, up_proj, down_proj) and Qwen3-VL's
-(linear_fc1, linear_fc2); anything else is left alone. tests/unit/test_vision_mlp.py checks equality on tiny
+device, as moving it would undo the sharing); a state dict holds copies, so the model saves as transformers'.
+Qwen2.5-VL's MLP (gate_proj, up_proj, down_proj) and Qwen3-VL's (linear_fc1, linear_fc2); anything else is left
+alone. tests/unit/test_vision_mlp.py checks equality on tiny
 configs of both families, tests/unit/test_cuda.py on the 7B and 8B tower shapes in bf16.
 """
 
@@ -70,7 +71,18 @@ def _align(mlp: Any, multiple: int) -> bool:
     mlp._onlooker_gated = len(ins) == 2
     mlp._onlooker_aligned = True
     mlp.forward = types.MethodType(_forward, mlp)
+    mlp.register_state_dict_post_hook(_own_copies)
     return True
+
+
+def _own_copies(mlp: Any, state: dict, prefix: str, meta: Any) -> None:
+    """In a state dict (save_pretrained), each projection's weight and bias as a tensor of its own: views into
+    one padded tensor cannot be saved as they are (shared storage, a strided down projection)."""
+    for name in ("gate_proj", "up_proj", "down_proj", "linear_fc1", "linear_fc2"):
+        for attr in ("weight", "bias"):
+            key = f"{prefix}{name}.{attr}"
+            if state.get(key) is not None:
+                state[key] = state[key].clone(memory_format=torch.contiguous_format)
 
 
 def _forward(self: Any, hidden_state: torch.Tensor) -> torch.Tensor:

@@ -56,3 +56,29 @@ def test_an_aligned_ungated_mlp_is_left_alone():
 def test_the_backend_aligns_its_tower_on_a_gpu_only(tiny_qwen):
     """On the CPU the backend leaves the tower as transformers built it (padding only costs arithmetic there)."""
     assert not any(getattr(b.mlp, "_onlooker_aligned", False) for b in tiny_qwen.model.model.visual.blocks)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_an_aligned_model_saves_and_loads_as_transformers_built_it(family, tmp_path):
+    """save_pretrained after the alignment (bench recording saves a backend's model): the saved weights have the
+    original shapes and values, and the loaded model gives the same output."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+
+    from tests.conftest import tiny_qwen3_config, tiny_qwen_config
+    cls = Qwen3VLForConditionalGeneration if family == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
+    cfg = tiny_qwen3_config(100) if family == "qwen3_vl" else tiny_qwen_config(100)
+    cfg.vision_config.intermediate_size = 60
+    torch.manual_seed(0)
+    model = cls(cfg).eval()
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    assert vision_mlp.align_mlps(model.model.visual, multiple=48) == len(model.model.visual.blocks)
+    model.save_pretrained(tmp_path)
+    loaded = cls.from_pretrained(tmp_path).eval()
+    got = loaded.state_dict()
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
+    x, grid = _inputs(model.model.visual, [(1, 8, 8)])
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.model.visual(x, grid_thw=grid).pooler_output,
+                                   model.model.visual(x, grid_thw=grid).pooler_output, rtol=1e-5, atol=1e-5)
