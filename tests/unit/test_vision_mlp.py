@@ -82,3 +82,20 @@ def test_an_aligned_model_saves_and_loads_as_transformers_built_it(family, tmp_p
     with torch.inference_mode():
         torch.testing.assert_close(loaded.model.visual(x, grid_thw=grid).pooler_output,
                                    model.model.visual(x, grid_thw=grid).pooler_output, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_tower_mlp_pad_variant_is_exact_and_the_bench_needs_a_gpu():
+    """bench/tower_mlp.py's `pad` variant (two matmuls, zero-padded) gives the tower's own output; without a GPU
+    the benchmark says so and exits 2."""
+    from bench import tower_mlp
+    visual = _tower("qwen2_5_vl", intermediate_size=60)
+    x, grid = _inputs(visual, [(1, 8, 8)])
+    with torch.inference_mode():
+        want = visual(x, grid_thw=grid).pooler_output
+        for blk in visual.blocks:
+            tower_mlp._pad(blk.mlp, 96)
+        assert visual.blocks[0].mlp.down_proj.weight.shape[1] == 96
+        got = visual(x, grid_thw=grid).pooler_output
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if not torch.cuda.is_available():
+        assert tower_mlp.main([]) == 2
