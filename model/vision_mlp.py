@@ -33,20 +33,21 @@ def align_mlps(visual: Any, multiple: int = MULTIPLE) -> int:
     return sum(_align(blk.mlp, multiple) for blk in getattr(visual, "blocks", []) if hasattr(blk, "mlp"))
 
 
-def _parts(mlp: Any) -> tuple[list[torch.nn.Linear], torch.nn.Linear] | None:
+def _parts(mlp: Any) -> tuple[list[torch.nn.Linear], str] | None:
+    """The first projection(s) and the name of the last one, if `mlp` is one of the two kinds."""
     names = (["gate_proj", "up_proj"], "down_proj") if hasattr(mlp, "gate_proj") else (["linear_fc1"], "linear_fc2")
     ins = [getattr(mlp, n, None) for n in names[0]]
-    out = getattr(mlp, names[1], None)
-    if not all(isinstance(m, torch.nn.Linear) for m in [*ins, out]):
+    if not all(isinstance(m, torch.nn.Linear) for m in [*ins, getattr(mlp, names[1], None)]):
         return None
-    return ins, out  # type: ignore[return-value]
+    return ins, names[1]  # type: ignore[return-value]
 
 
 def _align(mlp: Any, multiple: int) -> bool:
     parts = None if getattr(mlp, "_onlooker_aligned", False) else _parts(mlp)
     if parts is None:
         return False
-    ins, out = parts
+    ins, last = parts
+    out = getattr(mlp, last)
     width = ins[0].out_features
     padded = -(-width // multiple) * multiple
     if padded == width and len(ins) == 1:
@@ -68,7 +69,7 @@ def _align(mlp: Any, multiple: int) -> bool:
     mlp.register_buffer("_onlooker_w_in", w_in, persistent=False)
     mlp.register_buffer("_onlooker_b_in", b_in, persistent=False)
     mlp.register_buffer("_onlooker_w_out", w_out, persistent=False)
-    mlp._onlooker_last = out
+    mlp._onlooker_last = last          # its name: the module itself would join the state dict a second time
     mlp._onlooker_gated = len(ins) == 2
     mlp._onlooker_aligned = True
     mlp.forward = types.MethodType(_forward, mlp)
@@ -93,4 +94,4 @@ def _forward(self: Any, hidden_state: torch.Tensor) -> torch.Tensor:
         h = self.act_fn(gate) * up
     else:
         h = self.act_fn(h)
-    return F.linear(h, self._onlooker_w_out, self._onlooker_last.bias)
+    return F.linear(h, self._onlooker_w_out, getattr(self, self._onlooker_last).bias)

@@ -72,6 +72,10 @@ def test_an_aligned_model_saves_and_loads_as_transformers_built_it(family, tmp_p
     model = cls(cfg).eval()
     want = {k: v.clone() for k, v in model.state_dict().items()}
     assert vision_mlp.align_mlps(model.model.visual, multiple=48) == len(model.model.visual.blocks)
+    aligned = model.state_dict()
+    assert aligned.keys() == want.keys()                                      # nothing added, nothing lost
+    for k, v in want.items():
+        assert torch.equal(aligned[k], v), k
     model.save_pretrained(tmp_path)
     loaded = cls.from_pretrained(tmp_path).eval()
     got = loaded.state_dict()
