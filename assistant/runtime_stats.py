@@ -58,14 +58,14 @@ def memory_summary(memory: HierarchicalMemory) -> dict:
             # embedding texts (segments' and questions'; bench.recording reports them); checkpoint files are written on
             # memory.landing's helper threads off a GPU
             "segment_write_s": round(st.write_s, 3), "checkpoint_write_s": round(st.checkpoint_write_s, 3),
-            "index_write_s": round(st.index_s, 3),
+            "index_write_s": round(st.index_s, 3), "landing_wait_s": round(memory.landing.wait_s, 3),
             "embed_s": round(memory.embedder.seconds, 3) if memory.embedder is not None else None}
 
 
 def visual_summary(visual: VisualStream) -> dict:
     st = visual.stats
     return {"visual_groups": st.groups, "vit_groups": st.vit_groups, "vit_reused_groups": st.reused_groups,
-            "visual_tokens_kept_pct": round(100 * st.kept_fraction, 1)}
+            "visual_tokens_kept_pct": round(100 * st.kept_fraction, 1), "mask_wait_s": round(st.mask_wait_s, 3)}
 
 
 def caption_summary(c: CaptionStats, stream_t: float) -> dict:

@@ -200,7 +200,10 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
            "host_mb": mem.stats.host_bytes / 2**20,
            "index_mb": (mem.slabs.nbytes + mem.keybank.nbytes) / 2**20,    # mean keys, embeddings, the key bank
            "segments_sealed": mem.stats.segments_sealed,
-           "device_kv_mb": mem.device_bytes() / 2**20}
+           "device_kv_mb": mem.device_bytes() / 2**20,
+           # what the loop's thread waited on without working: sealed segments still landing (memory.landing), the
+           # keep masks of the batch before (perception.visual), the next prepared pair (the feed's thread)
+           "wait_s": {"landing": mem.landing.wait_s, "keep_masks": st.mask_wait_s, "feed": feed.wait_s}}
     if not naive and oom_at is None:
         row["ttft_ms"] = question_ttft(backend, mem, stream_t, device, questions)
     del mem, vs
@@ -356,7 +359,9 @@ def run_ingest_bench(args) -> int:
                                  full=args.full, tower_stream=args.tower_stream)
         row["mfu"] = row["flops"] / row["wall_s"] / peak
         rows.append(row)
-        print(f"  {name}: {row['frames_per_s']:.1f} frames/s", file=sys.stderr)
+        waits = ", ".join(f"{k} {v:.1f} s" for k, v in row.get("wait_s", {}).items())
+        print(f"  {name}: {row['frames_per_s']:.1f} frames/s; the loop's thread: {row['main_cpu_s']:.1f} s on the CPU "
+              f"of {row['wall_s']:.1f} s{'; waited ' + waits if waits else ''}", file=sys.stderr)
     print(format_table(header, rows))
     if args.repeat > 1:
         print("\n" + format_medians(rows, names, args.repeat))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -69,6 +70,7 @@ class Prepared:
         self.groups = [prepare(backend, frames[i], frames[i + 1], pin) for i in range(0, len(frames) - 1, 2)]
         self.changes = [change_against(p, self.groups[i - 1][0]) for i, (p, _) in enumerate(self.groups)]
         self.change: float | None = None
+        self.wait_s = 0.0                            # never waits: prepared before the clock
 
     def get(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.change = self.changes[g % len(self.groups)] if g else None
@@ -87,6 +89,7 @@ class Feed:
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self.change: float | None = None
+        self.wait_s = 0.0                            # seconds `get` waited for a pair not yet prepared
         self.thread = threading.Thread(target=self._run, name="bench-feed", daemon=True)
         self.thread.start()
 
@@ -109,7 +112,9 @@ class Feed:
             self.q.put((None, None))
 
     def get(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = time.perf_counter()
         k, item = self.q.get()
+        self.wait_s += time.perf_counter() - start
         if k is None:
             raise RuntimeError(f"preparing frames failed: {self.error!r}")
         assert k == g, (k, g)                        # pairs come in order, one get per pair

@@ -101,9 +101,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "frames_per_s": (summary.get("frames_sampled") or 0) / max(summary.get("wall_s") or wall, 1e-9),
             # the runtime thread's time by part (the session summary): memory appends (prefill, sealing, landing and
             # the writes below), the visual stream, segment files, index rows, text embeddings; checkpoint files are
-            # written on memory.landing's helper threads on a GPU
+            # written on memory.landing's helper threads on a GPU; of those parts, the time blocked on segments
+            # still landing and on keep masks still on their way to the host
             **{k: summary.get(k) for k in ("ingest_s", "visual_s", "segment_write_s", "checkpoint_write_s",
-                                           "index_write_s", "embed_s")},
+                                           "index_write_s", "embed_s", "landing_wait_s", "mask_wait_s")},
             # the visual stream: tower runs, pairs that reused the last features, visual tokens kept
             **{k: summary.get(k) for k in ("vit_groups", "vit_reused_groups", "visual_tokens_kept_pct")},
             "error": summary.get("error"), "command": " ".join(cmd[1:])}
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{row['frames_sampled']} | {row['segments_sealed']} | {row['session_wall_s']:.1f} | "
           f"{row['command_wall_s']:.1f} | {row['frames_per_s']:.1f} |")
     print("runtime thread: " + ", ".join(f"{k} {row[k]}" for k in ("ingest_s", "visual_s", "segment_write_s",
-                                                                    "checkpoint_write_s", "index_write_s", "embed_s")),
+                                                                    "checkpoint_write_s", "index_write_s", "embed_s",
+                                                                    "landing_wait_s", "mask_wait_s")),
           file=sys.stderr)
     if args.out:
         with open(args.out, "a") as f:

@@ -27,6 +27,7 @@ helper threads too.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -71,6 +72,7 @@ class Landing:
         self._event = event                      # None: torch.cuda.Event for CUDA tensors, immediate otherwise
         self._threads = threads                  # None: helper threads for flights off a CUDA device
         self._flights: deque[tuple[Any, Parts | Future, Work | None, Callable[[dict[str, Any]], Any]]] = deque()
+        self.wait_s = 0.0                        # seconds `land` blocked on flights that had not arrived
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -100,14 +102,19 @@ class Landing:
         while self._flights:
             event, host, work, finish = self._flights[0]
             must = wait or len(self._flights) > MAX_IN_FLIGHT
+            start = time.perf_counter()
             if isinstance(host, Future):
                 if not (must or host.done()):
                     break
+                waited = not host.done()
                 arrived = host.result()
             else:
                 if event is not None and not (must or event.query()):
                     break
+                waited = event is not None and not event.query()
                 arrived = _arrive(event, host, work)
+            if waited:
+                self.wait_s += time.perf_counter() - start
             self._flights.popleft()
             done = finish(arrived)
             if done is not None:

@@ -18,10 +18,9 @@
 With `pipeline` on (a replay as fast as it goes, `bench ingest`), a batch's tower and drop masks are launched and
 its keep masks start on their way to the host, and the batch launched before it is turned into chunks: the host
 never waits for the tower it has just launched, and the device runs that tower while the host launches the prefill
-of the batch before. Chunks come out one batch later; `flush` returns everything.
-
-With `tower_stream` on as well (a GPU), the tower and drop masks run on a CUDA stream of their own, beside the
-prefill of the batch before; the caller's stream waits for the tower's outputs when they become chunks.
+of the batch before. Chunks come out one batch later; `flush` returns everything. With `tower_stream` on as well
+(a GPU), the tower and drop masks run on a CUDA stream of their own, beside the prefill of the batch before; the
+caller's stream waits for the tower's outputs when they become chunks.
 
 With `fill_batches` on (`run --fast`), a batch waits until `batch_groups` of its groups need the tower: the groups
 that reuse features ride along, so the tower runs full batches (one shape, no lanes idle) and skipping it saves time.
@@ -32,6 +31,7 @@ Runs on the runtime thread (it calls the model); plain synchronous code.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,8 +55,7 @@ class VisualConfig:
     pipeline: bool = False           # chunks of a batch come out at the next batch (its tower runs meanwhile)
     pad_batches: bool = False        # a short batch (reused groups, the stream's end) runs the tower at batch_groups
                                      # (copies of its last group, outputs dropped): one graph / compiled shape
-    fill_batches: bool = False       # a batch waits for batch_groups groups that need the tower (the reused ones ride
-                                     # along, 2 * batch_groups groups at most): the tower runs full batches
+    fill_batches: bool = False       # a batch waits for batch_groups groups needing the tower (reused ones ride along)
     tower_stream: bool = False       # with pipeline, on a GPU: the tower on a CUDA stream of its own, beside prefills
 
     def __post_init__(self) -> None:
@@ -100,6 +99,7 @@ class VisualStats:
     tokens_total: int = 0
     tokens_kept: int = 0
     changes_here: int = 0            # reuse checks computed on this (the model's) thread, not handed over
+    mask_wait_s: float = 0.0         # seconds waiting for launched batches' keep masks to reach the host
     drop_ratios: list[float] = field(default_factory=list)   # per group, in stream order
 
     @property
@@ -183,11 +183,9 @@ class VisualStream:
         self.video = self.group_size > 1 and getattr(backend, "frame_layout", "image") == "video"
         self._block: VideoBlock | None = None
         self._launched: _Launched | None = None        # pipeline: the batch whose chunks come out next
-        self._side: torch.cuda.Stream | None = None    # tower_stream: the tower's CUDA stream
-        device = getattr(backend, "device", None)
-        if self.config.tower_stream and self.config.pipeline and isinstance(device, torch.device) and \
-                device.type == "cuda":
-            self._side = torch.cuda.Stream(device)
+        device = getattr(backend, "device", None)      # tower_stream: the tower's CUDA stream
+        self._side = torch.cuda.Stream(device) if self.config.tower_stream and self.config.pipeline and \
+            isinstance(device, torch.device) and device.type == "cuda" else None
         if self.config.compile_vision and hasattr(backend, "compile_vision"):
             backend.compile_vision()
         if self.config.graph_vision and hasattr(backend, "graph_vision"):
@@ -268,8 +266,8 @@ class VisualStream:
         return self._chunks(before) if before is not None else []
 
     def _launch(self) -> _Launched:
-        """`_launch_here`, on the tower's own stream with `tower_stream` (after what the caller's stream has
-        launched so far); the embeddings are marked as used by the caller's stream, which waits for `ready`."""
+        """`_launch_here`, with `tower_stream` on the tower's stream after what the caller's stream has launched
+        so far; the embeddings are marked as used by the caller's stream, which waits for `ready` in `_chunks`."""
         if self._side is None:
             return self._launch_here()
         main = torch.cuda.current_stream(self._side.device)
@@ -324,7 +322,9 @@ class VisualStream:
         if launched.ready is not None:
             launched.ready.wait()                 # the current stream waits for the tower's stream
         if launched.event is not None:
+            start = time.perf_counter()
             launched.event.synchronize()
+            self.stats.mask_wait_s += time.perf_counter() - start
         masks = launched.masks
         present = [m for m in masks if m is not None]
         on_host = list(launched.on_host.split([len(m) for m in present])) if launched.on_host is not None else []

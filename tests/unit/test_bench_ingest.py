@@ -64,6 +64,7 @@ def test_full_batches_run_every_tower_call_at_the_batch_size(tiny_qwen, tower_ca
                          fps=2.0, device="cpu", window=4096, batch=3, wall_cap_s=60, param_counts=(1, 1),
                          questions=1, full=full)
         assert row["frames"] == 14 and row["vit_groups"] == 7
+        assert set(row["wait_s"]) == {"landing", "keep_masks", "feed"} and row["wait_s"]["feed"] == 0.0   # prepared
         calls.append(tower_call_sizes[:])
         tower_call_sizes.clear()
     assert calls == [[3, 3, 1], [3, 3, 3]]

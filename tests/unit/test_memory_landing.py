@@ -225,3 +225,29 @@ def _file(path):
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+
+class SlowEvent:
+    """An event that has not passed; waiting on it takes 50 ms."""
+
+    def query(self) -> bool:
+        return False
+
+    def synchronize(self) -> None:
+        import time
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_landing_counts_the_time_it_blocked_on_flights_not_yet_arrived(threads):
+    """`Landing.wait_s` (what `bench ingest` reports as the loop's landing wait): nothing while flights are only
+    checked, the blocked time once `land(wait=True)` has to wait for them (helper threads or not)."""
+    ld = Landing(event=SlowEvent, threads=threads)
+    got = []
+    for i in range(3):
+        ld.send({"x": torch.full((4,), float(i))}, lambda h: got.append(float(h["x"][0])))
+    if not threads:
+        assert ld.land() == [] and ld.wait_s == 0.0        # not arrived, not waited for
+    ld.land(wait=True)
+    assert got == [0.0, 1.0, 2.0]
+    assert ld.wait_s >= (0.05 if threads else 0.15)         # each flight's 50 ms (on helper threads: at least one)
