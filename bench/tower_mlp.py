@@ -14,6 +14,7 @@ the padding is exact, so only rounding differs), and the GPU time of its top ker
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -39,8 +40,9 @@ def _pad(mlp, width: int) -> None:
 
 
 def _measure(variant: str, pairs: int) -> tuple[float, float, torch.Tensor, list[tuple[float, int, str]]]:
-    """One variant: first-call seconds, ms per graph replay, the output, and (GPU ms, calls, kernel) per replay."""
-    from bench.vision import _inputs, build_tower
+    """One variant: first-call seconds, ms per graph replay, the output, and (GPU ms, calls, kernel) per replay,
+    largest first."""
+    from bench.vision import _forward, _inputs, _time, build_tower, capture, kernel_times
     from model import vision_attention, vision_mlp
     torch._dynamo.reset()
     tower = build_tower("qwen2.5-vl-7b")
@@ -52,39 +54,15 @@ def _measure(variant: str, pairs: int) -> tuple[float, float, torch.Tensor, list
         vision_mlp.align_mlps(tower, multiple=1 if variant == "fused" else vision_mlp.MULTIPLE)
     vision_attention.install(tower)
     vision_attention.compile_blocks(tower)
-    shapes = grid.tolist()
-    given = vision_attention.tower_inputs(tower, shapes, "cuda")
-    grid_dev = grid.cuda()
-
-    def forward() -> torch.Tensor:
-        with torch.inference_mode(), vision_attention.planned(tower, shapes):
-            return tower(x, grid_thw=grid_dev, **given).pooler_output
-    t = time.perf_counter()
-    forward()
-    torch.cuda.synchronize()
-    first = time.perf_counter() - t
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    forward = functools.partial(_forward, tower, x, grid, True, grid.cuda())
+    with torch.inference_mode():
+        t = time.perf_counter()
         forward()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = forward()
-    for _ in range(5):
-        graph.replay()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(30):
-        graph.replay()
-    torch.cuda.synchronize()
-    ms = (time.perf_counter() - t) * 1e3 / 30
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            graph.replay()
         torch.cuda.synchronize()
-    rows = sorted(((getattr(a, "self_device_time_total", 0) / 5e3, a.count // 5, a.key[:100])
-                   for a in prof.key_averages()), reverse=True)
+        first = time.perf_counter() - t
+        graph, out = capture(forward)
+        ms = _time(graph.replay, 30, warmup=5) * 1e3
+        rows = sorted(((ms_, count, key[:100]) for ms_, count, key in kernel_times(graph)), reverse=True)
     return first, ms, out.float().clone(), rows
 
 

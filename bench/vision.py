@@ -82,6 +82,17 @@ def _kind(kernel: str) -> str:
 
 def _graphed(fwd, iters: int) -> dict:
     """`fwd` captured as one CUDA graph: ms per replay, and its GPU ms by kernel class (profiler, 5 replays)."""
+    graph, _ = capture(fwd)
+    sec = _time(graph.replay, iters)
+    kinds: dict[str, float] = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    for ms, _count, key in kernel_times(graph):
+        kinds[_kind(key)] += ms
+    return {"graph_ms": sec * 1e3, **{f"graph_{k}_ms": v for k, v in kinds.items()}}
+
+
+def capture(fwd):
+    """`fwd` run once on a side stream (compiling, kernel choices), then captured as one CUDA graph; the graph and
+    the captured call's output (refreshed by each replay)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -89,20 +100,22 @@ def _graphed(fwd, iters: int) -> dict:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fwd()
-    sec = _time(graph.replay, iters)
+        out = fwd()
+    return graph, out
+
+
+def kernel_times(graph, replays: int = 5) -> list[tuple[float, int, str]]:
+    """The GPU time of each kernel of `graph` per replay, under torch's profiler: (ms, calls per replay, name)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
+        for _ in range(replays):
             graph.replay()
         torch.cuda.synchronize()
-    kinds: dict[str, float] = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
-    for a in prof.key_averages():
-        kinds[_kind(a.key)] += getattr(a, "self_device_time_total", 0.0) / 5e3
-    return {"graph_ms": sec * 1e3, **{f"graph_{k}_ms": v for k, v in kinds.items()}}
+    return [(getattr(a, "self_device_time_total", 0.0) / 1e3 / replays, a.count // replays, a.key)
+            for a in prof.key_averages()]
 
 
-def _time(fn, iters: int) -> float:
-    for _ in range(2):
+def _time(fn, iters: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     t = time.perf_counter()
