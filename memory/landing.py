@@ -102,18 +102,12 @@ class Landing:
         while self._flights:
             event, host, work, finish = self._flights[0]
             must = wait or len(self._flights) > MAX_IN_FLIGHT
+            ready = host.done() if isinstance(host, Future) else event is None or event.query()
+            if not (must or ready):
+                break
             start = time.perf_counter()
-            if isinstance(host, Future):
-                if not (must or host.done()):
-                    break
-                waited = not host.done()
-                arrived = host.result()
-            else:
-                if event is not None and not (must or event.query()):
-                    break
-                waited = event is not None and not event.query()
-                arrived = _arrive(event, host, work)
-            if waited:
+            arrived = host.result() if isinstance(host, Future) else _arrive(event, host, work)
+            if not ready:                        # blocked until it arrived
                 self.wait_s += time.perf_counter() - start
             self._flights.popleft()
             done = finish(arrived)
