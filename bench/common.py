@@ -44,6 +44,14 @@ class BenchError(Exception):
     """Bad input for a benchmark; the launcher prints one line and exits 2."""
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse turns the ValueError into its one-line error)."""
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
 def measure_matmul_peak(device: str) -> float:
     """bf16 (fp32 on CPU) matmul FLOP/s on this device, median of several runs."""
     import time

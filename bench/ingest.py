@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.common import BenchError, gpu_gb, measure_matmul_peak, sync, write_rows
+from bench.common import BenchError, gpu_gb, measure_matmul_peak, positive_int, sync, write_rows
 from bench.ingest_baseline import run_transformers
 from bench.ingest_beside import Beside
 from bench.ingest_feed import MEDIA, Feed, Prepared, load_frames
@@ -99,7 +99,8 @@ def lm_forward(backend, name: str):
 def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, device: str, window: int,
                batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9,
                frames: list[np.ndarray] | None = None, beside_factory=None, questions: int = 3,
-               pipeline: bool = True, per_batch: bool = True, full: bool = False, tower_stream: bool = False) -> dict:
+               pipeline: bool = True, per_batch: bool = True, full: bool = False, tower_stream: bool = False,
+               depth: int = 1) -> dict:
     from model import vision_attention
     from perception.sources import VideoFrame
     from reasoning.captions import Captioner
@@ -112,7 +113,7 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
                         segment_tokens=4096, quantize_bits=4 if name.startswith("onlooker+int4") else 8,
                         keep_ratio=0.45 if name == "onlooker+int4+keep45" else 1.0)
     vcfg = VisualConfig(batch_groups=batch, pipeline=pipeline, pad_batches=full, fill_batches=full,
-                        tower_stream=tower_stream,
+                        tower_stream=tower_stream, pipeline_depth=depth,
                         **({} if onl else {"drop_threshold": 1.0, "reuse_threshold": 0.0}))
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)
@@ -243,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--minutes", type=float, default=60.0, help="stream length in minutes")
     p.add_argument("--stream-fps", type=float, default=2.0, help="frames per second of stream time")
-    p.add_argument("--batch", type=int, default=4, help="frame pairs per vision/prefill batch")
-    p.add_argument("--window", type=int, default=4096, help="recent window in tokens")
+    p.add_argument("--batch", type=positive_int, default=4, help="frame pairs per vision/prefill batch")
+    p.add_argument("--window", type=positive_int, default=4096, help="recent window in tokens")
     p.add_argument("--configs", default="transformers,window,onlooker", help="comma-separated configurations")
     p.add_argument("--naive-wall-s", type=float, default=90.0, help="time cap for the transformers and naive runs")
     p.add_argument("--max-wall-s", type=float, default=240.0, help="time cap for the other runs")
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--media", default=str(MEDIA),
                    help="a folder of .mp4 files to loop (default: tests/data of this repository)")
     p.add_argument("--media-limit-s", type=float, help="use only the first seconds of each video")
-    p.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved "
+    p.add_argument("--repeat", type=positive_int, default=1, help="run the configurations this many times, interleaved "
                    "(A B A B: drift of the machine falls on all alike)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--questions", type=int, default=3, choices=range(1, len(QUESTIONS) + 1), metavar="N",
@@ -269,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                    "runs it: a batch waits for --batch pairs that need the tower, a short one is padded (all configs)")
     p.add_argument("--tower-stream", action="store_true", help="the tower on a CUDA stream of its own, beside the "
                    "prefill of the batch before (perception.visual's `tower_stream`; all configs)")
+    p.add_argument("--pipeline-depth", dest="depth", type=positive_int, default=1, metavar="N", help="batches launched "
+                   "before the first comes out as chunks (perception.visual's `pipeline_depth`; all configs)")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false", help="turn each batch into chunks "
                    "before the next batch's tower is launched (perception.visual's `pipeline` off), to compare")
     p.add_argument("--prefill-per-chunk", dest="per_batch", action="store_false", help="one LM prefill per chunk "
@@ -317,7 +320,8 @@ def run_ingest_bench(args) -> int:
               f"{'; vision tower graphed' if args.graph_vision else ''}{'; LM compiled' if args.compile_lm else ''}"
               f"{'' if args.pipeline else '; not pipelined'}{'' if args.per_batch else '; a prefill per chunk'}"
               f"{'; full tower batches' if args.full else ''}"
-              f"{'; tower on its own stream' if args.tower_stream else ''}")
+              f"{'; tower on its own stream' if args.tower_stream else ''}"
+              f"{f'; pipeline depth {args.depth}' if args.depth != 1 else ''}")
     print(header, file=sys.stderr)
     if args.cudnn_sdpa:                      # after every attention_for() call, which turns it off
         torch.backends.cuda.enable_cudnn_sdp(True)
@@ -344,7 +348,7 @@ def run_ingest_bench(args) -> int:
             run_config(warm, backend, feed, minutes=WARM_MINUTES, fps=args.stream_fps, device=args.device,
                        window=args.window, batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params),
                        frames=frames, pipeline=args.pipeline, per_batch=args.per_batch, full=args.full,
-                       tower_stream=args.tower_stream)
+                       tower_stream=args.tower_stream, depth=args.depth)
     rows = []
     for name in names * max(1, args.repeat):
         if name == "transformers":
@@ -356,7 +360,7 @@ def run_ingest_bench(args) -> int:
                                  window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
                                  param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s, frames=frames,
                                  questions=args.questions, pipeline=args.pipeline, per_batch=args.per_batch,
-                                 full=args.full, tower_stream=args.tower_stream)
+                                 full=args.full, tower_stream=args.tower_stream, depth=args.depth)
         row["mfu"] = row["flops"] / row["wall_s"] / peak
         rows.append(row)
         waits = ", ".join(f"{k} {v:.1f} s" for k, v in row.get("wait_s", {}).items())
@@ -369,7 +373,8 @@ def run_ingest_bench(args) -> int:
         print("\n" + profile(name, lambda name=name: run_config(
             name, backend, feed, minutes=args.profile, fps=args.stream_fps, device=args.device, window=args.window,
             batch=args.batch, wall_cap_s=1e9, param_counts=(vit_params, lm_params), frames=frames,
-            pipeline=args.pipeline, per_batch=args.per_batch, full=args.full, tower_stream=args.tower_stream)))
+            pipeline=args.pipeline, per_batch=args.per_batch, full=args.full, tower_stream=args.tower_stream,
+            depth=args.depth)))
     write_rows(args.out, header, rows)
     return 0
 

@@ -18,7 +18,8 @@
 With `pipeline` on (a replay as fast as it goes, `bench ingest`), a batch's tower and drop masks are launched and
 its keep masks start on their way to the host, and the batch launched before it is turned into chunks: the host
 never waits for the tower it has just launched, and the device runs that tower while the host launches the prefill
-of the batch before. Chunks come out one batch later; `flush` returns everything. With `tower_stream` on as well
+of the batch before. Chunks come out one batch later (`pipeline_depth` batches later: the device's queue holds more
+work while the host waits for frames); `flush` returns everything. With `tower_stream` on as well
 (a GPU), the tower and drop masks run on a CUDA stream of their own, beside the prefill of the batch before; the
 caller's stream waits for the tower's outputs when they become chunks.
 
@@ -32,14 +33,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-import onlooker_kernels as kernels
 from model.backend import host_copy
 from model.chunk import Chunk, VideoBlock, concat_chunks
+from perception.token_drop import drop_mask, keyframe_bucket
 
 
 @dataclass
@@ -57,10 +59,13 @@ class VisualConfig:
                                      # (copies of its last group, outputs dropped): one graph / compiled shape
     fill_batches: bool = False       # a batch waits for batch_groups groups needing the tower (reused ones ride along)
     tower_stream: bool = False       # with pipeline, on a GPU: the tower on a CUDA stream of its own, beside prefills
+    pipeline_depth: int = 1          # with pipeline: batches launched before the first of them comes out as chunks
 
     def __post_init__(self) -> None:
         if self.batch_groups < 1:
             raise ValueError("batch_groups must be >= 1")
+        if self.pipeline_depth < 1:
+            raise ValueError(f"pipeline_depth must be >= 1, got {self.pipeline_depth}")
         if not self.keyframe_seconds >= 0:
             raise ValueError(f"keyframe_seconds must be >= 0, got {self.keyframe_seconds}")
 
@@ -83,11 +88,6 @@ def patch_change(patches: torch.Tensor, prev: torch.Tensor) -> float:
 def change_against(patches: torch.Tensor, prev: torch.Tensor | None) -> float | None:
     """`patch_change` against the group prepared before (None: no group before, or one of another size)."""
     return patch_change(patches, prev) if prev is not None and prev.shape == patches.shape else None
-
-
-def keyframe_bucket(t: float, keyframe_seconds: float) -> int:
-    """The span of stream a group at `t` falls in; a group opening a new span is a keyframe (-1: none)."""
-    return int(t // keyframe_seconds) if keyframe_seconds > 0 else -1
 
 
 @dataclass
@@ -182,7 +182,7 @@ class VisualStream:
         self._key_bucket: int | None = None            # keyframe span of the last keyframe
         self.video = self.group_size > 1 and getattr(backend, "frame_layout", "image") == "video"
         self._block: VideoBlock | None = None
-        self._launched: _Launched | None = None        # pipeline: the batch whose chunks come out next
+        self._launched: deque[_Launched] = deque()     # pipeline: launched batches, the next to come out first
         device = getattr(backend, "device", None)      # tower_stream: the tower's CUDA stream
         self._side = torch.cuda.Stream(device) if self.config.tower_stream and self.config.pipeline and \
             isinstance(device, torch.device) and device.type == "cuda" else None
@@ -234,9 +234,8 @@ class VisualStream:
         """Every complete group waiting (for its batch to fill, or launched) as chunks now; a frame waiting for its
         pair stays (the runtime drains before a question, so it sees the stream up to it)."""
         out = self._encode() if self._groups else []
-        if self._launched is not None:
-            out += self._chunks(self._launched)
-            self._launched = None
+        while self._launched:
+            out += self._chunks(self._launched.popleft())
         return out
 
     def _group(self, prepared: PreparedGroup | None = None) -> None:
@@ -262,8 +261,8 @@ class VisualStream:
         launched = self._launch()
         if not self.config.pipeline:
             return self._chunks(launched)
-        before, self._launched = self._launched, launched
-        return self._chunks(before) if before is not None else []
+        self._launched.append(launched)
+        return self._chunks(self._launched.popleft()) if len(self._launched) > self.config.pipeline_depth else []
 
     def _launch(self) -> _Launched:
         """`_launch_here`, with `tower_stream` on the tower's stream after what the caller's stream has launched
@@ -384,17 +383,3 @@ class VisualStream:
         mask, self._ref = drop_mask(embeds, ref, self.config.drop_threshold)
         return mask
 
-
-def drop_mask(embeds: torch.Tensor, ref: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep mask of the tokens of `embeds` whose cosine similarity to the same patch of `ref` is below `threshold`,
-    and the new reference: `ref` with those tokens taken from `embeds` (the last kept token of each patch). On the
-    tensors' device, without waiting for it."""
-    mask = kernels.token_drop(embeds, ref, threshold)
-    return mask, torch.where(mask.unsqueeze(1), embeds, ref)
-
-
-def drop_against(embeds: torch.Tensor, ref: torch.Tensor, threshold: float) -> torch.Tensor:
-    """`drop_mask` as indices, with `ref` updated in place."""
-    mask, new_ref = drop_mask(embeds, ref, threshold)
-    ref.copy_(new_ref)
-    return torch.nonzero(mask).squeeze(1)

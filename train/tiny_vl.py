@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.tiny_vl import LORA_MLP_TARGETS, LORA_TARGETS, VISION_TOKENS, build, lora_parent, save_trained
-from perception.visual import drop_against
+from perception.token_drop import drop_against
 from train.tiny_vl_data import KINDS, Layout, collate, fixed_eval_set, make_example
 
 LORA_RANK, LORA_SCALE = 16, 2.0
@@ -103,7 +103,7 @@ class Data(torch.utils.data.IterableDataset):
 
 @torch.no_grad()
 def drop_keep(feats: torch.Tensor, keys: list[bool], threshold: float) -> torch.Tensor:
-    """Which visual tokens the runtime's differential token drop keeps (perception.visual.drop_against, applied
+    """Which visual tokens the runtime's differential token drop keeps (perception.token_drop.drop_against, applied
     as VisualStream applies it): a key pair (`keys`, one per pair in batch order: a keyframe or an example's
     first pair) keeps all and becomes the reference; a later pair's token is dropped when its cosine similarity
     to the last kept token of that patch is >= `threshold`. Keep mask (tokens,), in the order of `feats`."""

@@ -27,7 +27,8 @@ from model.patches import IMAGE_MEAN, IMAGE_STD, patchify
 from model.qwen_vl import frame_marker, vision_positions
 from model.tiny_vl import MAX_PIXELS
 from perception.synthetic import SignScene, words
-from perception.visual import VisualConfig, keyframe_bucket
+from perception.token_drop import keyframe_bucket
+from perception.visual import VisualConfig
 from reasoning import prompts
 
 NOW_Q = ["What word is on the sign?", "What word is written on the sign right now?", "What does the sign say?"]
