@@ -99,8 +99,7 @@ def lm_forward(backend, name: str):
 def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, device: str, window: int,
                batch: int, wall_cap_s: float, param_counts: tuple[int, int], max_wall_s: float = 1e9,
                frames: list[np.ndarray] | None = None, beside_factory=None, questions: int = 3,
-               pipeline: bool = True, per_batch: bool = True, full: bool = False, tower_stream: bool = False,
-               depth: int = 1) -> dict:
+               pipeline: bool = True, per_batch: bool = True, full: bool = False, tower_stream: bool = False) -> dict:
     from model import vision_attention
     from perception.sources import VideoFrame
     from reasoning.captions import Captioner
@@ -113,7 +112,7 @@ def run_config(name: str, backend, feed_factory, *, minutes: float, fps: float, 
                         segment_tokens=4096, quantize_bits=4 if name.startswith("onlooker+int4") else 8,
                         keep_ratio=0.45 if name == "onlooker+int4+keep45" else 1.0)
     vcfg = VisualConfig(batch_groups=batch, pipeline=pipeline, pad_batches=full, fill_batches=full,
-                        tower_stream=tower_stream, pipeline_depth=depth,
+                        tower_stream=tower_stream,
                         **({} if onl else {"drop_threshold": 1.0, "reuse_threshold": 0.0}))
     mem = HierarchicalMemory(backend, mcfg, label=name)
     vs = VisualStream(backend, vcfg)
@@ -270,8 +269,6 @@ def main(argv: list[str] | None = None) -> int:
                    "runs it: a batch waits for --batch pairs that need the tower, a short one is padded (all configs)")
     p.add_argument("--tower-stream", action="store_true", help="the tower on a CUDA stream of its own, beside the "
                    "prefill of the batch before (perception.visual's `tower_stream`; all configs)")
-    p.add_argument("--pipeline-depth", dest="depth", type=positive_int, default=1, metavar="N", help="batches launched "
-                   "before the first comes out as chunks (perception.visual's `pipeline_depth`; all configs)")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false", help="turn each batch into chunks "
                    "before the next batch's tower is launched (perception.visual's `pipeline` off), to compare")
     p.add_argument("--prefill-per-chunk", dest="per_batch", action="store_false", help="one LM prefill per chunk "
@@ -320,8 +317,7 @@ def run_ingest_bench(args) -> int:
               f"{'; vision tower graphed' if args.graph_vision else ''}{'; LM compiled' if args.compile_lm else ''}"
               f"{'' if args.pipeline else '; not pipelined'}{'' if args.per_batch else '; a prefill per chunk'}"
               f"{'; full tower batches' if args.full else ''}"
-              f"{'; tower on its own stream' if args.tower_stream else ''}"
-              f"{f'; pipeline depth {args.depth}' if args.depth != 1 else ''}")
+              f"{'; tower on its own stream' if args.tower_stream else ''}")
     print(header, file=sys.stderr)
     if args.cudnn_sdpa:                      # after every attention_for() call, which turns it off
         torch.backends.cuda.enable_cudnn_sdp(True)
@@ -348,7 +344,7 @@ def run_ingest_bench(args) -> int:
             run_config(warm, backend, feed, minutes=WARM_MINUTES, fps=args.stream_fps, device=args.device,
                        window=args.window, batch=args.batch, wall_cap_s=60, param_counts=(vit_params, lm_params),
                        frames=frames, pipeline=args.pipeline, per_batch=args.per_batch, full=args.full,
-                       tower_stream=args.tower_stream, depth=args.depth)
+                       tower_stream=args.tower_stream)
     rows = []
     for name in names * max(1, args.repeat):
         if name == "transformers":
@@ -360,7 +356,7 @@ def run_ingest_bench(args) -> int:
                                  window=args.window, batch=args.batch, wall_cap_s=args.naive_wall_s,
                                  param_counts=(vit_params, lm_params), max_wall_s=args.max_wall_s, frames=frames,
                                  questions=args.questions, pipeline=args.pipeline, per_batch=args.per_batch,
-                                 full=args.full, tower_stream=args.tower_stream, depth=args.depth)
+                                 full=args.full, tower_stream=args.tower_stream)
         row["mfu"] = row["flops"] / row["wall_s"] / peak
         rows.append(row)
         waits = ", ".join(f"{k} {v:.1f} s" for k, v in row.get("wait_s", {}).items())
@@ -373,8 +369,7 @@ def run_ingest_bench(args) -> int:
         print("\n" + profile(name, lambda name=name: run_config(
             name, backend, feed, minutes=args.profile, fps=args.stream_fps, device=args.device, window=args.window,
             batch=args.batch, wall_cap_s=1e9, param_counts=(vit_params, lm_params), frames=frames,
-            pipeline=args.pipeline, per_batch=args.per_batch, full=args.full, tower_stream=args.tower_stream,
-            depth=args.depth)))
+            pipeline=args.pipeline, per_batch=args.per_batch, full=args.full, tower_stream=args.tower_stream)))
     write_rows(args.out, header, rows)
     return 0
 

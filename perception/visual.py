@@ -18,8 +18,7 @@
 With `pipeline` on (a replay as fast as it goes, `bench ingest`), a batch's tower and drop masks are launched and
 its keep masks start on their way to the host, and the batch launched before it is turned into chunks: the host
 never waits for the tower it has just launched, and the device runs that tower while the host launches the prefill
-of the batch before. Chunks come out one batch later (`pipeline_depth` batches later: the device's queue holds more
-work while the host waits for frames); `flush` returns everything. With `tower_stream` on as well
+of the batch before. Chunks come out one batch later; `flush` returns everything. With `tower_stream` on as well
 (a GPU), the tower and drop masks run on a CUDA stream of their own, beside the prefill of the batch before; the
 caller's stream waits for the tower's outputs when they become chunks.
 
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,13 +57,10 @@ class VisualConfig:
                                      # (copies of its last group, outputs dropped): one graph / compiled shape
     fill_batches: bool = False       # a batch waits for batch_groups groups needing the tower (reused ones ride along)
     tower_stream: bool = False       # with pipeline, on a GPU: the tower on a CUDA stream of its own, beside prefills
-    pipeline_depth: int = 1          # with pipeline: batches launched before the first of them comes out as chunks
 
     def __post_init__(self) -> None:
         if self.batch_groups < 1:
             raise ValueError("batch_groups must be >= 1")
-        if self.pipeline_depth < 1:
-            raise ValueError(f"pipeline_depth must be >= 1, got {self.pipeline_depth}")
         if not self.keyframe_seconds >= 0:
             raise ValueError(f"keyframe_seconds must be >= 0, got {self.keyframe_seconds}")
 
@@ -182,7 +177,7 @@ class VisualStream:
         self._key_bucket: int | None = None            # keyframe span of the last keyframe
         self.video = self.group_size > 1 and getattr(backend, "frame_layout", "image") == "video"
         self._block: VideoBlock | None = None
-        self._launched: deque[_Launched] = deque()     # pipeline: launched batches, the next to come out first
+        self._launched: _Launched | None = None        # pipeline: the batch whose chunks come out next
         device = getattr(backend, "device", None)      # tower_stream: the tower's CUDA stream
         self._side = torch.cuda.Stream(device) if self.config.tower_stream and self.config.pipeline and \
             isinstance(device, torch.device) and device.type == "cuda" else None
@@ -234,8 +229,9 @@ class VisualStream:
         """Every complete group waiting (for its batch to fill, or launched) as chunks now; a frame waiting for its
         pair stays (the runtime drains before a question, so it sees the stream up to it)."""
         out = self._encode() if self._groups else []
-        while self._launched:
-            out += self._chunks(self._launched.popleft())
+        if self._launched is not None:
+            out += self._chunks(self._launched)
+            self._launched = None
         return out
 
     def _group(self, prepared: PreparedGroup | None = None) -> None:
@@ -261,8 +257,8 @@ class VisualStream:
         launched = self._launch()
         if not self.config.pipeline:
             return self._chunks(launched)
-        self._launched.append(launched)
-        return self._chunks(self._launched.popleft()) if len(self._launched) > self.config.pipeline_depth else []
+        before, self._launched = self._launched, launched
+        return self._chunks(before) if before is not None else []
 
     def _launch(self) -> _Launched:
         """`_launch_here`, with `tower_stream` on the tower's stream after what the caller's stream has launched
@@ -382,4 +378,3 @@ class VisualStream:
             return None
         mask, self._ref = drop_mask(embeds, ref, self.config.drop_threshold)
         return mask
-
