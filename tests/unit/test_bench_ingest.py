@@ -4,6 +4,7 @@ and the plain-transformers baseline."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from bench.ingest_baseline import run_transformers
@@ -68,3 +69,19 @@ def test_full_batches_run_every_tower_call_at_the_batch_size(tiny_qwen, tower_ca
         calls.append(tower_call_sizes[:])
         tower_call_sizes.clear()
     assert calls == [[3, 3, 1], [3, 3, 3]]
+
+
+@pytest.mark.parametrize("flag", ["--batch", "--window", "--repeat"])
+def test_a_count_below_one_is_refused_in_one_line_before_the_model_loads(capsys, monkeypatch, flag):
+    """`--batch 0` (and the like) is bad input: argparse's one-line error and exit 2, not the model built and then
+    an internal failure."""
+    import bench.ingest
+
+    def built(*a, **k):
+        raise AssertionError("the model was built")
+    monkeypatch.setattr(bench.ingest, "build_backend", built)
+    with pytest.raises(SystemExit) as e:
+        bench.ingest.main(["--device", "cpu", flag, "0"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]                       # argparse: its usage, then the error in one line
+    assert e.value.code == 2 and "Traceback" not in err and flag in last and "invalid" in last, err
