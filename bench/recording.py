@@ -61,6 +61,11 @@ def save_model(path: Path, size: str, device: str, tokenizer: Path) -> str:
     return name
 
 
+# the session summary's times of the runtime thread, by part (`run` says what each is)
+THREAD_PARTS = ("ingest_s", "visual_s", "segment_write_s", "checkpoint_write_s", "index_write_s", "embed_s",
+                "landing_wait_s", "mask_wait_s")
+
+
 def run(args: argparse.Namespace, work: Path) -> dict:
     from bench.ingest import default_tokenizer
     tok = Path(args.tokenizer) if args.tokenizer else default_tokenizer()
@@ -103,8 +108,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             # the writes below), the visual stream, segment files, index rows, text embeddings; checkpoint files are
             # written on memory.landing's helper threads on a GPU; of those parts, the time blocked on segments
             # still landing and on keep masks still on their way to the host
-            **{k: summary.get(k) for k in ("ingest_s", "visual_s", "segment_write_s", "checkpoint_write_s",
-                                           "index_write_s", "embed_s", "landing_wait_s", "mask_wait_s")},
+            **{k: summary.get(k) for k in THREAD_PARTS},
             # the visual stream: tower runs, pairs that reused the last features, visual tokens kept
             **{k: summary.get(k) for k in ("vit_groups", "vit_reused_groups", "visual_tokens_kept_pct")},
             "error": summary.get("error"), "command": " ".join(cmd[1:])}
@@ -140,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
           f"| {row['model']} on {row['device']} | {row['beside']} | {row['minutes']:g} min | "
           f"{row['frames_sampled']} | {row['segments_sealed']} | {row['session_wall_s']:.1f} | "
           f"{row['command_wall_s']:.1f} | {row['frames_per_s']:.1f} |")
-    print("runtime thread: " + ", ".join(f"{k} {row[k]}" for k in ("ingest_s", "visual_s", "segment_write_s",
-                                                                    "checkpoint_write_s", "index_write_s", "embed_s",
-                                                                    "landing_wait_s", "mask_wait_s")),
-          file=sys.stderr)
+    print("runtime thread: " + ", ".join(f"{k} {row[k]}" for k in THREAD_PARTS), file=sys.stderr)
     if args.out:
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
